@@ -1,0 +1,13 @@
+//! Herald's domain rules, free of I/O: every other crate uses these and they depend on none.
+//!
+//! - [`phone`]: parsing recipients to E.164 with libphonenumber metadata, and masking them for logs.
+//! - [`encoding`]: GSM-7 / UCS-2 detection, segment counting, smart encoding and truncation.
+//! - [`status`]: the message status machine (SPEC §3) — which transitions are allowed.
+//! - [`money`]: exact amounts of money in micro-units and the per-country price table.
+//! - [`message`]: small value types shared by every layer (message type, key mode).
+
+pub mod encoding;
+pub mod message;
+pub mod money;
+pub mod phone;
+pub mod status;

@@ -1,0 +1,294 @@
+//! The dispatcher: claims due messages in batches, hands them to providers, records what
+//! happened.
+//!
+//! A claim is one short transaction that marks messages `sending` with a lease and commits;
+//! provider calls happen after it, outside any transaction; results are recorded in one
+//! transaction per batch. No database lock is ever held across a network call. A provider call
+//! never outlives its lease (the send timeout is shorter, and a message whose lease is nearly
+//! spent goes back to the queue unsent), so when a lease expires the call is certainly over and
+//! reconciliation can safely ask the provider what happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald_domain::message::Mode;
+use herald_providers::{Outbound, Provider, SendError};
+use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
+use jiff::SignedDuration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::retry::RetryPolicy;
+
+/// Dispatcher tuning.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Messages per claim.
+    pub batch_size: u32,
+    /// Provider calls in flight at once, across all batches.
+    pub max_in_flight: usize,
+    /// Claimed batches being worked on at once; claiming runs ahead of sending by this much.
+    pub max_batches: usize,
+    /// How long a claim is good for.
+    pub lease: Duration,
+    /// How long a provider call may take before it counts as unanswered. Must be well under
+    /// `lease`.
+    pub send_timeout: Duration,
+    /// How long an idle dispatcher sleeps before looking again (it also wakes on new work).
+    pub idle_poll: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            batch_size: 500,
+            max_in_flight: 256,
+            max_batches: 4,
+            lease: Duration::from_secs(120),
+            send_timeout: Duration::from_secs(15),
+            idle_poll: Duration::from_millis(200),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Chooses the provider for a message. Test traffic always goes to the simulator.
+pub struct Router {
+    simulator: Arc<dyn Provider>,
+    live: Arc<dyn Provider>,
+}
+
+impl Router {
+    /// `live` is the provider for live traffic; with no real provider configured it is the
+    /// simulator too.
+    pub fn new(simulator: Arc<dyn Provider>, live: Option<Arc<dyn Provider>>) -> Router {
+        let live = live.unwrap_or_else(|| simulator.clone());
+        Router { simulator, live }
+    }
+
+    pub fn route(&self, mode: Mode) -> &Arc<dyn Provider> {
+        match mode {
+            Mode::Test => &self.simulator,
+            Mode::Live => &self.live,
+        }
+    }
+
+    /// The provider a message was recorded against, for reconciliation.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        [&self.live, &self.simulator].into_iter().find(|p| p.name() == name)
+    }
+}
+
+/// What one dispatch step did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchOutcome {
+    pub claimed: usize,
+    pub accepted: usize,
+    pub retried: usize,
+    pub failed: usize,
+    pub unanswered: usize,
+    pub unclaimed: usize,
+}
+
+impl DispatchOutcome {
+    fn count(&mut self, outcome: &SendOutcome) {
+        match outcome {
+            SendOutcome::Accepted { .. } => self.accepted += 1,
+            SendOutcome::Retry { .. } => self.retried += 1,
+            SendOutcome::Failed { .. } => self.failed += 1,
+            SendOutcome::Unanswered { .. } => self.unanswered += 1,
+            SendOutcome::Unclaimed => self.unclaimed += 1,
+        }
+    }
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    router: Arc<Router>,
+    clock: Arc<dyn Clock>,
+    config: DispatcherConfig,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        router: Arc<Router>,
+        clock: Arc<dyn Clock>,
+        config: DispatcherConfig,
+    ) -> Dispatcher {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Dispatcher { store, router, clock, config, in_flight }
+    }
+
+    /// Claim one batch, send it, record the results. Tests step the queue with this.
+    pub async fn dispatch_once(&self) -> Result<DispatchOutcome, StoreError> {
+        let claimed = self.claim().await?;
+        self.process(claimed, &CancellationToken::new()).await
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.clock.now();
+        let lease_until = now + SignedDuration::try_from(self.config.lease).unwrap_or_default();
+        self.store.claim_due(now, lease_until, self.config.batch_size).await
+    }
+
+    /// Send a claimed batch and record the results. After `shutdown`, messages not yet handed
+    /// to a provider go back to the queue.
+    async fn process(
+        &self,
+        claimed: Vec<Claimed>,
+        shutdown: &CancellationToken,
+    ) -> Result<DispatchOutcome, StoreError> {
+        let mut outcome = DispatchOutcome { claimed: claimed.len(), ..DispatchOutcome::default() };
+        if claimed.is_empty() {
+            return Ok(outcome);
+        }
+        let results: Vec<SendResult> = futures::stream::iter(claimed)
+            .map(|message| self.send_one(message, shutdown))
+            .buffer_unordered(self.config.max_in_flight.max(1))
+            .collect()
+            .await;
+        for result in &results {
+            outcome.count(&result.outcome);
+        }
+        self.record(&results).await?;
+        Ok(outcome)
+    }
+
+    /// Record results, retrying a few times: if the database stays away the leases expire and
+    /// reconciliation settles the messages, so nothing is lost either way.
+    async fn record(&self, results: &[SendResult]) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.store.record_results(results, self.clock.now()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < 5 => {
+                    tracing::warn!(%error, attempt, "failed to record send results; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn send_one(&self, message: Claimed, shutdown: &CancellationToken) -> SendResult {
+        let provider = self.router.route(message.scope.mode).clone();
+        let result = |outcome| SendResult {
+            id: message.id,
+            attempt: message.attempt,
+            provider: provider.name().to_owned(),
+            outcome,
+        };
+        let permit = tokio::select! {
+            permit = self.in_flight.acquire() => permit,
+            _ = shutdown.cancelled() => return result(SendOutcome::Unclaimed),
+        };
+        let Ok(_permit) = permit else { return result(SendOutcome::Unclaimed) };
+        if shutdown.is_cancelled() {
+            return result(SendOutcome::Unclaimed);
+        }
+        // Never start a call that could outlive the lease: once the lease ends, reconciliation
+        // must be able to trust that the call is over.
+        let deadline = self.clock.now() + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
+        if deadline >= message.lease_expires_at {
+            return result(SendOutcome::Unclaimed);
+        }
+
+        let outbound = Outbound {
+            message_id: message.id,
+            to: message.to.clone(),
+            from: message.sender.clone(),
+            body: message.body.clone(),
+            encoding: message.encoding,
+            segments: message.segments,
+            attempt: message.attempt,
+        };
+        let answer = tokio::time::timeout(self.config.send_timeout, provider.send(&outbound)).await;
+        let outcome = match answer {
+            Ok(Ok(accepted)) => SendOutcome::Accepted {
+                provider_message_id: accepted.provider_message_id,
+                cost: accepted.cost,
+            },
+            Ok(Err(SendError::Permanent { code, message })) => SendOutcome::Failed { code, message },
+            Ok(Err(SendError::Unanswered { code, message })) => SendOutcome::Unanswered { code, message },
+            Err(_elapsed) => SendOutcome::Unanswered {
+                code: "timeout".into(),
+                message: format!("no answer within {:?}", self.config.send_timeout),
+            },
+            Ok(Err(SendError::Transient { code, message: reason, retry_after })) => {
+                if message.attempt >= message.max_attempts {
+                    SendOutcome::Failed {
+                        code,
+                        message: format!("{reason} (gave up after {} attempts)", message.attempt),
+                    }
+                } else {
+                    let delay = self.config.retry.delay(message.attempt, retry_after);
+                    let retry_at = self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
+                    SendOutcome::Retry { retry_at, code, message: reason }
+                }
+            }
+        };
+        if !matches!(outcome, SendOutcome::Accepted { .. }) {
+            tracing::debug!(message_id = %message.id, attempt = message.attempt, ?outcome, "send not accepted");
+        }
+        result(outcome)
+    }
+
+    /// Dispatch until `shutdown`: claim while there is work (up to `max_batches` batches in
+    /// flight), sleep when there is none until `wake`, the next due time or the poll interval.
+    /// On shutdown, stop claiming, let calls in flight finish, return unsent messages to the
+    /// queue, record everything, and return.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, wake: Arc<Notify>) {
+        let batches = Arc::new(Semaphore::new(self.config.max_batches.max(1)));
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                permit = batches.clone().acquire_owned() => permit.expect("never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.claim().await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    let this = self.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        if let Err(error) = this.process(claimed, &shutdown).await {
+                            tracing::error!(%error, "failed to record a batch; its leases will expire and be reconciled");
+                        }
+                    });
+                }
+                Ok(_) => {
+                    drop(permit);
+                    // Wake on new work from this process; poll for work queued by others and
+                    // for retries falling due.
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(self.config.idle_poll) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Err(error) => {
+                    drop(permit);
+                    tracing::error!(%error, "failed to claim messages");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("dispatcher stopped");
+    }
+}

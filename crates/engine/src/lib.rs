@@ -1,0 +1,121 @@
+//! Herald's engine: everything between the API and the providers.
+//!
+//! - [`intake`]: validating, encoding and pricing a send request into a storable message.
+//! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
+//! - [`reports`]: recording provider status reports with group commit.
+//! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
+//! - [`clock`]: the time source, replaceable in tests.
+//!
+//! [`Engine`] wires these together over one [`Store`]; the web layer and the CLI use it.
+
+pub mod clock;
+pub mod dispatcher;
+pub mod intake;
+pub mod maintenance;
+pub mod reports;
+pub mod retry;
+
+use std::sync::Arc;
+
+use herald_providers::simulator::{Simulator, SimulatorConfig};
+use herald_providers::Provider;
+use herald_store::{IdempotencyRecord, Insertion, NewMessage, Organization, Scope, Store, StoreError};
+use herald_domain::status::MessageStatus;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use clock::Clock;
+use dispatcher::{Dispatcher, DispatcherConfig, Router};
+use intake::{FieldError, IntakeConfig, SendRequest};
+use maintenance::{Maintenance, MaintenanceConfig};
+use reports::ReportIngestor;
+
+/// Everything the engine can be tuned by.
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    pub intake: IntakeConfig,
+    pub dispatcher: DispatcherConfig,
+    pub maintenance: MaintenanceConfig,
+    pub simulator: SimulatorConfig,
+}
+
+/// The engine over one store.
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub config: EngineConfig,
+    pub simulator: Simulator,
+    pub router: Arc<Router>,
+    pub reports: ReportIngestor,
+    pub dispatcher: Arc<Dispatcher>,
+    pub maintenance: Arc<Maintenance>,
+    /// Wakes the dispatcher when this process queues work.
+    wake: Arc<Notify>,
+}
+
+impl Engine {
+    /// Build the engine. Spawns the report writer (and the simulator's reporter), so it must be
+    /// called inside a Tokio runtime. `live` is the provider for live traffic, if configured.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        live: Option<Arc<dyn Provider>>,
+    ) -> Engine {
+        let reports = ReportIngestor::spawn(store.clone(), clock.clone());
+        let simulator = Simulator::new(config.simulator.clone(), Arc::new(reports.clone()));
+        let router = Arc::new(Router::new(Arc::new(simulator.clone()), live));
+        let wake = Arc::new(Notify::new());
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            router.clone(),
+            clock.clone(),
+            config.dispatcher.clone(),
+        ));
+        let maintenance = Arc::new(Maintenance::new(
+            store.clone(),
+            router.clone(),
+            clock.clone(),
+            config.maintenance.clone(),
+            wake.clone(),
+        ));
+        Engine { store, clock, config, simulator, router, reports, dispatcher, maintenance, wake }
+    }
+
+    /// Validate and price a send request for `org`.
+    pub fn prepare(
+        &self,
+        org: &Organization,
+        scope: Scope,
+        api_key_id: Option<Uuid>,
+        request: &SendRequest,
+    ) -> Result<NewMessage, Vec<FieldError>> {
+        intake::prepare(&self.config.intake, org, scope, api_key_id, request, self.clock.now())
+    }
+
+    /// Store a prepared message durably and wake the dispatcher if it can go now.
+    pub async fn accept(
+        &self,
+        message: &NewMessage,
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> Result<Insertion, StoreError> {
+        let insertion = self.store.insert_message(message, idempotency, self.clock.now()).await?;
+        if let Insertion::Created(created) = &insertion {
+            if created.status == MessageStatus::Queued {
+                self.wake.notify_one();
+            }
+        }
+        Ok(insertion)
+    }
+
+    /// Run the dispatcher and the scheduler until `shutdown`; the returned set finishes when
+    /// both have stopped cleanly.
+    pub fn start(&self, shutdown: CancellationToken) -> JoinSet<()> {
+        let mut workers = JoinSet::new();
+        workers.spawn(self.dispatcher.clone().run(shutdown.clone(), self.wake.clone()));
+        workers.spawn(self.maintenance.clone().run(shutdown));
+        workers
+    }
+}

@@ -1,0 +1,12 @@
+//! Provider adapters: the [`Provider`] trait that turns an outbound message into a provider call,
+//! the [`ReportSink`] through which providers hand back status reports, and the built-in
+//! [`simulator`].
+//!
+//! Adapters know nothing of the database. Reports — whether a real provider's callback or the
+//! simulator's — all enter Herald through a [`ReportSink`], so the simulator exercises exactly the
+//! path that real callbacks take.
+
+mod provider;
+pub mod simulator;
+
+pub use provider::*;

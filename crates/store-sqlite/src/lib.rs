@@ -1,0 +1,320 @@
+//! Herald's embedded store: one SQLite file in WAL mode.
+//!
+//! SQLite allows one writer at a time, so every write goes through a pool of exactly one
+//! connection and starts with `BEGIN IMMEDIATE`: writers queue in-process instead of failing
+//! with `SQLITE_BUSY`, and another process on the same file (the CLI while a server runs) waits
+//! up to the busy timeout. Reads use a separate pool of read-only connections, which WAL lets
+//! run alongside the writer.
+
+mod convert;
+mod messages;
+mod orgs;
+mod queue;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_store::*;
+use jiff::Timestamp;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{SqlSafeStr, Transaction};
+use uuid::Uuid;
+
+use convert::Ctx;
+
+/// Tuning for the SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    /// `FULL` makes every commit durable against power loss; `NORMAL` only against a crash of
+    /// the process (faster on slow disks).
+    pub synchronous_full: bool,
+    /// How long a write waits for another process holding the lock.
+    pub busy_timeout: Duration,
+    /// Read-only connections for concurrent readers.
+    pub readers: u32,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig { synchronous_full: true, busy_timeout: Duration::from_secs(10), readers: 4 }
+    }
+}
+
+/// A [`Store`] on one SQLite database file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at `url` (`sqlite:herald.db`, `sqlite:///abs.db`).
+    pub async fn connect(url: &str, config: &SqliteConfig) -> Result<SqliteStore, StoreError> {
+        let base = SqliteConnectOptions::from_str(url)
+            .ctx("invalid SQLite database URL")?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if config.synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(config.busy_timeout)
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let in_memory = base.get_filename().as_os_str() == ":memory:"
+            || base.get_filename().as_os_str().is_empty();
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .ctx("failed to open the SQLite database")?;
+        // An in-memory database exists only inside its one connection.
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(config.readers.max(1))
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_lazy_with(base.read_only(true))
+        };
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// Start a write transaction holding the write lock from the first statement, so it can
+    /// never fail half-way on a lock upgrade.
+    async fn write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.ctx("failed to start a write transaction")
+    }
+
+    /// Close both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn migrator() -> Migrator {
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+    };
+    Migrator::with_migrations(vec![migration(
+        1,
+        "messages",
+        include_str!("../migrations/0001_messages.sql"),
+    )])
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrator().run(&self.writer).await.ctx("failed to migrate the SQLite database")
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.ctx("database unreachable")?;
+        Ok(())
+    }
+
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        orgs::insert_organization(&mut tx, org, keys).await?;
+        tx.commit().await.ctx("failed to commit the organization")
+    }
+
+    async fn bootstrap_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let existing: i64 = sqlx::query_scalar("SELECT count(*) FROM organizations")
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("failed to count organizations")?;
+        if existing > 0 {
+            return Ok(false);
+        }
+        orgs::insert_organization(&mut tx, org, keys).await?;
+        tx.commit().await.ctx("failed to commit the first organization")?;
+        Ok(true)
+    }
+
+    async fn get_organization(&self, id: Uuid) -> Result<Option<Organization>, StoreError> {
+        orgs::get_organization(&self.reader, id).await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
+        let mut tx = self.write().await?;
+        orgs::insert_key(&mut tx, key).await?;
+        tx.commit().await.ctx("failed to commit the API key")?;
+        Ok(orgs::key_from_new(key))
+    }
+
+    async fn revoke_api_key(&self, id: Uuid, at: Timestamp) -> Result<Option<ApiKey>, StoreError> {
+        let mut tx = self.write().await?;
+        let key = orgs::revoke_key(&mut tx, id, at).await?;
+        tx.commit().await.ctx("failed to commit the revocation")?;
+        Ok(key)
+    }
+
+    async fn list_api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {
+        orgs::list_keys(&self.reader, org_id).await
+    }
+
+    async fn find_api_key(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<(ApiKey, Organization)>, StoreError> {
+        orgs::find_key(&self.reader, hash).await
+    }
+
+    async fn touch_api_key(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE api_keys SET last_used_at = ?1 WHERE id = ?2")
+            .bind(at.as_microsecond())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .ctx("failed to record API key use")?;
+        tx.commit().await.ctx("failed to record API key use")
+    }
+
+    async fn insert_message(
+        &self,
+        message: &NewMessage,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Insertion, StoreError> {
+        let mut tx = self.write().await?;
+        let insertion = messages::insert(&mut tx, message, idempotency, now).await?;
+        if matches!(insertion, Insertion::Created(_)) {
+            tx.commit().await.ctx("failed to commit the message")?;
+        }
+        Ok(insertion)
+    }
+
+    async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError> {
+        let mut conn = self.reader.acquire().await.ctx("failed to read a message")?;
+        messages::get(&mut conn, scope, id).await
+    }
+
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        filter: &MessageFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<Message>, StoreError> {
+        let mut conn = self.reader.acquire().await.ctx("failed to list messages")?;
+        messages::list(&mut conn, scope, filter, after, limit).await
+    }
+
+    async fn count_messages(&self, org_id: Uuid) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE org_id = ?1")
+            .bind(org_id)
+            .fetch_one(&self.reader)
+            .await
+            .ctx("failed to count messages")?;
+        Ok(count as u64)
+    }
+
+    async fn cancel_message(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<Message, CancelRefusal>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcome = messages::cancel(&mut tx, scope, id, now).await?;
+        tx.commit().await.ctx("failed to commit the cancellation")?;
+        Ok(outcome)
+    }
+
+    async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let released = queue::release_due(&mut tx, now, limit).await?;
+        tx.commit().await.ctx("failed to commit released messages")?;
+        Ok(released)
+    }
+
+    async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        queue::next_scheduled_at(&self.reader).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut tx = self.write().await?;
+        let claimed = queue::claim(&mut tx, now, lease_until, limit).await?;
+        tx.commit().await.ctx("failed to commit claimed messages")?;
+        Ok(claimed)
+    }
+
+    async fn record_results(
+        &self,
+        results: &[SendResult],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        queue::record_results(&mut tx, results, now).await?;
+        tx.commit().await.ctx("failed to commit send results")
+    }
+
+    async fn apply_reports(
+        &self,
+        reports: &[ProviderReport],
+        now: Timestamp,
+    ) -> Result<Vec<ReportOutcome>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcomes = queue::apply_reports(&mut tx, reports, now).await?;
+        tx.commit().await.ctx("failed to commit provider reports")?;
+        Ok(outcomes)
+    }
+
+    async fn expire_leases(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let expired = queue::expire_leases(&mut tx, now, limit).await?;
+        tx.commit().await.ctx("failed to commit expired leases")?;
+        Ok(expired)
+    }
+
+    async fn unsettled(&self, now: Timestamp, limit: u32) -> Result<Vec<Unsettled>, StoreError> {
+        queue::unsettled(&self.reader, now, limit).await
+    }
+
+    async fn settle(
+        &self,
+        settlements: &[(Uuid, Settlement)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        queue::settle(&mut tx, settlements, now).await?;
+        tx.commit().await.ctx("failed to commit reconciliation")
+    }
+
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let purged = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= ?1")
+            .bind(now.as_microsecond())
+            .execute(&mut *tx)
+            .await
+            .ctx("failed to purge idempotency keys")?
+            .rows_affected();
+        tx.commit().await.ctx("failed to purge idempotency keys")?;
+        Ok(purged)
+    }
+}

@@ -1,0 +1,305 @@
+//! Accepting, reading and cancelling messages, and the status-history rows every change writes.
+
+use std::collections::HashMap;
+
+use herald_store::{
+    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewEvent,
+    NewMessage, Page, Scope, StatusChange, StoreError,
+};
+use jiff::Timestamp;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use uuid::Uuid;
+
+use crate::convert::{self, Ctx, micros};
+use crate::queue::{load_states, write_batch};
+
+/// Columns read into a [`Message`], in the order [`message`] expects.
+macro_rules! message_columns {
+    () => {
+        "id, org_id, mode, api_key_id, recipient, country, sender, body, encoding, segments, kind, \
+         priority, status, provider, provider_message_id, error_code, error_message, \
+         estimated_cost, actual_cost, currency, attempts, max_attempts, send_at, created_at, \
+         updated_at"
+    };
+}
+
+pub(crate) async fn insert(
+    tx: &mut SqliteConnection,
+    new: &NewMessage,
+    idempotency: Option<&IdempotencyRecord>,
+    now: Timestamp,
+) -> Result<Insertion, StoreError> {
+    if let Some(record) = idempotency {
+        let previous = sqlx::query(
+            "SELECT request_hash, message_id, response, expires_at FROM idempotency_keys
+             WHERE org_id = ?1 AND mode = ?2 AND key = ?3",
+        )
+        .bind(new.scope.org_id)
+        .bind(new.scope.mode.as_str())
+        .bind(&record.key)
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("failed to look up the idempotency key")?;
+        if let Some(row) = previous {
+            let expires_at: i64 = row.get(3);
+            if expires_at > micros(now) {
+                let hash: Vec<u8> = row.get(0);
+                return Ok(if hash == record.request_hash {
+                    Insertion::Replayed { message_id: row.get(1), response: row.get(2) }
+                } else {
+                    Insertion::KeyReused
+                });
+            }
+            sqlx::query("DELETE FROM idempotency_keys WHERE org_id = ?1 AND mode = ?2 AND key = ?3")
+                .bind(new.scope.org_id)
+                .bind(new.scope.mode.as_str())
+                .bind(&record.key)
+                .execute(&mut *tx)
+                .await
+                .ctx("failed to replace an expired idempotency key")?;
+        }
+    }
+
+    let status = new.initial_status();
+    sqlx::query(
+        "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
+             encoding, segments, kind, priority, status, estimated_cost, currency, max_attempts,
+             due_at, send_at, last_seq, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+             1, ?19, ?19)",
+    )
+    .bind(new.id)
+    .bind(new.scope.org_id)
+    .bind(new.scope.mode.as_str())
+    .bind(new.api_key_id)
+    .bind(&new.to)
+    .bind(new.country.map(|c| c.as_str().to_owned()))
+    .bind(&new.sender)
+    .bind(&new.body)
+    .bind(new.encoding.as_str())
+    .bind(i64::from(new.segments))
+    .bind(new.kind.as_str())
+    .bind(new.priority)
+    .bind(status.as_str())
+    .bind(new.estimated_cost.micros())
+    .bind(new.currency.as_str())
+    .bind(i64::from(new.max_attempts))
+    .bind(micros(new.due_at()))
+    .bind(new.send_at.map(micros))
+    .bind(micros(new.created_at))
+    .execute(&mut *tx)
+    .await
+    .ctx("failed to insert the message")?;
+    let first = NewEvent {
+        message_id: new.id,
+        org_id: new.scope.org_id,
+        seq: 1,
+        status,
+        at: new.created_at,
+        error_code: None,
+        error_message: None,
+    };
+    insert_event(tx, &first).await?;
+
+    if let Some(record) = idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys
+                 (org_id, mode, key, request_hash, message_id, response, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(new.scope.org_id)
+        .bind(new.scope.mode.as_str())
+        .bind(&record.key)
+        .bind(&record.request_hash[..])
+        .bind(new.id)
+        .bind(&record.response)
+        .bind(micros(now))
+        .bind(micros(record.expires_at))
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to store the idempotency key")?;
+    }
+
+    let message = get(tx, new.scope, new.id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("inserted message vanished".into()))?;
+    Ok(Insertion::Created(message))
+}
+
+/// Append one entry to a message's history.
+pub(crate) async fn insert_event(
+    conn: &mut SqliteConnection,
+    event: &NewEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO message_events
+             (message_id, org_id, seq, status, occurred_at, error_code, error_message)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(event.message_id)
+    .bind(event.org_id)
+    .bind(i64::from(event.seq))
+    .bind(event.status.as_str())
+    .bind(micros(event.at))
+    .bind(&event.error_code)
+    .bind(&event.error_message)
+    .execute(conn)
+    .await
+    .ctx("failed to record a status change")?;
+    Ok(())
+}
+
+pub(crate) async fn get(
+    conn: &mut SqliteConnection,
+    scope: Scope,
+    id: Uuid,
+) -> Result<Option<Message>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE id = ?1 AND org_id = ?2 AND mode = ?3"
+    ))
+    .bind(id)
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("failed to read the message")?;
+    let Some(row) = row else { return Ok(None) };
+    let mut message = message(&row)?;
+    let mut histories = histories(conn, &[id]).await?;
+    message.history = histories.remove(&id).unwrap_or_default();
+    Ok(Some(message))
+}
+
+pub(crate) async fn list(
+    conn: &mut SqliteConnection,
+    scope: Scope,
+    filter: &MessageFilter,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Page<Message>, StoreError> {
+    let mut query = QueryBuilder::<Sqlite>::new(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE org_id = "
+    ));
+    query.push_bind(scope.org_id).push(" AND mode = ").push_bind(scope.mode.as_str());
+    if let Some(after) = after {
+        query.push(" AND id < ").push_bind(after);
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(to) = &filter.to {
+        query.push(" AND recipient = ").push_bind(to.clone());
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" AND created_at > ").push_bind(micros(after));
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" AND created_at < ").push_bind(micros(before));
+    }
+    // One extra row tells whether another page exists without a second query.
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+    let rows = query.build().fetch_all(&mut *conn).await.ctx("failed to list messages")?;
+
+    let mut items = rows.iter().take(limit as usize).map(message).collect::<Result<Vec<_>, _>>()?;
+    let next = (rows.len() > limit as usize).then(|| items.last().map(|m| m.id)).flatten();
+    let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
+    let mut histories = histories(conn, &ids).await?;
+    for item in &mut items {
+        item.history = histories.remove(&item.id).unwrap_or_default();
+    }
+    Ok(Page { items, next })
+}
+
+async fn histories(
+    conn: &mut SqliteConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<StatusChange>>, StoreError> {
+    let mut histories: HashMap<Uuid, Vec<StatusChange>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(histories);
+    }
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT message_id, seq, status, occurred_at, error_code, error_message
+         FROM message_events WHERE message_id IN (",
+    );
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(") ORDER BY message_id, seq");
+    for row in query.build().fetch_all(conn).await.ctx("failed to read status history")? {
+        histories.entry(row.get(0)).or_default().push(StatusChange {
+            seq: convert::count(row.get(1))?,
+            status: convert::status(row.get(2))?,
+            at: convert::timestamp(row.get(3))?,
+            error_code: row.get(4),
+            error_message: row.get(5),
+        });
+    }
+    Ok(histories)
+}
+
+pub(crate) async fn cancel(
+    tx: &mut SqliteConnection,
+    scope: Scope,
+    id: Uuid,
+    now: Timestamp,
+) -> Result<Result<Message, CancelRefusal>, StoreError> {
+    let owned: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ?1 AND org_id = ?2 AND mode = ?3")
+            .bind(id)
+            .bind(scope.org_id)
+            .bind(scope.mode.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("failed to read the message to cancel")?;
+    if owned.is_none() {
+        return Ok(Err(CancelRefusal::NotFound));
+    }
+    let mut batch = Batch::new(load_states(tx, &[id]).await?, now);
+    match batch.apply_cancel(id) {
+        None => return Ok(Err(CancelRefusal::NotFound)),
+        Some(Err(status)) => return Ok(Err(CancelRefusal::TooLate(status))),
+        Some(Ok(())) => write_batch(tx, batch).await?,
+    }
+    let message = get(tx, scope, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("cancelled message vanished".into()))?;
+    Ok(Ok(message))
+}
+
+/// Decode a row of [`message_columns!`]; the history is filled in by the caller.
+fn message(row: &SqliteRow) -> Result<Message, StoreError> {
+    Ok(Message {
+        id: row.get(0),
+        scope: Scope { org_id: row.get(1), mode: convert::mode(row.get(2))? },
+        api_key_id: row.get(3),
+        to: row.get(4),
+        country: convert::opt_region(row.get(5))?,
+        sender: row.get(6),
+        body: row.get(7),
+        encoding: convert::encoding(row.get(8))?,
+        segments: convert::count(row.get(9))?,
+        kind: convert::kind(row.get(10))?,
+        priority: row.get(11),
+        status: convert::status(row.get(12))?,
+        provider: row.get(13),
+        provider_message_id: row.get(14),
+        error_code: row.get(15),
+        error_message: row.get(16),
+        estimated_cost: convert::amount(row.get(17)),
+        actual_cost: row.get::<Option<i64>, _>(18).map(convert::amount),
+        currency: convert::currency(row.get(19))?,
+        attempts: convert::count(row.get(20))?,
+        max_attempts: convert::count(row.get(21))?,
+        send_at: convert::opt_timestamp(row.get(22))?,
+        created_at: convert::timestamp(row.get(23))?,
+        updated_at: convert::timestamp(row.get(24))?,
+        history: Vec::new(),
+    })
+}

@@ -1,0 +1,20 @@
+//! Herald's storage interface: the [`Store`] trait, the records it reads and writes, its error
+//! type, and (behind the `conformance` feature) the suite of tests every backend must pass.
+//!
+//! Methods are units of work: each runs in its own transaction inside the backend, so a caller
+//! can never leave the database half-changed. Reads that belong to a tenant take a [`Scope`],
+//! which makes it impossible to fetch another organization's data by forgetting a `WHERE`.
+//! Time is always passed in, never read from the clock here, so tests control it exactly.
+
+mod error;
+mod model;
+mod plan;
+mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::StoreError;
+pub use model::*;
+pub use plan::{Batch, Change, NewEvent, QueueState, plan_change};
+pub use store::Store;

@@ -1,0 +1,133 @@
+//! The [`Store`] trait.
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::model::*;
+
+/// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
+/// [`crate::conformance`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Bring the schema up to date. Safe to run concurrently and repeatedly.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Check the database answers (for `/health`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // --- organizations and keys -------------------------------------------------------------
+
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<(), StoreError>;
+
+    /// Create `org` with `keys` only if there is no organization at all yet; returns whether it
+    /// did. Two servers starting at once on an empty database create one organization, not two.
+    async fn bootstrap_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<bool, StoreError>;
+
+    async fn get_organization(&self, id: Uuid) -> Result<Option<Organization>, StoreError>;
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError>;
+
+    /// Revoke a key; returns the key as it now is, or `None` if there is no such key.
+    async fn revoke_api_key(&self, id: Uuid, at: Timestamp) -> Result<Option<ApiKey>, StoreError>;
+
+    async fn list_api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// The key with this hash and its organization, revoked or not (the caller decides).
+    async fn find_api_key(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<(ApiKey, Organization)>, StoreError>;
+
+    async fn touch_api_key(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError>;
+
+    // --- accepting and reading messages -------------------------------------------------------
+
+    /// Store a message and its first status in one transaction, honouring an idempotency key.
+    async fn insert_message(
+        &self,
+        message: &NewMessage,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Insertion, StoreError>;
+
+    async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError>;
+
+    /// Newest first. `after` is the last id of the previous page.
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        filter: &MessageFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<Message>, StoreError>;
+
+    /// Number of messages of an organization (all modes); for operators and tests.
+    async fn count_messages(&self, org_id: Uuid) -> Result<u64, StoreError>;
+
+    async fn cancel_message(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<Message, CancelRefusal>, StoreError>;
+
+    // --- the dispatcher's queue ---------------------------------------------------------------
+
+    /// Move scheduled messages whose time has come to `queued`; returns how many.
+    async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// The earliest `send_at` of a scheduled message, if any, so the scheduler can sleep until
+    /// exactly then.
+    async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Claim up to `limit` due messages, highest priority and oldest first: mark them `sending`
+    /// with a lease until `lease_until`, count the attempt, commit. Concurrent claimers never
+    /// receive the same message.
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Record what providers said about claimed messages, in one transaction. A result for an
+    /// attempt that is no longer current is ignored unless it tells us the provider has it.
+    async fn record_results(
+        &self,
+        results: &[SendResult],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Apply provider status reports; duplicates and late ones change nothing.
+    async fn apply_reports(
+        &self,
+        reports: &[ProviderReport],
+        now: Timestamp,
+    ) -> Result<Vec<ReportOutcome>, StoreError>;
+
+    /// Messages still `sending` after their lease ran out become `unknown`; returns how many.
+    async fn expire_leases(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
+    /// `unknown` messages due for reconciliation.
+    async fn unsettled(&self, now: Timestamp, limit: u32) -> Result<Vec<Unsettled>, StoreError>;
+
+    /// Record what reconciliation learned.
+    async fn settle(
+        &self,
+        settlements: &[(Uuid, Settlement)],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Forget idempotency keys past their expiry; returns how many.
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
