@@ -1,1 +1,156 @@
-fn main() {}
+//! The `herald` binary: a thin command line over the crates. `serve` runs the API, the
+//! dispatcher and the scheduler in one process; the other commands administer the same
+//! database and work while a server is running.
+
+mod commands;
+mod config;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use config::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Self-hosted SMS platform")]
+struct Cli {
+    /// A TOML configuration file; flags and HERALD_* variables take precedence over it.
+    #[arg(long, env = "HERALD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    /// `sqlite:PATH` or `postgres://…` [default: sqlite://herald.db in the working directory]
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", global = true, value_enum)]
+    log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API, the dispatcher and the scheduler.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080]
+        #[arg(long, env = "HERALD_LISTEN")]
+        listen: Option<SocketAddr>,
+    },
+    /// Create or update the database schema.
+    Migrate,
+    /// Manage organizations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Create an organization with a live and a test API key (shown once).
+    Create {
+        name: String,
+        /// Region for national-format numbers, e.g. US, GB, IN.
+        #[arg(long)]
+        region: Option<String>,
+        /// Print {"org_id", "live_key", "test_key"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create an API key (shown once).
+    Create {
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// A test key, which only ever reaches the simulator.
+        #[arg(long)]
+        test: bool,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key; requests with it are refused from then on.
+    Revoke { key_id: uuid::Uuid },
+    /// List an organization's keys (never their secrets).
+    List {
+        #[arg(long)]
+        org: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = config::FileConfig::load(cli.config.as_deref())?;
+    let database_url = config::DatabaseUrl::new(
+        cli.database_url
+            .or(file.database_url.clone())
+            .unwrap_or_else(|| "sqlite://herald.db".into()),
+    );
+    let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+    serve::init_logging(log_format, file.log_level.as_deref());
+    match cli.command {
+        Command::Serve { listen } => {
+            let listen = match (listen, file.listen.as_deref()) {
+                (Some(listen), _) => listen,
+                (None, Some(text)) => text
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("listen {text:?} is not an address"))?,
+                (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+            };
+            serve::serve(&file, &database_url, listen).await
+        }
+        Command::Migrate => commands::migrate(&file, &database_url).await,
+        Command::Org(OrgCommand::Create { name, region, json }) => {
+            commands::create_org(&file, &database_url, &name, region.as_deref(), json).await
+        }
+        Command::Key(KeyCommand::Create {
+            org,
+            test,
+            name,
+            json,
+        }) => commands::create_key(&file, &database_url, org, test, name, json).await,
+        Command::Key(KeyCommand::Revoke { key_id }) => {
+            commands::revoke_key(&file, &database_url, key_id).await
+        }
+        Command::Key(KeyCommand::List { org, json }) => {
+            commands::list_keys(&file, &database_url, org, json).await
+        }
+    }
+}

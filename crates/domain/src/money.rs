@@ -131,7 +131,10 @@ pub struct Price {
 
 impl Price {
     pub fn flat(amount: Amount) -> Price {
-        Price { transactional: amount, promotional: amount }
+        Price {
+            transactional: amount,
+            promotional: amount,
+        }
     }
 
     fn for_type(&self, kind: MessageType) -> Amount {
@@ -152,7 +155,11 @@ pub struct PriceTable {
 
 impl PriceTable {
     pub fn new(currency: Currency, default: Price) -> PriceTable {
-        PriceTable { currency, default, by_region: HashMap::new() }
+        PriceTable {
+            currency,
+            default,
+            by_region: HashMap::new(),
+        }
     }
 
     pub fn with_region(mut self, region: Region, price: Price) -> PriceTable {
@@ -204,7 +211,15 @@ mod tests {
 
     #[test]
     fn malformed_amounts_are_refused() {
-        for bad in ["", ".5", "1.2.3", "abc", "1e5", "0.0000001", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".5",
+            "1.2.3",
+            "abc",
+            "1e5",
+            "0.0000001",
+            "99999999999999999999",
+        ] {
             assert!(Amount::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -214,10 +229,21 @@ mod tests {
         let gb = Region::parse("GB").unwrap();
         let table = PriceTable::default().with_region(
             gb,
-            Price { transactional: Amount::from_micros(40_000), promotional: Amount::from_micros(45_000) },
+            Price {
+                transactional: Amount::from_micros(40_000),
+                promotional: Amount::from_micros(45_000),
+            },
         );
-        assert_eq!(table.estimate(Some(gb), MessageType::Promotional, 3).micros(), 135_000);
-        assert_eq!(table.estimate(None, MessageType::Transactional, 2).micros(), 15_800);
+        assert_eq!(
+            table
+                .estimate(Some(gb), MessageType::Promotional, 3)
+                .micros(),
+            135_000
+        );
+        assert_eq!(
+            table.estimate(None, MessageType::Transactional, 2).micros(),
+            15_800
+        );
     }
 
     proptest! {

@@ -10,8 +10,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use phonenumber::metadata::{DATABASE, Descriptor};
 use phonenumber::country::{self, Source};
+use phonenumber::metadata::{DATABASE, Descriptor};
 use phonenumber::{Metadata, ParseError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -113,29 +113,12 @@ impl PhoneNumber {
         } else {
             default_region
         };
-        let mut parsed = read(input, region)?;
-        match (parsed.code().source(), region) {
-            // The same defect strikes after an international prefix (`011 49 1512…` from the US
-            // can come out as a different, valid German number): read it again in `+` form.
-            (Source::Idd, Some(region)) => {
-                let international = idd_to_plus(input, region).ok_or(PhoneError::NotANumber)?;
-                parsed = read(&international, None)?;
-            }
-            // phonenumber 0.3 strips too eagerly from national input: leading digits equal to
-            // the calling code (Italian mobiles starting 39, Norwegian ones starting 47) and
-            // national prefixes that are really part of the number (Russian 800 freephone).
-            // libphonenumber keeps them when the input is a valid number as it stands, so
-            // read it that way: always when the calling code was taken from the digits, and
-            // for ordinary national input when the stripped reading is invalid.
-            (source @ (Source::Number | Source::Default), Some(_))
-                if source == Source::Number || !parsed.is_valid() =>
-            {
-                if let Some(whole) = read_as_significant(parsed.country().code(), input) {
-                    parsed = whole;
-                }
-            }
-            _ => {}
-        }
+        // The same defect strikes after an international prefix (`011 49 1512…` from the US
+        // can come out as a different, valid German number), so such input is read in `+` form.
+        let parsed = match region.and_then(|region| idd_to_plus(input, region)) {
+            Some(international) => read(&international, None)?,
+            None => read_national(input, region)?,
+        };
 
         let country_code = parsed.country().code();
         let national = parsed.national().to_string();
@@ -276,6 +259,10 @@ fn idd_to_plus(input: &str, region: Region) -> Option<String> {
     let idd = DATABASE.by_id(region.as_str())?.international_prefix()?;
     let digits: String = input.chars().filter(char::is_ascii_digit).collect();
     let prefix_len = idd.find(&digits).filter(|m| m.start() == 0)?.end();
+    // No calling code starts with 0, so libphonenumber does not take such a match for a prefix.
+    if digits[prefix_len..].starts_with('0') || prefix_len == digits.len() {
+        return None;
+    }
     let mut seen = 0;
     for (at, c) in input.char_indices() {
         if seen == prefix_len {
@@ -288,6 +275,34 @@ fn idd_to_plus(input: &str, region: Region) -> Option<String> {
         }
     }
     None
+}
+
+/// Read input that does not start with the default region's international prefix, working
+/// around phonenumber 0.3 stripping too eagerly from national input: leading digits equal to
+/// the calling code (Italian mobiles starting 39, Norwegian ones starting 47) and national
+/// prefixes that are really part of the number. libphonenumber keeps them when the input is a
+/// valid number as it stands, so it is read that way too: always when the calling code was
+/// taken from the digits, and for ordinary national input when the stripped reading is invalid.
+fn read_national(
+    input: &str,
+    region: Option<Region>,
+) -> Result<phonenumber::PhoneNumber, PhoneError> {
+    let parsed = read(input, region)?;
+    if region.is_none() {
+        return Ok(parsed);
+    }
+    let try_whole = match parsed.code().source() {
+        // An international prefix that `idd_to_plus` could not place among plain digits: the
+        // reading may be mangled, and a wrong number is worse than a refusal.
+        Source::Idd => return Err(PhoneError::NotANumber),
+        Source::Number => true,
+        Source::Default => !parsed.is_valid(),
+        Source::Plus => false,
+    };
+    if try_whole && let Some(whole) = read_as_significant(parsed.country().code(), input) {
+        return Ok(whole);
+    }
+    Ok(parsed)
 }
 
 /// `input` read as the national significant number of `country_code`, if that is valid.
@@ -364,7 +379,9 @@ fn invalid_reason(country_code: u16, national_len: usize) -> PhoneError {
         return PhoneError::InvalidCountryCode;
     };
     let lengths = number_types(meta).flat_map(|d| d.possible_length().iter().copied());
-    let (min, max) = lengths.fold((u16::MAX, 0), |(min, max), len| (min.min(len), max.max(len)));
+    let (min, max) = lengths.fold((u16::MAX, 0), |(min, max), len| {
+        (min.min(len), max.max(len))
+    });
     if min > max {
         return PhoneError::InvalidForRegion;
     }
@@ -389,178 +406,4 @@ fn main_metadata(country_code: u16) -> Option<&'static Metadata> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn region(code: &str) -> Region {
-        Region::parse(code).unwrap()
-    }
-
-    #[test]
-    fn a_number_from_a_crown_dependency_belongs_to_it_not_to_the_uk() {
-        let number = PhoneNumber::parse("07911 123456", Some(region("GB"))).unwrap();
-        assert_eq!(number.e164(), "+447911123456");
-        assert_eq!(number.region(), Some(region("GG")));
-        assert_eq!(number.country_code(), 44);
-    }
-
-    #[test]
-    fn a_non_geographic_number_has_no_region() {
-        let number = PhoneNumber::parse("+800 1234 5678", None).unwrap();
-        assert_eq!(number.e164(), "+80012345678");
-        assert_eq!(number.region(), None);
-        assert_eq!(number.country_code(), 800);
-    }
-
-    #[test]
-    fn national_input_without_a_default_region_is_refused_as_such() {
-        assert_eq!(
-            PhoneNumber::parse("415 867 5310", None),
-            Err(PhoneError::MissingRegion)
-        );
-    }
-
-    #[test]
-    fn each_kind_of_bad_input_gets_its_own_reason() {
-        let us = Some(region("US"));
-        let cases = [
-            ("abc", None, PhoneError::NotANumber),
-            ("", None, PhoneError::NotANumber),
-            ("+999 1234567", None, PhoneError::InvalidCountryCode),
-            ("+1 555", None, PhoneError::TooShort),
-            ("12345", us, PhoneError::TooShort),
-            ("867 5310", us, PhoneError::TooShort),
-            ("+1 415 867 53101", None, PhoneError::TooLong),
-            ("+1 123 456 7890", None, PhoneError::InvalidForRegion),
-            ("+44 1", None, PhoneError::TooShort),
-        ];
-        for (input, default_region, expected) in cases {
-            assert_eq!(
-                PhoneNumber::parse(input, default_region),
-                Err(expected.clone()),
-                "{input:?}"
-            );
-        }
-        let huge = "1".repeat(MAX_INPUT_LEN + 1);
-        assert_eq!(PhoneNumber::parse(&huge, us), Err(PhoneError::TooLong));
-    }
-
-    #[test]
-    fn error_codes_are_stable_snake_case() {
-        assert_eq!(PhoneError::InvalidForRegion.code(), "invalid_for_region");
-        assert_eq!(PhoneError::MissingRegion.code(), "missing_region");
-        assert_eq!(
-            PhoneError::TooShort.to_string(),
-            "too short for its country"
-        );
-    }
-
-    #[test]
-    fn regions_are_read_in_any_case_and_must_be_known() {
-        assert_eq!(region("gg").as_str(), "GG");
-        assert_eq!("us".parse::<Region>().unwrap().to_string(), "US");
-        for bad in ["", "U", "USA", "ZZ", "001", "1A", "é"] {
-            assert_eq!(Region::parse(bad), Err(PhoneError::UnknownRegion), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn regions_serialize_as_their_code_and_deserialize_validating() {
-        assert_eq!(serde_json::to_string(&region("GG")).unwrap(), "\"GG\"");
-        assert_eq!(
-            serde_json::from_str::<Region>("\"fr\"").unwrap(),
-            region("FR")
-        );
-        assert!(serde_json::from_str::<Region>("\"XX\"").is_err());
-    }
-
-    #[test]
-    fn numbers_serialize_as_e164_and_deserialize_validating() {
-        let number = PhoneNumber::parse("+1 415 867 5310", None).unwrap();
-        let json = serde_json::to_string(&number).unwrap();
-        assert_eq!(json, "\"+14158675310\"");
-        assert_eq!(serde_json::from_str::<PhoneNumber>(&json).unwrap(), number);
-        assert!(serde_json::from_str::<PhoneNumber>("\"+1 555\"").is_err());
-    }
-
-    #[test]
-    fn masking_hides_the_last_four_characters() {
-        assert_eq!(mask_phone("+14155550100"), "+1415555****");
-        assert_eq!(mask_phone("1234"), "****");
-        assert_eq!(mask_phone("12"), "**");
-        assert_eq!(mask_phone(""), "");
-        assert_eq!(mask_phone("+٤٤١٢٣٤٥"), "+٤٤١****");
-        let number = PhoneNumber::parse("+1 415 867 5310", None).unwrap();
-        assert_eq!(number.masked(), "+1415867****");
-        assert_eq!(number.to_string(), "+14158675310");
-    }
-
-    /// Example national numbers from the metadata itself, so the round trip covers every
-    /// region and number type libphonenumber knows rather than a hand-picked few.
-    fn example_numbers() -> Vec<(Region, String)> {
-        let mut examples = Vec::new();
-        for meta in DATABASE.iter() {
-            let Ok(region) = Region::parse(meta.id()) else {
-                continue;
-            };
-            let d = meta.descriptors();
-            for descriptor in [d.fixed_line(), d.mobile(), d.toll_free(), d.voip()]
-                .into_iter()
-                .flatten()
-            {
-                if let Some(example) = descriptor.example() {
-                    examples.push((region, example.to_owned()));
-                }
-            }
-        }
-        examples.sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
-        examples
-    }
-
-    proptest! {
-        #[test]
-        fn parsing_a_numbers_own_e164_gives_the_same_number(
-            pick in any::<prop::sample::Index>(),
-            tail in "[0-9]{0,3}",
-        ) {
-            let examples = example_numbers();
-            let (default_region, example) = &examples[pick.index(examples.len())];
-            // Varying the last digits reaches numbers beyond the examples, valid or not.
-            let cut = example.len().saturating_sub(tail.len());
-            let input = format!("{}{}", &example[..cut], tail);
-            if let Ok(number) = PhoneNumber::parse(&input, Some(*default_region)) {
-                let again = PhoneNumber::parse(number.e164(), None).unwrap();
-                prop_assert_eq!(&again, &number);
-                let with_other_default = PhoneNumber::parse(number.e164(), Some(region("JP")));
-                prop_assert_eq!(with_other_default.unwrap(), number);
-            }
-        }
-
-        #[test]
-        fn parsing_never_panics(input in "\\PC{0,40}", pick in 0usize..4) {
-            let default_region = [None, Some(region("US")), Some(region("GB")), Some(region("DE"))][pick];
-            let _ = PhoneNumber::parse(&input, default_region);
-        }
-
-        #[test]
-        fn parsing_phone_shaped_noise_never_panics(input in "[+0-9 ()./xext-]{0,30}", pick in 0usize..3) {
-            let default_region = [None, Some(region("US")), Some(region("NZ"))][pick];
-            if let Ok(number) = PhoneNumber::parse(&input, default_region) {
-                prop_assert!(number.e164().starts_with('+'));
-                prop_assert!(number.e164()[1..].bytes().all(|b| b.is_ascii_digit()));
-            }
-        }
-
-        #[test]
-        fn masking_keeps_the_length_and_never_reveals_the_last_four(input in "\\PC{0,20}") {
-            let masked = mask_phone(&input);
-            let original: Vec<char> = input.chars().collect();
-            let hidden: Vec<char> = masked.chars().collect();
-            prop_assert_eq!(hidden.len(), original.len());
-            let keep = original.len().saturating_sub(4);
-            prop_assert_eq!(&hidden[..keep], &original[..keep]);
-            prop_assert!(hidden[keep..].iter().all(|&c| c == '*'));
-        }
-    }
-}
+mod tests;

@@ -261,10 +261,20 @@ mod tests {
 
     #[test]
     fn cancel_is_allowed_only_before_sending() {
-        assert_eq!(apply(S::Scheduled, E::Cancel), Ok(Transition::To(S::Canceled)));
+        assert_eq!(
+            apply(S::Scheduled, E::Cancel),
+            Ok(Transition::To(S::Canceled))
+        );
         assert_eq!(apply(S::Queued, E::Cancel), Ok(Transition::To(S::Canceled)));
         assert_eq!(apply(S::Canceled, E::Cancel), Ok(Transition::Unchanged));
-        for late in [S::Sending, S::Sent, S::Delivered, S::Failed, S::Unknown, S::Suppressed] {
+        for late in [
+            S::Sending,
+            S::Sent,
+            S::Delivered,
+            S::Failed,
+            S::Unknown,
+            S::Suppressed,
+        ] {
             assert!(apply(late, E::Cancel).is_err(), "cancel from {late}");
         }
     }

@@ -11,7 +11,10 @@ fn load(name: &str) -> Vec<Value> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    json["vectors"].as_array().expect("a `vectors` array").clone()
+    json["vectors"]
+        .as_array()
+        .expect("a `vectors` array")
+        .clone()
 }
 
 fn encoding(name: &Value) -> Encoding {

@@ -79,7 +79,9 @@ impl Router {
 
     /// The provider a message was recorded against, for reconciliation.
     pub fn by_name(&self, name: &str) -> Option<&Arc<dyn Provider>> {
-        [&self.live, &self.simulator].into_iter().find(|p| p.name() == name)
+        [&self.live, &self.simulator]
+            .into_iter()
+            .find(|p| p.name() == name)
     }
 }
 
@@ -122,7 +124,13 @@ impl Dispatcher {
         config: DispatcherConfig,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-        Dispatcher { store, router, clock, config, in_flight }
+        Dispatcher {
+            store,
+            router,
+            clock,
+            config,
+            in_flight,
+        }
     }
 
     /// Claim one batch, send it, record the results. Tests step the queue with this.
@@ -134,7 +142,9 @@ impl Dispatcher {
     async fn claim(&self) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now();
         let lease_until = now + SignedDuration::try_from(self.config.lease).unwrap_or_default();
-        self.store.claim_due(now, lease_until, self.config.batch_size).await
+        self.store
+            .claim_due(now, lease_until, self.config.batch_size)
+            .await
     }
 
     /// Send a claimed batch and record the results. After `shutdown`, messages not yet handed
@@ -144,7 +154,10 @@ impl Dispatcher {
         claimed: Vec<Claimed>,
         shutdown: &CancellationToken,
     ) -> Result<DispatchOutcome, StoreError> {
-        let mut outcome = DispatchOutcome { claimed: claimed.len(), ..DispatchOutcome::default() };
+        let mut outcome = DispatchOutcome {
+            claimed: claimed.len(),
+            ..DispatchOutcome::default()
+        };
         if claimed.is_empty() {
             return Ok(outcome);
         }
@@ -190,13 +203,16 @@ impl Dispatcher {
             permit = self.in_flight.acquire() => permit,
             _ = shutdown.cancelled() => return result(SendOutcome::Unclaimed),
         };
-        let Ok(_permit) = permit else { return result(SendOutcome::Unclaimed) };
+        let Ok(_permit) = permit else {
+            return result(SendOutcome::Unclaimed);
+        };
         if shutdown.is_cancelled() {
             return result(SendOutcome::Unclaimed);
         }
         // Never start a call that could outlive the lease: once the lease ends, reconciliation
         // must be able to trust that the call is over.
-        let deadline = self.clock.now() + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
+        let deadline = self.clock.now()
+            + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
         if deadline >= message.lease_expires_at {
             return result(SendOutcome::Unclaimed);
         }
@@ -216,13 +232,21 @@ impl Dispatcher {
                 provider_message_id: accepted.provider_message_id,
                 cost: accepted.cost,
             },
-            Ok(Err(SendError::Permanent { code, message })) => SendOutcome::Failed { code, message },
-            Ok(Err(SendError::Unanswered { code, message })) => SendOutcome::Unanswered { code, message },
+            Ok(Err(SendError::Permanent { code, message })) => {
+                SendOutcome::Failed { code, message }
+            }
+            Ok(Err(SendError::Unanswered { code, message })) => {
+                SendOutcome::Unanswered { code, message }
+            }
             Err(_elapsed) => SendOutcome::Unanswered {
                 code: "timeout".into(),
                 message: format!("no answer within {:?}", self.config.send_timeout),
             },
-            Ok(Err(SendError::Transient { code, message: reason, retry_after })) => {
+            Ok(Err(SendError::Transient {
+                code,
+                message: reason,
+                retry_after,
+            })) => {
                 if message.attempt >= message.max_attempts {
                     SendOutcome::Failed {
                         code,
@@ -230,8 +254,13 @@ impl Dispatcher {
                     }
                 } else {
                     let delay = self.config.retry.delay(message.attempt, retry_after);
-                    let retry_at = self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
-                    SendOutcome::Retry { retry_at, code, message: reason }
+                    let retry_at =
+                        self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
+                    SendOutcome::Retry {
+                        retry_at,
+                        code,
+                        message: reason,
+                    }
                 }
             }
         };

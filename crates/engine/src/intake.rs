@@ -66,7 +66,11 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &'static str, code: &'static str, message: impl Into<String>) -> FieldError {
-        FieldError { field, code, message: message.into() }
+        FieldError {
+            field,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -98,6 +102,15 @@ pub fn prepare(
     let body = match request.body.as_deref() {
         None => {
             errors.push(FieldError::new("body", "required", "`body` is required"));
+            None
+        }
+        // U+0000 has no place in an SMS and PostgreSQL cannot store it in text.
+        Some(body) if body.contains('\0') => {
+            errors.push(FieldError::new(
+                "body",
+                "invalid_character",
+                "`body` must not contain NUL characters",
+            ));
             None
         }
         Some(body) if body.chars().count() > config.max_body_chars => {
@@ -141,7 +154,11 @@ pub fn prepare(
 
     if let Some(send_at) = request.send_at {
         if send_at < now - config.send_at_grace {
-            errors.push(FieldError::new("send_at", "send_at_in_past", "`send_at` is in the past"));
+            errors.push(FieldError::new(
+                "send_at",
+                "send_at_in_past",
+                "`send_at` is in the past",
+            ));
         } else if send_at > now + config.max_schedule_ahead {
             errors.push(FieldError::new(
                 "send_at",
@@ -165,7 +182,9 @@ pub fn prepare(
         to: to.e164().to_owned(),
         country,
         sender,
-        estimated_cost: config.prices.estimate(country, request.kind, body.info.segments),
+        estimated_cost: config
+            .prices
+            .estimate(country, request.kind, body.info.segments),
         currency: config.prices.currency(),
         encoding: body.info.encoding,
         segments: body.info.segments,
@@ -179,7 +198,11 @@ pub fn prepare(
 }
 
 fn phone_error(field: &'static str, error: &PhoneError) -> FieldError {
-    FieldError::new(field, error.code(), format!("`{field}` is not a valid phone number: {error}"))
+    FieldError::new(
+        field,
+        error.code(),
+        format!("`{field}` is not a valid phone number: {error}"),
+    )
 }
 
 /// A sender is an E.164 number, a short code (3–8 digits) or an alphanumeric sender ID
@@ -227,17 +250,28 @@ mod tests {
     }
 
     fn request(to: &str, body: &str) -> SendRequest {
-        SendRequest { to: Some(to.into()), body: Some(body.into()), ..SendRequest::default() }
+        SendRequest {
+            to: Some(to.into()),
+            body: Some(body.into()),
+            ..SendRequest::default()
+        }
     }
 
     fn run(request: &SendRequest) -> Result<NewMessage, Vec<FieldError>> {
         let org = org();
-        let scope = Scope { org_id: org.id, mode: Mode::Live };
+        let scope = Scope {
+            org_id: org.id,
+            mode: Mode::Live,
+        };
         prepare(&IntakeConfig::default(), &org, scope, None, request, now())
     }
 
     fn codes(result: Result<NewMessage, Vec<FieldError>>) -> Vec<(&'static str, &'static str)> {
-        result.unwrap_err().into_iter().map(|e| (e.field, e.code)).collect()
+        result
+            .unwrap_err()
+            .into_iter()
+            .map(|e| (e.field, e.code))
+            .collect()
     }
 
     #[test]
@@ -259,13 +293,19 @@ mod tests {
             send_at: Some(now() - SignedDuration::from_hours(48)),
             ..SendRequest::default()
         };
-        assert_eq!(codes(run(&bad)), vec![
-            ("to", "not_a_number"),
-            ("body", "empty_body"),
-            ("from", "invalid_sender"),
-            ("send_at", "send_at_in_past"),
-        ]);
-        assert_eq!(codes(run(&SendRequest::default())), vec![("to", "required"), ("body", "required")]);
+        assert_eq!(
+            codes(run(&bad)),
+            vec![
+                ("to", "not_a_number"),
+                ("body", "empty_body"),
+                ("from", "invalid_sender"),
+                ("send_at", "send_at_in_past"),
+            ]
+        );
+        assert_eq!(
+            codes(run(&SendRequest::default())),
+            vec![("to", "required"), ("body", "required")]
+        );
     }
 
     #[test]
@@ -286,7 +326,10 @@ mod tests {
         assert_eq!(run(&req).unwrap().encoding, Encoding::Ucs2);
         req.smart_encoding = true;
         let message = run(&req).unwrap();
-        assert_eq!((message.encoding, message.body.as_str()), (Encoding::Gsm7, "It's \"quoted\""));
+        assert_eq!(
+            (message.encoding, message.body.as_str()),
+            (Encoding::Gsm7, "It's \"quoted\"")
+        );
     }
 
     #[test]

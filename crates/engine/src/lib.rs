@@ -11,16 +11,19 @@
 pub mod clock;
 pub mod dispatcher;
 pub mod intake;
+pub mod keys;
 pub mod maintenance;
 pub mod reports;
 pub mod retry;
 
 use std::sync::Arc;
 
-use herald_providers::simulator::{Simulator, SimulatorConfig};
-use herald_providers::Provider;
-use herald_store::{IdempotencyRecord, Insertion, NewMessage, Organization, Scope, Store, StoreError};
 use herald_domain::status::MessageStatus;
+use herald_providers::Provider;
+use herald_providers::simulator::{Simulator, SimulatorConfig};
+use herald_store::{
+    IdempotencyRecord, Insertion, NewMessage, Organization, Scope, Store, StoreError,
+};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +84,17 @@ impl Engine {
             config.maintenance.clone(),
             wake.clone(),
         ));
-        Engine { store, clock, config, simulator, router, reports, dispatcher, maintenance, wake }
+        Engine {
+            store,
+            clock,
+            config,
+            simulator,
+            router,
+            reports,
+            dispatcher,
+            maintenance,
+            wake,
+        }
     }
 
     /// Validate and price a send request for `org`.
@@ -92,7 +105,14 @@ impl Engine {
         api_key_id: Option<Uuid>,
         request: &SendRequest,
     ) -> Result<NewMessage, Vec<FieldError>> {
-        intake::prepare(&self.config.intake, org, scope, api_key_id, request, self.clock.now())
+        intake::prepare(
+            &self.config.intake,
+            org,
+            scope,
+            api_key_id,
+            request,
+            self.clock.now(),
+        )
     }
 
     /// Store a prepared message durably and wake the dispatcher if it can go now.
@@ -101,11 +121,14 @@ impl Engine {
         message: &NewMessage,
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<Insertion, StoreError> {
-        let insertion = self.store.insert_message(message, idempotency, self.clock.now()).await?;
-        if let Insertion::Created(created) = &insertion {
-            if created.status == MessageStatus::Queued {
-                self.wake.notify_one();
-            }
+        let insertion = self
+            .store
+            .insert_message(message, idempotency, self.clock.now())
+            .await?;
+        if let Insertion::Created(created) = &insertion
+            && created.status == MessageStatus::Queued
+        {
+            self.wake.notify_one();
         }
         Ok(insertion)
     }
@@ -114,7 +137,11 @@ impl Engine {
     /// both have stopped cleanly.
     pub fn start(&self, shutdown: CancellationToken) -> JoinSet<()> {
         let mut workers = JoinSet::new();
-        workers.spawn(self.dispatcher.clone().run(shutdown.clone(), self.wake.clone()));
+        workers.spawn(
+            self.dispatcher
+                .clone()
+                .run(shutdown.clone(), self.wake.clone()),
+        );
         workers.spawn(self.maintenance.clone().run(shutdown));
         workers
     }

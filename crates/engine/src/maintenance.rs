@@ -65,7 +65,13 @@ impl Maintenance {
         config: MaintenanceConfig,
         dispatch: Arc<Notify>,
     ) -> Maintenance {
-        Maintenance { store, router, clock, config, dispatch }
+        Maintenance {
+            store,
+            router,
+            clock,
+            config,
+            dispatch,
+        }
     }
 
     /// Release what is due, expire dead leases, reconcile. Tests step time with this.
@@ -80,7 +86,10 @@ impl Maintenance {
             }
         }
         loop {
-            let expired = self.store.expire_leases(now, self.config.batch_size).await?;
+            let expired = self
+                .store
+                .expire_leases(now, self.config.batch_size)
+                .await?;
             outcome.expired += expired;
             if expired < u64::from(self.config.batch_size) {
                 break;
@@ -98,7 +107,8 @@ impl Maintenance {
         if unsettled.is_empty() {
             return Ok(());
         }
-        let retry_at = now + SignedDuration::try_from(self.config.reconcile_retry).unwrap_or_default();
+        let retry_at =
+            now + SignedDuration::try_from(self.config.reconcile_retry).unwrap_or_default();
         let mut settlements = Vec::with_capacity(unsettled.len());
         for message in unsettled {
             let provider = message
@@ -112,7 +122,11 @@ impl Maintenance {
                 to: message.to.clone(),
             };
             let settlement = match provider.lookup(&query).await {
-                Ok(Lookup::Found { provider_message_id, status, error_code }) => {
+                Ok(Lookup::Found {
+                    provider_message_id,
+                    status,
+                    error_code,
+                }) => {
                     outcome.found += 1;
                     Settlement::Found {
                         provider: provider.name().to_owned(),
@@ -145,11 +159,14 @@ impl Maintenance {
             }
             let now = self.clock.now();
             let purge_due = last_purge.is_none_or(|at| {
-                now.duration_since(at) >= SignedDuration::try_from(self.config.purge_every).unwrap_or_default()
+                now.duration_since(at)
+                    >= SignedDuration::try_from(self.config.purge_every).unwrap_or_default()
             });
             if purge_due {
                 match self.store.purge_idempotency_keys(now).await {
-                    Ok(purged) if purged > 0 => tracing::info!(purged, "forgot expired idempotency keys"),
+                    Ok(purged) if purged > 0 => {
+                        tracing::info!(purged, "forgot expired idempotency keys")
+                    }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "failed to purge idempotency keys"),
                 }

@@ -50,7 +50,9 @@ impl ReportSink for ReportIngestor {
             .send(Job { reports, done })
             .await
             .map_err(|_| SinkError("the report writer has stopped".into()))?;
-        answer.await.map_err(|_| SinkError("the report writer has stopped".into()))?
+        answer
+            .await
+            .map_err(|_| SinkError("the report writer has stopped".into()))?
     }
 }
 
@@ -67,8 +69,10 @@ async fn write_loop(store: Arc<dyn Store>, clock: Arc<dyn Clock>, mut jobs: mpsc
                 Err(_) => break,
             }
         }
-        let reports: Vec<ProviderReport> =
-            batch.iter().flat_map(|job| job.reports.iter().cloned()).collect();
+        let reports: Vec<ProviderReport> = batch
+            .iter()
+            .flat_map(|job| job.reports.iter().cloned())
+            .collect();
         match store.apply_reports(&reports, clock.now()).await {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();

@@ -15,7 +15,10 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { base: Duration::from_secs(2), max: Duration::from_secs(300) }
+        RetryPolicy {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+        }
     }
 }
 
@@ -25,7 +28,10 @@ impl RetryPolicy {
         let exponent = attempt.saturating_sub(1).min(30);
         let ceiling = self.base.saturating_mul(1 << exponent).min(self.max);
         let half = ceiling / 2;
-        let jittered = half + ceiling.saturating_sub(half).mul_f64(rand::rng().random::<f64>());
+        let jittered = half
+            + ceiling
+                .saturating_sub(half)
+                .mul_f64(rand::rng().random::<f64>());
         jittered.max(retry_after.unwrap_or_default())
     }
 }
@@ -36,14 +42,26 @@ mod tests {
 
     #[test]
     fn delays_grow_exponentially_within_the_jitter_band_and_stop_at_the_cap() {
-        let policy = RetryPolicy { base: Duration::from_secs(2), max: Duration::from_secs(60) };
+        let policy = RetryPolicy {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
         for _ in 0..200 {
             let first = policy.delay(1, None);
-            assert!(first >= Duration::from_secs(1) && first <= Duration::from_secs(2), "{first:?}");
+            assert!(
+                first >= Duration::from_secs(1) && first <= Duration::from_secs(2),
+                "{first:?}"
+            );
             let third = policy.delay(3, None);
-            assert!(third >= Duration::from_secs(4) && third <= Duration::from_secs(8), "{third:?}");
+            assert!(
+                third >= Duration::from_secs(4) && third <= Duration::from_secs(8),
+                "{third:?}"
+            );
             let late = policy.delay(40, None);
-            assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(60), "{late:?}");
+            assert!(
+                late >= Duration::from_secs(30) && late <= Duration::from_secs(60),
+                "{late:?}"
+            );
         }
     }
 

@@ -38,7 +38,11 @@ pub struct Accepted {
 pub enum SendError {
     /// Refused without accepting (5xx, 429, connection refused): retrying cannot duplicate it.
     #[error("transient provider error {code}: {message}")]
-    Transient { code: String, message: String, retry_after: Option<Duration> },
+    Transient {
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Refused for good (invalid number, blocked): retrying would fail the same way.
     #[error("permanent provider error {code}: {message}")]
     Permanent { code: String, message: String },

@@ -160,7 +160,10 @@ impl Simulator {
             wake: Arc::new(Notify::new()),
         };
         if simulator.config.auto_report {
-            tokio::spawn(report_loop(Arc::downgrade(&simulator.inner), simulator.clone_parts()));
+            tokio::spawn(report_loop(
+                Arc::downgrade(&simulator.inner),
+                simulator.clone_parts(),
+            ));
         }
         simulator
     }
@@ -213,7 +216,9 @@ impl Simulator {
         let provider_message_id = format!("SM{}", Uuid::new_v4().simple());
         let now = Instant::now();
         let mut inner = self.lock();
-        let failed = inner.rng.random_bool(self.config.failure_rate.clamp(0.0, 1.0));
+        let failed = inner
+            .rng
+            .random_bool(self.config.failure_rate.clamp(0.0, 1.0));
         let final_error = match (failed, self.config.failure_codes.len()) {
             (true, n) if n > 0 => {
                 let pick = inner.rng.random_range(0..n);
@@ -223,11 +228,14 @@ impl Simulator {
             (false, _) => None,
         };
         *inner.accepted.entry(message.message_id).or_default() += 1;
-        inner.records.insert(message.message_id, Record {
-            provider_message_id: provider_message_id.clone(),
-            status: ReportedStatus::Sent,
-            error_code: None,
-        });
+        inner.records.insert(
+            message.message_id,
+            Record {
+                provider_message_id: provider_message_id.clone(),
+                status: ReportedStatus::Sent,
+                error_code: None,
+            },
+        );
         let report = |status, error: Option<(String, String)>| ProviderReport {
             provider: NAME.to_owned(),
             message_id: Some(message.message_id),
@@ -237,15 +245,21 @@ impl Simulator {
             error_message: error.map(|(_, message)| message),
             cost: None,
         };
-        let final_status =
-            if final_error.is_some() { ReportedStatus::Undelivered } else { ReportedStatus::Delivered };
+        let final_status = if final_error.is_some() {
+            ReportedStatus::Undelivered
+        } else {
+            ReportedStatus::Delivered
+        };
         let sent = report(ReportedStatus::Sent, None);
         let done = report(final_status, final_error);
         inner.schedule(now, sent);
         inner.schedule(now + self.config.delivery_delay, done);
         drop(inner);
         self.wake.notify_one();
-        Accepted { provider_message_id, cost: None }
+        Accepted {
+            provider_message_id,
+            cost: None,
+        }
     }
 
     /// The fault to apply to this send, if any: scripted first, then magic numbers, then chance.
@@ -263,7 +277,9 @@ impl Simulator {
             return Some(if inner.rng.random_bool(0.5) {
                 Fault::ServerError
             } else {
-                Fault::RateLimited { retry_after: Duration::from_secs(1) }
+                Fault::RateLimited {
+                    retry_after: Duration::from_secs(1),
+                }
             });
         }
         if roll < transient + self.config.timeout_rate.clamp(0.0, 1.0) {
@@ -283,13 +299,18 @@ impl Inner {
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // The state stays consistent even if a holder panicked: every update is a single step.
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Twilio's magic test recipients, honoured so clients can provoke the same failures.
 fn magic_number(to: &str) -> Option<Fault> {
     let reject = |code: &str, message: &str| {
-        Some(Fault::Reject { code: code.to_owned(), message: message.to_owned() })
+        Some(Fault::Reject {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        })
     };
     match to {
         "+15005550001" => reject("21211", "The 'To' number is not a valid phone number"),
@@ -395,7 +416,9 @@ async fn report_loop(
     // How many reports one sink call carries at most; larger batches amortise the commit.
     const MAX_BATCH: usize = 2_000;
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let now = Instant::now();
         let (batch, next_due) = {
             let mut state = lock(&strong);
@@ -419,7 +442,9 @@ async fn report_loop(
         drop(strong);
         // Wake when a report falls due, when a new one is scheduled, or every second to notice
         // that the simulator was dropped.
-        let sleep_until = next_due.unwrap_or(now + Duration::from_secs(1)).min(now + Duration::from_secs(1));
+        let sleep_until = next_due
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep_until(sleep_until) => {}
             _ = wake.notified() => {}
@@ -439,7 +464,10 @@ mod tests {
 
     #[async_trait]
     impl ReportSink for Recorder {
-        async fn submit(&self, reports: Vec<ProviderReport>) -> Result<Vec<ReportOutcome>, SinkError> {
+        async fn submit(
+            &self,
+            reports: Vec<ProviderReport>,
+        ) -> Result<Vec<ReportOutcome>, SinkError> {
             let n = reports.len();
             self.0.lock().unwrap().extend(reports);
             Ok(vec![ReportOutcome::Applied; n])
@@ -460,7 +488,11 @@ mod tests {
 
     fn manual(config: SimulatorConfig) -> (Simulator, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());
-        let config = SimulatorConfig { auto_report: false, seed: Some(7), ..config };
+        let config = SimulatorConfig {
+            auto_report: false,
+            seed: Some(7),
+            ..config
+        };
         (Simulator::new(config, recorder.clone()), recorder)
     }
 
@@ -473,19 +505,40 @@ mod tests {
         assert_eq!(sim.flush_reports().await.unwrap(), 2);
         let reports = recorder.0.lock().unwrap().clone();
         let statuses: Vec<_> = reports.iter().map(|r| r.status).collect();
-        assert_eq!(statuses, vec![ReportedStatus::Sent, ReportedStatus::Delivered]);
-        assert!(reports.iter().all(|r| r.message_id == Some(message.message_id)));
-        assert!(reports.iter().all(|r| r.provider_message_id == accepted.provider_message_id));
+        assert_eq!(
+            statuses,
+            vec![ReportedStatus::Sent, ReportedStatus::Delivered]
+        );
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.message_id == Some(message.message_id))
+        );
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.provider_message_id == accepted.provider_message_id)
+        );
     }
 
     #[tokio::test]
     async fn lookups_find_a_message_until_its_final_report_is_recorded() {
         let (sim, _) = manual(SimulatorConfig::default());
         let message = outbound("+14155550100");
-        let query = LookupQuery { message_id: message.message_id, provider_message_id: None, to: message.to.clone() };
+        let query = LookupQuery {
+            message_id: message.message_id,
+            provider_message_id: None,
+            to: message.to.clone(),
+        };
         assert_eq!(sim.lookup(&query).await.unwrap(), Lookup::NotFound);
         sim.send(&message).await.unwrap();
-        assert!(matches!(sim.lookup(&query).await.unwrap(), Lookup::Found { status: ReportedStatus::Sent, .. }));
+        assert!(matches!(
+            sim.lookup(&query).await.unwrap(),
+            Lookup::Found {
+                status: ReportedStatus::Sent,
+                ..
+            }
+        ));
         sim.flush_reports().await.unwrap();
         assert_eq!(sim.lookup(&query).await.unwrap(), Lookup::NotFound);
     }
@@ -494,18 +547,34 @@ mod tests {
     async fn injected_faults_apply_in_order_then_sends_succeed() {
         let (sim, _) = manual(SimulatorConfig::default());
         sim.inject(Fault::ServerError);
-        sim.inject(Fault::RateLimited { retry_after: Duration::from_secs(3) });
+        sim.inject(Fault::RateLimited {
+            retry_after: Duration::from_secs(3),
+        });
         sim.inject(Fault::Timeout { accepted: true });
-        sim.inject(Fault::Reject { code: "21211".into(), message: "invalid".into() });
+        sim.inject(Fault::Reject {
+            code: "21211".into(),
+            message: "invalid".into(),
+        });
         let message = outbound("+14155550100");
-        assert!(matches!(sim.send(&message).await, Err(SendError::Transient { code, .. }) if code == "503"));
+        assert!(
+            matches!(sim.send(&message).await, Err(SendError::Transient { code, .. }) if code == "503")
+        );
         assert!(matches!(
             sim.send(&message).await,
             Err(SendError::Transient { retry_after: Some(d), .. }) if d == Duration::from_secs(3)
         ));
-        assert!(matches!(sim.send(&message).await, Err(SendError::Unanswered { .. })));
-        assert_eq!(sim.times_accepted(message.message_id), 1, "a timeout after accepting still took it");
-        assert!(matches!(sim.send(&message).await, Err(SendError::Permanent { code, .. }) if code == "21211"));
+        assert!(matches!(
+            sim.send(&message).await,
+            Err(SendError::Unanswered { .. })
+        ));
+        assert_eq!(
+            sim.times_accepted(message.message_id),
+            1,
+            "a timeout after accepting still took it"
+        );
+        assert!(
+            matches!(sim.send(&message).await, Err(SendError::Permanent { code, .. }) if code == "21211")
+        );
         assert!(sim.send(&message).await.is_ok());
         assert_eq!(sim.times_accepted(message.message_id), 2);
     }
@@ -519,7 +588,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_failure_rate_turns_deliveries_into_carrier_errors() {
-        let (sim, recorder) = manual(SimulatorConfig { failure_rate: 1.0, ..SimulatorConfig::default() });
+        let (sim, recorder) = manual(SimulatorConfig {
+            failure_rate: 1.0,
+            ..SimulatorConfig::default()
+        });
         sim.send(&outbound("+14155550100")).await.unwrap();
         sim.flush_reports().await.unwrap();
         let last = recorder.0.lock().unwrap().last().cloned().unwrap();
@@ -530,13 +602,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reports_arrive_on_their_own_after_the_delivery_delay() {
         let recorder = Arc::new(Recorder::default());
-        let config = SimulatorConfig { delivery_delay: Duration::from_millis(200), ..SimulatorConfig::default() };
+        let config = SimulatorConfig {
+            delivery_delay: Duration::from_millis(200),
+            ..SimulatorConfig::default()
+        };
         let sim = Simulator::new(config, recorder.clone());
         sim.send(&outbound("+14155550100")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(recorder.0.lock().unwrap().len(), 1, "sent is reported at once");
+        assert_eq!(
+            recorder.0.lock().unwrap().len(),
+            1,
+            "sent is reported at once"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(recorder.0.lock().unwrap().len(), 2, "delivered after the delay");
+        assert_eq!(
+            recorder.0.lock().unwrap().len(),
+            2,
+            "delivered after the delay"
+        );
         assert_eq!(sim.pending_reports(), 0);
     }
 }

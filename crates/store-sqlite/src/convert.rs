@@ -39,7 +39,8 @@ pub(crate) fn opt_timestamp(micros: Option<i64>) -> Result<Option<Timestamp>, St
 }
 
 pub(crate) fn status(text: &str) -> Result<MessageStatus, StoreError> {
-    text.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))
 }
 
 pub(crate) fn mode(text: &str) -> Result<Mode, StoreError> {

@@ -40,7 +40,11 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig { synchronous_full: true, busy_timeout: Duration::from_secs(10), readers: 4 }
+        SqliteConfig {
+            synchronous_full: true,
+            busy_timeout: Duration::from_secs(10),
+            readers: 4,
+        }
     }
 }
 
@@ -90,7 +94,10 @@ impl SqliteStore {
     /// Start a write transaction holding the write lock from the first statement, so it can
     /// never fail half-way on a lock upgrade.
     async fn write(&self) -> Result<Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.ctx("failed to start a write transaction")
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .ctx("failed to start a write transaction")
     }
 
     /// Close both pools, checkpointing the WAL.
@@ -102,7 +109,13 @@ impl SqliteStore {
 
 fn migrator() -> Migrator {
     let migration = |version, description: &'static str, sql: &'static str| {
-        Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
     };
     Migrator::with_migrations(vec![migration(
         1,
@@ -114,11 +127,17 @@ fn migrator() -> Migrator {
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrator().run(&self.writer).await.ctx("failed to migrate the SQLite database")
+        migrator()
+            .run(&self.writer)
+            .await
+            .ctx("failed to migrate the SQLite database")
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.ctx("database unreachable")?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .ctx("database unreachable")?;
         Ok(())
     }
 
@@ -146,7 +165,9 @@ impl Store for SqliteStore {
             return Ok(false);
         }
         orgs::insert_organization(&mut tx, org, keys).await?;
-        tx.commit().await.ctx("failed to commit the first organization")?;
+        tx.commit()
+            .await
+            .ctx("failed to commit the first organization")?;
         Ok(true)
     }
 
@@ -205,7 +226,11 @@ impl Store for SqliteStore {
     }
 
     async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError> {
-        let mut conn = self.reader.acquire().await.ctx("failed to read a message")?;
+        let mut conn = self
+            .reader
+            .acquire()
+            .await
+            .ctx("failed to read a message")?;
         messages::get(&mut conn, scope, id).await
     }
 
@@ -244,7 +269,9 @@ impl Store for SqliteStore {
     async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         let released = queue::release_due(&mut tx, now, limit).await?;
-        tx.commit().await.ctx("failed to commit released messages")?;
+        tx.commit()
+            .await
+            .ctx("failed to commit released messages")?;
         Ok(released)
     }
 

@@ -46,18 +46,23 @@ pub(crate) async fn insert(
             if expires_at > micros(now) {
                 let hash: Vec<u8> = row.get(0);
                 return Ok(if hash == record.request_hash {
-                    Insertion::Replayed { message_id: row.get(1), response: row.get(2) }
+                    Insertion::Replayed {
+                        message_id: row.get(1),
+                        response: row.get(2),
+                    }
                 } else {
                     Insertion::KeyReused
                 });
             }
-            sqlx::query("DELETE FROM idempotency_keys WHERE org_id = ?1 AND mode = ?2 AND key = ?3")
-                .bind(new.scope.org_id)
-                .bind(new.scope.mode.as_str())
-                .bind(&record.key)
-                .execute(&mut *tx)
-                .await
-                .ctx("failed to replace an expired idempotency key")?;
+            sqlx::query(
+                "DELETE FROM idempotency_keys WHERE org_id = ?1 AND mode = ?2 AND key = ?3",
+            )
+            .bind(new.scope.org_id)
+            .bind(new.scope.mode.as_str())
+            .bind(&record.key)
+            .execute(&mut *tx)
+            .await
+            .ctx("failed to replace an expired idempotency key")?;
         }
     }
 
@@ -124,7 +129,7 @@ pub(crate) async fn insert(
     let message = get(tx, new.scope, new.id)
         .await?
         .ok_or_else(|| StoreError::Corrupt("inserted message vanished".into()))?;
-    Ok(Insertion::Created(message))
+    Ok(Insertion::Created(Box::new(message)))
 }
 
 /// Append one entry to a message's history.
@@ -185,7 +190,10 @@ pub(crate) async fn list(
         message_columns!(),
         " FROM messages WHERE org_id = "
     ));
-    query.push_bind(scope.org_id).push(" AND mode = ").push_bind(scope.mode.as_str());
+    query
+        .push_bind(scope.org_id)
+        .push(" AND mode = ")
+        .push_bind(scope.mode.as_str());
     if let Some(after) = after {
         query.push(" AND id < ").push_bind(after);
     }
@@ -202,11 +210,23 @@ pub(crate) async fn list(
         query.push(" AND created_at < ").push_bind(micros(before));
     }
     // One extra row tells whether another page exists without a second query.
-    query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit) + 1);
-    let rows = query.build().fetch_all(&mut *conn).await.ctx("failed to list messages")?;
+    query
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let rows = query
+        .build()
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("failed to list messages")?;
 
-    let mut items = rows.iter().take(limit as usize).map(message).collect::<Result<Vec<_>, _>>()?;
-    let next = (rows.len() > limit as usize).then(|| items.last().map(|m| m.id)).flatten();
+    let mut items = rows
+        .iter()
+        .take(limit as usize)
+        .map(message)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = (rows.len() > limit as usize)
+        .then(|| items.last().map(|m| m.id))
+        .flatten();
     let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
     let mut histories = histories(conn, &ids).await?;
     for item in &mut items {
@@ -232,7 +252,12 @@ async fn histories(
         list.push_bind(*id);
     }
     query.push(") ORDER BY message_id, seq");
-    for row in query.build().fetch_all(conn).await.ctx("failed to read status history")? {
+    for row in query
+        .build()
+        .fetch_all(conn)
+        .await
+        .ctx("failed to read status history")?
+    {
         histories.entry(row.get(0)).or_default().push(StatusChange {
             seq: convert::count(row.get(1))?,
             status: convert::status(row.get(2))?,
@@ -277,7 +302,10 @@ pub(crate) async fn cancel(
 fn message(row: &SqliteRow) -> Result<Message, StoreError> {
     Ok(Message {
         id: row.get(0),
-        scope: Scope { org_id: row.get(1), mode: convert::mode(row.get(2))? },
+        scope: Scope {
+            org_id: row.get(1),
+            mode: convert::mode(row.get(2))?,
+        },
         api_key_id: row.get(3),
         to: row.get(4),
         country: convert::opt_region(row.get(5))?,

@@ -42,7 +42,10 @@ pub(crate) async fn get_organization(
         .transpose()
 }
 
-pub(crate) async fn insert_key(conn: &mut SqliteConnection, key: &NewApiKey) -> Result<(), StoreError> {
+pub(crate) async fn insert_key(
+    conn: &mut SqliteConnection,
+    key: &NewApiKey,
+) -> Result<(), StoreError> {
     let result = sqlx::query(
         "INSERT INTO api_keys (id, org_id, mode, prefix, hash, name, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -61,6 +64,9 @@ pub(crate) async fn insert_key(conn: &mut SqliteConnection, key: &NewApiKey) -> 
         Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
             Err(StoreError::Conflict("no such organization".into()))
         }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+            "an API key with this id or hash exists".into(),
+        )),
         Err(e) => Err(StoreError::backend("failed to insert the API key", e)),
     }
 }
@@ -93,13 +99,15 @@ pub(crate) async fn revoke_key(
         .execute(&mut *conn)
         .await
         .ctx("failed to revoke the API key")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?1")))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .ctx("failed to read the API key")?
-        .map(|row| api_key(&row))
-        .transpose()
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.id = ?1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("failed to read the API key")?
+    .map(|row| api_key(&row))
+    .transpose()
 }
 
 pub(crate) async fn list_keys(pool: &SqlitePool, org_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {

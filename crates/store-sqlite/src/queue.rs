@@ -85,7 +85,10 @@ pub(crate) async fn claim(
         insert_event(tx, &event).await?;
         claimed.push(Claimed {
             id: row.get(0),
-            scope: Scope { org_id: row.get(1), mode: convert::mode(row.get(2))? },
+            scope: Scope {
+                org_id: row.get(1),
+                mode: convert::mode(row.get(2))?,
+            },
             to: row.get(3),
             country: convert::opt_region(row.get(4))?,
             sender: row.get(5),
@@ -171,8 +174,11 @@ pub(crate) async fn expire_leases(
     .await
     .ctx("failed to expire leases")?;
     for row in &rows {
-        insert_event(tx, &bulk_event(row, MessageStatus::Unknown, now, Some((CODE, REASON)))?)
-            .await?;
+        insert_event(
+            tx,
+            &bulk_event(row, MessageStatus::Unknown, now, Some((CODE, REASON)))?,
+        )
+        .await?;
     }
     Ok(rows.len() as u64)
 }
@@ -195,7 +201,10 @@ pub(crate) async fn unsettled(
     .map(|row| {
         Ok(Unsettled {
             id: row.get(0),
-            scope: Scope { org_id: row.get(1), mode: convert::mode(row.get(2))? },
+            scope: Scope {
+                org_id: row.get(1),
+                mode: convert::mode(row.get(2))?,
+            },
             provider: row.get(3),
             provider_message_id: row.get(4),
             to: row.get(5),
@@ -236,7 +245,12 @@ pub(crate) async fn load_states(
             list.push_bind(*id);
         }
         query.push(")");
-        for row in query.build().fetch_all(&mut *conn).await.ctx("failed to read message states")? {
+        for row in query
+            .build()
+            .fetch_all(&mut *conn)
+            .await
+            .ctx("failed to read message states")?
+        {
             states.push(QueueState {
                 id: row.get(0),
                 org_id: row.get(1),
@@ -257,7 +271,10 @@ pub(crate) async fn load_states(
 }
 
 /// Write back what a [`Batch`] changed: the rows, then their new history entries.
-pub(crate) async fn write_batch(conn: &mut SqliteConnection, batch: Batch) -> Result<(), StoreError> {
+pub(crate) async fn write_batch(
+    conn: &mut SqliteConnection,
+    batch: Batch,
+) -> Result<(), StoreError> {
     let now = batch.now();
     let (states, events) = batch.finish();
     for state in &states {

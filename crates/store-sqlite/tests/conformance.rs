@@ -11,7 +11,9 @@ async fn subject() -> Option<Subject> {
     let dir = tempfile::tempdir().expect("temporary directory");
     let url = format!("sqlite://{}", dir.path().join("herald.db").display());
     let open = move |url: String| async move {
-        let store = SqliteStore::connect(&url, &SqliteConfig::default()).await.expect("open SQLite");
+        let store = SqliteStore::connect(&url, &SqliteConfig::default())
+            .await
+            .expect("open SQLite");
         Arc::new(store) as Arc<dyn Store>
     };
     let store = open(url.clone()).await;

@@ -32,7 +32,11 @@ impl Subject {
         store: Arc<dyn Store>,
         reconnect: impl Fn() -> BoxFuture<'static, Arc<dyn Store>> + Send + Sync + 'static,
     ) -> Subject {
-        Subject { store, reconnect: Box::new(reconnect), guard: None }
+        Subject {
+            store,
+            reconnect: Box::new(reconnect),
+            guard: None,
+        }
     }
 
     /// Keep `guard` alive as long as the subject.
@@ -115,7 +119,10 @@ async fn organization(store: &dyn Store, name: &str) -> Scope {
         created_at: t0(),
     };
     store.create_organization(&org, &[]).await.unwrap();
-    Scope { org_id: org.id, mode: Mode::Live }
+    Scope {
+        org_id: org.id,
+        mode: Mode::Live,
+    }
 }
 
 fn message(scope: Scope, to: &str, created_at: Timestamp) -> NewMessage {
@@ -140,14 +147,22 @@ fn message(scope: Scope, to: &str, created_at: Timestamp) -> NewMessage {
 }
 
 async fn insert(store: &dyn Store, new: &NewMessage) -> Message {
-    match store.insert_message(new, None, new.created_at).await.unwrap() {
-        Insertion::Created(message) => message,
+    match store
+        .insert_message(new, None, new.created_at)
+        .await
+        .unwrap()
+    {
+        Insertion::Created(message) => *message,
         other => panic!("expected a new message, got {other:?}"),
     }
 }
 
 async fn get(store: &dyn Store, scope: Scope, id: Uuid) -> Message {
-    store.get_message(scope, id).await.unwrap().expect("message exists")
+    store
+        .get_message(scope, id)
+        .await
+        .unwrap()
+        .expect("message exists")
 }
 
 fn statuses(message: &Message) -> Vec<MessageStatus> {
@@ -191,7 +206,10 @@ fn report(id: Option<Uuid>, provider_message_id: &str, status: ReportedStatus) -
 }
 
 async fn claim_one(store: &dyn Store, now: Timestamp) -> Claimed {
-    let mut claimed = store.claim_due(now, now + SignedDuration::from_secs(30), 1).await.unwrap();
+    let mut claimed = store
+        .claim_due(now, now + SignedDuration::from_secs(30), 1)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1, "expected one claimable message");
     claimed.remove(0)
 }
@@ -215,45 +233,111 @@ pub async fn a_bootstrap_creates_one_organization_only(subject: &Subject) {
     let (a, b) = (make("first"), make("second"));
     let (key_a, key_b) = (key(a.id, Mode::Live, 1), key(b.id, Mode::Live, 2));
     let (ra, rb) = tokio::join!(
-        subject.store.bootstrap_organization(&a, std::slice::from_ref(&key_a)),
+        subject
+            .store
+            .bootstrap_organization(&a, std::slice::from_ref(&key_a)),
         other.bootstrap_organization(&b, std::slice::from_ref(&key_b)),
     );
-    assert_eq!(ra.unwrap() as u8 + rb.unwrap() as u8, 1, "exactly one bootstrap wins");
+    assert_eq!(
+        ra.unwrap() as u8 + rb.unwrap() as u8,
+        1,
+        "exactly one bootstrap wins"
+    );
     let again = make("third");
-    assert!(!subject.store.bootstrap_organization(&again, &[]).await.unwrap());
-    let winner = if subject.store.get_organization(a.id).await.unwrap().is_some() { a } else { b };
-    let stored = subject.store.get_organization(winner.id).await.unwrap().unwrap();
+    assert!(
+        !subject
+            .store
+            .bootstrap_organization(&again, &[])
+            .await
+            .unwrap()
+    );
+    let winner = if subject
+        .store
+        .get_organization(a.id)
+        .await
+        .unwrap()
+        .is_some()
+    {
+        a
+    } else {
+        b
+    };
+    let stored = subject
+        .store
+        .get_organization(winner.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored, winner);
-    assert_eq!(subject.store.list_api_keys(winner.id).await.unwrap().len(), 1);
+    assert_eq!(
+        subject.store.list_api_keys(winner.id).await.unwrap().len(),
+        1
+    );
 }
 
 pub async fn api_keys_are_found_by_hash_and_can_be_revoked(subject: &Subject) {
     let store = subject.store.as_ref();
     let scope = organization(store, "acme").await;
-    let live = store.create_api_key(&key(scope.org_id, Mode::Live, 7)).await.unwrap();
-    let test = store.create_api_key(&key(scope.org_id, Mode::Test, 8)).await.unwrap();
+    let live = store
+        .create_api_key(&key(scope.org_id, Mode::Live, 7))
+        .await
+        .unwrap();
+    let test = store
+        .create_api_key(&key(scope.org_id, Mode::Test, 8))
+        .await
+        .unwrap();
 
     let (found, org) = store.find_api_key(&[7; 32]).await.unwrap().unwrap();
-    assert_eq!((found.id, found.mode, org.id), (live.id, Mode::Live, scope.org_id));
-    assert_eq!(store.find_api_key(&[8; 32]).await.unwrap().unwrap().0.mode, Mode::Test);
+    assert_eq!(
+        (found.id, found.mode, org.id),
+        (live.id, Mode::Live, scope.org_id)
+    );
+    assert_eq!(
+        store.find_api_key(&[8; 32]).await.unwrap().unwrap().0.mode,
+        Mode::Test
+    );
     assert!(store.find_api_key(&[9; 32]).await.unwrap().is_none());
 
     store.touch_api_key(live.id, at(5)).await.unwrap();
-    let revoked = store.revoke_api_key(live.id, at(10)).await.unwrap().unwrap();
+    let revoked = store
+        .revoke_api_key(live.id, at(10))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(revoked.revoked_at, Some(at(10)));
     assert_eq!(revoked.last_used_at, Some(at(5)));
-    let again = store.revoke_api_key(live.id, at(20)).await.unwrap().unwrap();
-    assert_eq!(again.revoked_at, Some(at(10)), "the first revocation time stands");
+    let again = store
+        .revoke_api_key(live.id, at(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(at(10)),
+        "the first revocation time stands"
+    );
     let (found, _) = store.find_api_key(&[7; 32]).await.unwrap().unwrap();
     assert_eq!(found.revoked_at, Some(at(10)));
-    assert!(store.revoke_api_key(Uuid::now_v7(), at(10)).await.unwrap().is_none());
+    assert!(
+        store
+            .revoke_api_key(Uuid::now_v7(), at(10))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let keys = store.list_api_keys(scope.org_id).await.unwrap();
-    assert_eq!(keys.iter().map(|k| k.id).collect::<Vec<_>>(), vec![live.id, test.id]);
+    assert_eq!(
+        keys.iter().map(|k| k.id).collect::<Vec<_>>(),
+        vec![live.id, test.id]
+    );
 }
 
 pub async fn a_key_for_a_missing_organization_is_refused(subject: &Subject) {
-    let result = subject.store.create_api_key(&key(Uuid::now_v7(), Mode::Live, 3)).await;
+    let result = subject
+        .store
+        .create_api_key(&key(Uuid::now_v7(), Mode::Live, 3))
+        .await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
 }
 
@@ -264,14 +348,29 @@ pub async fn an_inserted_message_reads_back_with_its_first_status(subject: &Subj
     let created = insert(store, &new).await;
     let read = get(store, scope, new.id).await;
     assert_eq!(created, read);
+    assert_eq!(
+        read,
+        new.initial_record(),
+        "the store records exactly what was asked"
+    );
     assert_eq!(read.to, "+14155550100");
     assert_eq!(read.status, MessageStatus::Queued);
-    assert_eq!((read.encoding, read.segments, read.kind), (Encoding::Gsm7, 1, MessageType::Transactional));
+    assert_eq!(
+        (read.encoding, read.segments, read.kind),
+        (Encoding::Gsm7, 1, MessageType::Transactional)
+    );
     assert_eq!(read.estimated_cost, Amount::from_micros(7_900));
     assert_eq!((read.attempts, read.max_attempts), (0, 3));
     assert_eq!((read.created_at, read.updated_at), (at(1), at(1)));
     assert_eq!(read.history.len(), 1);
-    assert_eq!((read.history[0].seq, read.history[0].status, read.history[0].at), (1, MessageStatus::Queued, at(1)));
+    assert_eq!(
+        (
+            read.history[0].seq,
+            read.history[0].status,
+            read.history[0].at
+        ),
+        (1, MessageStatus::Queued, at(1))
+    );
     assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 1);
 }
 
@@ -283,10 +382,19 @@ pub async fn a_future_message_is_scheduled_until_released(subject: &Subject) {
     assert_eq!(insert(store, &new).await.status, MessageStatus::Scheduled);
 
     assert_eq!(store.release_due(at(3599), 100).await.unwrap(), 0);
-    assert!(store.claim_due(at(3599), at(3630), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_due(at(3599), at(3630), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.release_due(at(3600), 100).await.unwrap(), 1);
     let released = get(store, scope, new.id).await;
-    assert_eq!(statuses(&released), vec![MessageStatus::Scheduled, MessageStatus::Queued]);
+    assert_eq!(
+        statuses(&released),
+        vec![MessageStatus::Scheduled, MessageStatus::Queued]
+    );
     assert_eq!(released.history[1].at, at(3600));
     assert_eq!(claim_one(store, at(3600)).await.id, new.id);
 }
@@ -295,16 +403,36 @@ pub async fn messages_are_invisible_to_other_organizations_and_modes(subject: &S
     let store = subject.store.as_ref();
     let a = organization(store, "a").await;
     let b = organization(store, "b").await;
-    let a_test = Scope { mode: Mode::Test, ..a };
+    let a_test = Scope {
+        mode: Mode::Test,
+        ..a
+    };
     let new = message(a, "+14155550100", at(1));
     insert(store, &new).await;
 
     assert!(store.get_message(b, new.id).await.unwrap().is_none());
     assert!(store.get_message(a_test, new.id).await.unwrap().is_none());
     let none = MessageFilter::default();
-    assert!(store.list_messages(b, &none, None, 100).await.unwrap().items.is_empty());
-    assert!(store.list_messages(a_test, &none, None, 100).await.unwrap().items.is_empty());
-    assert_eq!(store.cancel_message(b, new.id, at(2)).await.unwrap(), Err(CancelRefusal::NotFound));
+    assert!(
+        store
+            .list_messages(b, &none, None, 100)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(
+        store
+            .list_messages(a_test, &none, None, 100)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        store.cancel_message(b, new.id, at(2)).await.unwrap(),
+        Err(CancelRefusal::NotFound)
+    );
     assert_eq!(get(store, a, new.id).await.status, MessageStatus::Queued);
 }
 
@@ -313,7 +441,11 @@ pub async fn listing_walks_every_message_newest_first_exactly_once(subject: &Sub
     let scope = organization(store, "acme").await;
     let mut ids = Vec::new();
     for i in 0..23 {
-        ids.push(insert(store, &message(scope, "+14155550100", at(i))).await.id);
+        ids.push(
+            insert(store, &message(scope, "+14155550100", at(i)))
+                .await
+                .id,
+        );
     }
     ids.reverse();
 
@@ -321,11 +453,17 @@ pub async fn listing_walks_every_message_newest_first_exactly_once(subject: &Sub
     let mut after = None;
     let mut pages = 0;
     loop {
-        let page = store.list_messages(scope, &MessageFilter::default(), after, 5).await.unwrap();
+        let page = store
+            .list_messages(scope, &MessageFilter::default(), after, 5)
+            .await
+            .unwrap();
         pages += 1;
         assert!(page.items.len() <= 5);
         seen.extend(page.items.iter().map(|m| m.id));
-        assert!(page.items.iter().all(|m| m.history.len() == 1), "history comes with the list");
+        assert!(
+            page.items.iter().all(|m| m.history.len() == 1),
+            "history comes with the list"
+        );
         match page.next {
             Some(next) => after = Some(next),
             None => break,
@@ -334,8 +472,15 @@ pub async fn listing_walks_every_message_newest_first_exactly_once(subject: &Sub
     assert_eq!(seen, ids);
     assert_eq!(pages, 5);
 
-    let exact = store.list_messages(scope, &MessageFilter::default(), None, 23).await.unwrap();
-    assert_eq!((exact.items.len(), exact.next), (23, None), "a full last page has no next");
+    let exact = store
+        .list_messages(scope, &MessageFilter::default(), None, 23)
+        .await
+        .unwrap();
+    assert_eq!(
+        (exact.items.len(), exact.next),
+        (23, None),
+        "a full last page has no next"
+    );
 }
 
 pub async fn listing_filters_by_status_recipient_and_creation_time(subject: &Subject) {
@@ -344,23 +489,39 @@ pub async fn listing_filters_by_status_recipient_and_creation_time(subject: &Sub
     let first = insert(store, &message(scope, "+14155550100", at(10))).await;
     let second = insert(store, &message(scope, "+14155550101", at(20))).await;
     let third = insert(store, &message(scope, "+14155550100", at(30))).await;
-    store.cancel_message(scope, second.id, at(21)).await.unwrap().unwrap();
+    store
+        .cancel_message(scope, second.id, at(21))
+        .await
+        .unwrap()
+        .unwrap();
 
     let ids = |page: Page<Message>| page.items.into_iter().map(|m| m.id).collect::<Vec<_>>();
     let list = |filter: MessageFilter| async move {
-        ids(store.list_messages(scope, &filter, None, 100).await.unwrap())
+        ids(store
+            .list_messages(scope, &filter, None, 100)
+            .await
+            .unwrap())
     };
-    let by_status =
-        MessageFilter { status: Some(MessageStatus::Canceled), ..MessageFilter::default() };
+    let by_status = MessageFilter {
+        status: Some(MessageStatus::Canceled),
+        ..MessageFilter::default()
+    };
     assert_eq!(list(by_status).await, vec![second.id]);
-    let by_to = MessageFilter { to: Some("+14155550100".into()), ..MessageFilter::default() };
+    let by_to = MessageFilter {
+        to: Some("+14155550100".into()),
+        ..MessageFilter::default()
+    };
     assert_eq!(list(by_to).await, vec![third.id, first.id]);
     let window = MessageFilter {
         created_after: Some(at(10)),
         created_before: Some(at(30)),
         ..MessageFilter::default()
     };
-    assert_eq!(list(window).await, vec![second.id], "both bounds are exclusive");
+    assert_eq!(
+        list(window).await,
+        vec![second.id],
+        "both bounds are exclusive"
+    );
 }
 
 pub async fn an_idempotency_key_replays_the_original_response(subject: &Subject) {
@@ -375,33 +536,64 @@ pub async fn an_idempotency_key_replays_the_original_response(subject: &Subject)
     };
     let first = message(scope, "+14155550100", at(0));
     assert!(matches!(
-        store.insert_message(&first, Some(&record), at(0)).await.unwrap(),
+        store
+            .insert_message(&first, Some(&record), at(0))
+            .await
+            .unwrap(),
         Insertion::Created(_)
     ));
 
     let retry = message(scope, "+14155550100", at(5));
     assert_eq!(
-        store.insert_message(&retry, Some(&record), at(5)).await.unwrap(),
-        Insertion::Replayed { message_id: first.id, response: record.response.clone() }
+        store
+            .insert_message(&retry, Some(&record), at(5))
+            .await
+            .unwrap(),
+        Insertion::Replayed {
+            message_id: first.id,
+            response: record.response.clone()
+        }
     );
-    let changed = IdempotencyRecord { request_hash: [2; 32], ..record.clone() };
+    let changed = IdempotencyRecord {
+        request_hash: [2; 32],
+        ..record.clone()
+    };
     assert_eq!(
-        store.insert_message(&retry, Some(&changed), at(6)).await.unwrap(),
+        store
+            .insert_message(&retry, Some(&changed), at(6))
+            .await
+            .unwrap(),
         Insertion::KeyReused
     );
-    assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 1, "replays store nothing");
+    assert_eq!(
+        store.count_messages(scope.org_id).await.unwrap(),
+        1,
+        "replays store nothing"
+    );
 
     let elsewhere = message(other, "+14155550100", at(7));
-    assert!(matches!(
-        store.insert_message(&elsewhere, Some(&record), at(7)).await.unwrap(),
-        Insertion::Created(_)
-    ), "keys belong to one organization");
+    assert!(
+        matches!(
+            store
+                .insert_message(&elsewhere, Some(&record), at(7))
+                .await
+                .unwrap(),
+            Insertion::Created(_)
+        ),
+        "keys belong to one organization"
+    );
 
     let later = message(scope, "+14155550100", at(86_400));
-    assert!(matches!(
-        store.insert_message(&later, Some(&changed), at(86_400)).await.unwrap(),
-        Insertion::Created(_)
-    ), "an expired key may be used again");
+    assert!(
+        matches!(
+            store
+                .insert_message(&later, Some(&changed), at(86_400))
+                .await
+                .unwrap(),
+            Insertion::Created(_)
+        ),
+        "an expired key may be used again"
+    );
     assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 2);
 }
 
@@ -415,7 +607,10 @@ pub async fn purging_forgets_expired_idempotency_keys(subject: &Subject) {
             response: Vec::new(),
             expires_at: at(expires),
         };
-        store.insert_message(&message(scope, "+14155550100", at(0)), Some(&record), at(0)).await.unwrap();
+        store
+            .insert_message(&message(scope, "+14155550100", at(0)), Some(&record), at(0))
+            .await
+            .unwrap();
     }
     assert_eq!(store.purge_idempotency_keys(at(150)).await.unwrap(), 1);
     assert_eq!(store.purge_idempotency_keys(at(150)).await.unwrap(), 0);
@@ -434,8 +629,14 @@ pub async fn claims_take_due_messages_by_priority_and_count_attempts(subject: &S
 
     let first = claim_one(store, at(2)).await;
     assert_eq!(first.id, otp.id, "higher priority first, even though newer");
-    assert_eq!((first.attempt, first.max_attempts, first.lease_expires_at), (1, 3, at(32)));
-    assert_eq!((first.to.as_str(), first.body.as_str(), first.segments), ("+14155550101", "Hello", 1));
+    assert_eq!(
+        (first.attempt, first.max_attempts, first.lease_expires_at),
+        (1, 3, at(32))
+    );
+    assert_eq!(
+        (first.to.as_str(), first.body.as_str(), first.segments),
+        ("+14155550101", "Hello", 1)
+    );
     let second = claim_one(store, at(2)).await;
     assert_eq!(second.id, promo.id);
     assert!(store.claim_due(at(2), at(32), 10).await.unwrap().is_empty());
@@ -443,7 +644,10 @@ pub async fn claims_take_due_messages_by_priority_and_count_attempts(subject: &S
     let sending = get(store, scope, otp.id).await;
     assert_eq!(sending.status, MessageStatus::Sending);
     assert_eq!(sending.attempts, 1);
-    assert_eq!(statuses(&sending), vec![MessageStatus::Queued, MessageStatus::Sending]);
+    assert_eq!(
+        statuses(&sending),
+        vec![MessageStatus::Queued, MessageStatus::Sending]
+    );
 }
 
 pub async fn concurrent_claimers_never_share_a_message(subject: &Subject) {
@@ -473,7 +677,11 @@ pub async fn concurrent_claimers_never_share_a_message(subject: &Subject) {
     let total = all.len();
     all.sort();
     all.dedup();
-    assert_eq!((total, all.len()), (200, 200), "every message claimed exactly once");
+    assert_eq!(
+        (total, all.len()),
+        (200, 200),
+        "every message claimed exactly once"
+    );
 }
 
 pub async fn an_accepted_result_marks_the_message_sent(subject: &Subject) {
@@ -493,8 +701,18 @@ pub async fn an_accepted_result_marks_the_message_sent(subject: &Subject) {
     assert_eq!(sent.provider.as_deref(), Some("simulator"));
     assert_eq!(sent.provider_message_id.as_deref(), Some("SM123"));
     assert_eq!(sent.actual_cost, Some(Amount::from_micros(8_300)));
-    assert_eq!(statuses(&sent), vec![MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Sent]);
-    assert_eq!(sent.history.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        statuses(&sent),
+        vec![
+            MessageStatus::Queued,
+            MessageStatus::Sending,
+            MessageStatus::Sent
+        ]
+    );
+    assert_eq!(
+        sent.history.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(sent.history[2].at, at(2));
     assert_eq!(sent.updated_at, at(2));
 }
@@ -509,7 +727,11 @@ pub async fn a_transient_failure_requeues_the_message_until_its_retry_time(subje
         id: claim.id,
         attempt: 1,
         provider: "simulator".into(),
-        outcome: SendOutcome::Retry { retry_at: at(60), code: "503".into(), message: "unavailable".into() },
+        outcome: SendOutcome::Retry {
+            retry_at: at(60),
+            code: "503".into(),
+            message: "unavailable".into(),
+        },
     };
     store.record_results(&[retry], at(2)).await.unwrap();
 
@@ -517,13 +739,26 @@ pub async fn a_transient_failure_requeues_the_message_until_its_retry_time(subje
     assert_eq!(queued.status, MessageStatus::Queued);
     assert_eq!(queued.error_code.as_deref(), Some("503"));
     assert_eq!(queued.history[2].error_code.as_deref(), Some("503"));
-    assert!(store.claim_due(at(59), at(89), 10).await.unwrap().is_empty(), "not before its retry time");
+    assert!(
+        store
+            .claim_due(at(59), at(89), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before its retry time"
+    );
     let again = claim_one(store, at(60)).await;
     assert_eq!(again.attempt, 2);
-    store.record_results(&[accepted(&again, "SM1")], at(61)).await.unwrap();
+    store
+        .record_results(&[accepted(&again, "SM1")], at(61))
+        .await
+        .unwrap();
     let sent = get(store, scope, new.id).await;
     assert_eq!(sent.status, MessageStatus::Sent);
-    assert_eq!(sent.error_code, None, "the transient error no longer describes the message");
+    assert_eq!(
+        sent.error_code, None,
+        "the transient error no longer describes the message"
+    );
 }
 
 pub async fn a_permanent_failure_fails_the_message_with_the_reason(subject: &Subject) {
@@ -536,13 +771,28 @@ pub async fn a_permanent_failure_fails_the_message_with_the_reason(subject: &Sub
         id: claim.id,
         attempt: 1,
         provider: "simulator".into(),
-        outcome: SendOutcome::Failed { code: "21211".into(), message: "invalid number".into() },
+        outcome: SendOutcome::Failed {
+            code: "21211".into(),
+            message: "invalid number".into(),
+        },
     };
     store.record_results(&[failed], at(2)).await.unwrap();
     let message = get(store, scope, new.id).await;
     assert_eq!(message.status, MessageStatus::Failed);
-    assert_eq!((message.error_code.as_deref(), message.error_message.as_deref()), (Some("21211"), Some("invalid number")));
-    assert!(store.claim_due(at(100), at(130), 10).await.unwrap().is_empty());
+    assert_eq!(
+        (
+            message.error_code.as_deref(),
+            message.error_message.as_deref()
+        ),
+        (Some("21211"), Some("invalid number"))
+    );
+    assert!(
+        store
+            .claim_due(at(100), at(130), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn a_stale_result_does_not_override_a_newer_claim(subject: &Subject) {
@@ -555,17 +805,38 @@ pub async fn a_stale_result_does_not_override_a_newer_claim(subject: &Subject) {
         id: new.id,
         attempt,
         provider: "simulator".into(),
-        outcome: SendOutcome::Retry { retry_at: at(2), code: "429".into(), message: "slow down".into() },
+        outcome: SendOutcome::Retry {
+            retry_at: at(2),
+            code: "429".into(),
+            message: "slow down".into(),
+        },
     };
-    store.record_results(&[retry(first.attempt)], at(1)).await.unwrap();
+    store
+        .record_results(&[retry(first.attempt)], at(1))
+        .await
+        .unwrap();
     let second = claim_one(store, at(2)).await;
     assert_eq!(second.attempt, 2);
 
-    store.record_results(&[retry(first.attempt)], at(3)).await.unwrap();
-    assert_eq!(get(store, scope, new.id).await.status, MessageStatus::Sending, "stale retry ignored");
-    store.record_results(&[accepted(&first, "SM-old")], at(4)).await.unwrap();
+    store
+        .record_results(&[retry(first.attempt)], at(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(store, scope, new.id).await.status,
+        MessageStatus::Sending,
+        "stale retry ignored"
+    );
+    store
+        .record_results(&[accepted(&first, "SM-old")], at(4))
+        .await
+        .unwrap();
     let sent = get(store, scope, new.id).await;
-    assert_eq!(sent.status, MessageStatus::Sent, "a stale acceptance still counts: the provider has it");
+    assert_eq!(
+        sent.status,
+        MessageStatus::Sent,
+        "a stale acceptance still counts: the provider has it"
+    );
     assert_eq!(sent.provider_message_id.as_deref(), Some("SM-old"));
 }
 
@@ -575,23 +846,37 @@ pub async fn reports_move_messages_forward_only(subject: &Subject) {
     let new = message(scope, "+14155550100", at(0));
     insert(store, &new).await;
     let claim = claim_one(store, at(1)).await;
-    store.record_results(&[accepted(&claim, "SM9")], at(2)).await.unwrap();
+    store
+        .record_results(&[accepted(&claim, "SM9")], at(2))
+        .await
+        .unwrap();
 
     let delivered = report(Some(new.id), "SM9", ReportedStatus::Delivered);
     let sent = report(Some(new.id), "SM9", ReportedStatus::Sent);
     let failed = report(Some(new.id), "SM9", ReportedStatus::Failed);
-    let outcomes = store.apply_reports(&[delivered.clone(), delivered, sent, failed], at(3)).await.unwrap();
-    assert_eq!(outcomes, vec![
-        ReportOutcome::Applied,
-        ReportOutcome::Unchanged,
-        ReportOutcome::Unchanged,
-        ReportOutcome::Unchanged,
-    ]);
+    let outcomes = store
+        .apply_reports(&[delivered.clone(), delivered, sent, failed], at(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            ReportOutcome::Applied,
+            ReportOutcome::Unchanged,
+            ReportOutcome::Unchanged,
+            ReportOutcome::Unchanged,
+        ]
+    );
     let message = get(store, scope, new.id).await;
     assert_eq!(message.status, MessageStatus::Delivered);
     assert_eq!(
         statuses(&message),
-        vec![MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Sent, MessageStatus::Delivered]
+        vec![
+            MessageStatus::Queued,
+            MessageStatus::Sending,
+            MessageStatus::Sent,
+            MessageStatus::Delivered
+        ]
     );
 }
 
@@ -604,14 +889,27 @@ pub async fn a_report_may_overtake_the_send_result(subject: &Subject) {
     let mut undelivered = report(Some(new.id), "SM7", ReportedStatus::Undelivered);
     undelivered.error_code = Some("30003".into());
     undelivered.error_message = Some("unreachable handset".into());
-    assert_eq!(store.apply_reports(&[undelivered], at(2)).await.unwrap(), vec![ReportOutcome::Applied]);
-    store.record_results(&[accepted(&claim, "SM7")], at(3)).await.unwrap();
+    assert_eq!(
+        store.apply_reports(&[undelivered], at(2)).await.unwrap(),
+        vec![ReportOutcome::Applied]
+    );
+    store
+        .record_results(&[accepted(&claim, "SM7")], at(3))
+        .await
+        .unwrap();
 
     let message = get(store, scope, new.id).await;
     assert_eq!(message.status, MessageStatus::Undelivered);
     assert_eq!(message.error_code.as_deref(), Some("30003"));
     assert_eq!(message.provider_message_id.as_deref(), Some("SM7"));
-    assert_eq!(statuses(&message), vec![MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Undelivered]);
+    assert_eq!(
+        statuses(&message),
+        vec![
+            MessageStatus::Queued,
+            MessageStatus::Sending,
+            MessageStatus::Undelivered
+        ]
+    );
 }
 
 pub async fn reports_find_messages_by_provider_id(subject: &Subject) {
@@ -620,7 +918,10 @@ pub async fn reports_find_messages_by_provider_id(subject: &Subject) {
     let new = message(scope, "+14155550100", at(0));
     insert(store, &new).await;
     let claim = claim_one(store, at(1)).await;
-    store.record_results(&[accepted(&claim, "SM-by-ref")], at(2)).await.unwrap();
+    store
+        .record_results(&[accepted(&claim, "SM-by-ref")], at(2))
+        .await
+        .unwrap();
 
     let outcomes = store
         .apply_reports(
@@ -633,8 +934,18 @@ pub async fn reports_find_messages_by_provider_id(subject: &Subject) {
         )
         .await
         .unwrap();
-    assert_eq!(outcomes, vec![ReportOutcome::Applied, ReportOutcome::NotFound, ReportOutcome::NotFound]);
-    assert_eq!(get(store, scope, new.id).await.status, MessageStatus::Delivered);
+    assert_eq!(
+        outcomes,
+        vec![
+            ReportOutcome::Applied,
+            ReportOutcome::NotFound,
+            ReportOutcome::NotFound
+        ]
+    );
+    assert_eq!(
+        get(store, scope, new.id).await.status,
+        MessageStatus::Delivered
+    );
 }
 
 pub async fn cancel_works_only_before_sending(subject: &Subject) {
@@ -642,27 +953,52 @@ pub async fn cancel_works_only_before_sending(subject: &Subject) {
     let scope = organization(store, "acme").await;
     let queued = message(scope, "+14155550100", at(0));
     insert(store, &queued).await;
-    let canceled = store.cancel_message(scope, queued.id, at(1)).await.unwrap().unwrap();
+    let canceled = store
+        .cancel_message(scope, queued.id, at(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(canceled.status, MessageStatus::Canceled);
-    let again = store.cancel_message(scope, queued.id, at(2)).await.unwrap().unwrap();
+    let again = store
+        .cancel_message(scope, queued.id, at(2))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.history.len(), 2, "a second cancel changes nothing");
-    assert!(store.claim_due(at(3), at(33), 10).await.unwrap().is_empty(), "canceled is never sent");
+    assert!(
+        store.claim_due(at(3), at(33), 10).await.unwrap().is_empty(),
+        "canceled is never sent"
+    );
 
     let mut scheduled = message(scope, "+14155550100", at(0));
     scheduled.send_at = Some(at(100));
     insert(store, &scheduled).await;
-    assert_eq!(store.cancel_message(scope, scheduled.id, at(5)).await.unwrap().unwrap().status, MessageStatus::Canceled);
+    assert_eq!(
+        store
+            .cancel_message(scope, scheduled.id, at(5))
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        MessageStatus::Canceled
+    );
     assert_eq!(store.release_due(at(200), 10).await.unwrap(), 0);
 
     let sending = message(scope, "+14155550100", at(0));
     insert(store, &sending).await;
     claim_one(store, at(6)).await;
     assert_eq!(
-        store.cancel_message(scope, sending.id, at(7)).await.unwrap(),
+        store
+            .cancel_message(scope, sending.id, at(7))
+            .await
+            .unwrap(),
         Err(CancelRefusal::TooLate(MessageStatus::Sending))
     );
     assert_eq!(
-        store.cancel_message(scope, Uuid::now_v7(), at(7)).await.unwrap(),
+        store
+            .cancel_message(scope, Uuid::now_v7(), at(7))
+            .await
+            .unwrap(),
         Err(CancelRefusal::NotFound)
     );
 }
@@ -677,11 +1013,22 @@ pub async fn expired_leases_become_unknown_and_are_reconciled(subject: &Subject)
     let claims = store.claim_due(at(2), at(32), 10).await.unwrap();
     assert_eq!(claims.len(), 2);
 
-    assert_eq!(store.expire_leases(at(32), 100).await.unwrap(), 0, "a lease is good until it ends");
+    assert_eq!(
+        store.expire_leases(at(32), 100).await.unwrap(),
+        0,
+        "a lease is good until it ends"
+    );
     assert_eq!(store.expire_leases(at(33), 100).await.unwrap(), 2);
     let unknown = get(store, scope, lost.id).await;
     assert_eq!(unknown.status, MessageStatus::Unknown);
-    assert!(store.claim_due(at(34), at(64), 10).await.unwrap().is_empty(), "unknown is never resent blindly");
+    assert!(
+        store
+            .claim_due(at(34), at(64), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "unknown is never resent blindly"
+    );
 
     let unsettled = store.unsettled(at(33), 10).await.unwrap();
     assert_eq!(unsettled.len(), 2);
@@ -689,12 +1036,15 @@ pub async fn expired_leases_become_unknown_and_are_reconciled(subject: &Subject)
         .settle(
             &[
                 (lost.id, Settlement::NotFound),
-                (kept.id, Settlement::Found {
-                    provider: "simulator".into(),
-                    provider_message_id: "SM-kept".into(),
-                    status: ReportedStatus::Delivered,
-                    error_code: None,
-                }),
+                (
+                    kept.id,
+                    Settlement::Found {
+                        provider: "simulator".into(),
+                        provider_message_id: "SM-kept".into(),
+                        status: ReportedStatus::Delivered,
+                        error_code: None,
+                    },
+                ),
             ],
             at(34),
         )
@@ -709,7 +1059,12 @@ pub async fn expired_leases_become_unknown_and_are_reconciled(subject: &Subject)
     let requeued = get(store, scope, lost.id).await;
     assert_eq!(
         statuses(&requeued),
-        vec![MessageStatus::Queued, MessageStatus::Sending, MessageStatus::Unknown, MessageStatus::Queued]
+        vec![
+            MessageStatus::Queued,
+            MessageStatus::Sending,
+            MessageStatus::Unknown,
+            MessageStatus::Queued
+        ]
     );
     let retry = claim_one(store, at(35)).await;
     assert_eq!((retry.id, retry.attempt), (lost.id, 2));
@@ -729,7 +1084,10 @@ pub async fn an_unclaimed_message_returns_to_the_queue_without_using_an_attempt(
     };
     store.record_results(&[unclaimed], at(2)).await.unwrap();
     let queued = get(store, scope, new.id).await;
-    assert_eq!((queued.status, queued.attempts, queued.provider.as_deref()), (MessageStatus::Queued, 0, None));
+    assert_eq!(
+        (queued.status, queued.attempts, queued.provider.as_deref()),
+        (MessageStatus::Queued, 0, None)
+    );
     assert_eq!(claim_one(store, at(2)).await.attempt, 1);
 }
 
@@ -740,10 +1098,19 @@ pub async fn an_undecided_settlement_waits_until_its_retry_time(subject: &Subjec
     insert(store, &new).await;
     claim_one(store, at(1)).await;
     store.expire_leases(at(40), 10).await.unwrap();
-    store.settle(&[(new.id, Settlement::Undecided { retry_at: at(100) })], at(41)).await.unwrap();
+    store
+        .settle(
+            &[(new.id, Settlement::Undecided { retry_at: at(100) })],
+            at(41),
+        )
+        .await
+        .unwrap();
     assert!(store.unsettled(at(99), 10).await.unwrap().is_empty());
     assert_eq!(store.unsettled(at(100), 10).await.unwrap()[0].id, new.id);
-    assert_eq!(get(store, scope, new.id).await.status, MessageStatus::Unknown);
+    assert_eq!(
+        get(store, scope, new.id).await.status,
+        MessageStatus::Unknown
+    );
 }
 
 pub async fn next_scheduled_at_is_the_earliest_send_time(subject: &Subject) {
@@ -757,7 +1124,15 @@ pub async fn next_scheduled_at_is_the_earliest_send_time(subject: &Subject) {
     sooner.send_at = Some(at(300));
     insert(store, &sooner).await;
     insert(store, &message(scope, "+14155550100", at(7))).await;
-    assert_eq!(store.next_scheduled_at().await.unwrap(), Some(at(300)), "queued messages do not count");
-    store.cancel_message(scope, sooner.id, at(8)).await.unwrap().unwrap();
+    assert_eq!(
+        store.next_scheduled_at().await.unwrap(),
+        Some(at(300)),
+        "queued messages do not count"
+    );
+    store
+        .cancel_message(scope, sooner.id, at(8))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(store.next_scheduled_at().await.unwrap(), Some(at(500)));
 }

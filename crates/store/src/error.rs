@@ -25,6 +25,9 @@ impl StoreError {
         context: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
-        StoreError::Backend { context, source: Box::new(source) }
+        StoreError::Backend {
+            context,
+            source: Box::new(source),
+        }
     }
 }

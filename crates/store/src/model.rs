@@ -83,6 +83,44 @@ impl NewMessage {
         }
     }
 
+    /// The message exactly as the store records it on insert, before anything happens to it.
+    pub fn initial_record(&self) -> Message {
+        let status = self.initial_status();
+        Message {
+            id: self.id,
+            scope: self.scope,
+            api_key_id: self.api_key_id,
+            to: self.to.clone(),
+            country: self.country,
+            sender: self.sender.clone(),
+            body: self.body.clone(),
+            encoding: self.encoding,
+            segments: self.segments,
+            kind: self.kind,
+            priority: self.priority,
+            status,
+            provider: None,
+            provider_message_id: None,
+            error_code: None,
+            error_message: None,
+            estimated_cost: self.estimated_cost,
+            actual_cost: None,
+            currency: self.currency,
+            attempts: 0,
+            max_attempts: self.max_attempts,
+            send_at: self.send_at,
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            history: vec![StatusChange {
+                seq: 1,
+                status,
+                at: self.created_at,
+                error_code: None,
+                error_message: None,
+            }],
+        }
+    }
+
     /// When the message first becomes eligible for dispatch.
     pub fn due_at(&self) -> Timestamp {
         match self.send_at {
@@ -148,9 +186,12 @@ pub struct IdempotencyRecord {
 /// What happened to an insert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Insertion {
-    Created(Message),
+    Created(Box<Message>),
     /// The key was used before with the same request: here is the original response.
-    Replayed { message_id: Uuid, response: Vec<u8> },
+    Replayed {
+        message_id: Uuid,
+        response: Vec<u8>,
+    },
     /// The key was used before with a different request; nothing was stored.
     KeyReused,
 }

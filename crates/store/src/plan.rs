@@ -30,7 +30,10 @@ pub fn plan_change(
     event: StatusEvent,
 ) -> Result<Option<Change>, IllegalTransition> {
     Ok(match status::apply(current, event)? {
-        Transition::To(to) => Some(Change { to, seq: last_seq + 1 }),
+        Transition::To(to) => Some(Change {
+            to,
+            seq: last_seq + 1,
+        }),
         Transition::Unchanged => None,
     })
 }
@@ -87,7 +90,12 @@ impl Batch {
     /// Start a batch over the loaded states of the messages it may touch.
     pub fn new(states: impl IntoIterator<Item = QueueState>, now: Timestamp) -> Batch {
         let states = states.into_iter().map(|s| (s.id, s)).collect();
-        Batch { now, states, touched: Vec::new(), events: Vec::new() }
+        Batch {
+            now,
+            states,
+            touched: Vec::new(),
+            events: Vec::new(),
+        }
     }
 
     /// The time every change in this batch is recorded at.
@@ -97,19 +105,31 @@ impl Batch {
 
     /// Record what a provider call came to. Unknown ids are skipped.
     pub fn apply_result(&mut self, result: &SendResult) {
-        let Some(state) = self.states.get(&result.id) else { return };
+        let Some(state) = self.states.get(&result.id) else {
+            return;
+        };
         // A result from an older claim only counts when it says the provider has the message:
         // that stays true whatever happened since, and forgetting it could mean sending twice.
         let stale = state.attempts != result.attempt;
-        let mut effects = Effects { provider: Some(&result.provider), ..Effects::default() };
+        let mut effects = Effects {
+            provider: Some(&result.provider),
+            ..Effects::default()
+        };
         let event = match &result.outcome {
-            SendOutcome::Accepted { provider_message_id, cost } => {
+            SendOutcome::Accepted {
+                provider_message_id,
+                cost,
+            } => {
                 effects.provider_message_id = Some(provider_message_id);
                 effects.actual_cost = *cost;
                 StatusEvent::Accepted
             }
             _ if stale => return,
-            SendOutcome::Retry { retry_at, code, message } => {
+            SendOutcome::Retry {
+                retry_at,
+                code,
+                message,
+            } => {
                 effects.error = Some((code, message));
                 effects.due_at = Some(*retry_at);
                 StatusEvent::Retry
@@ -159,23 +179,36 @@ impl Batch {
 
     /// Record what reconciliation learned about an `unknown` message.
     pub fn apply_settlement(&mut self, id: Uuid, settlement: &Settlement) {
-        let Some(state) = self.states.get(&id) else { return };
+        let Some(state) = self.states.get(&id) else {
+            return;
+        };
         if state.status != MessageStatus::Unknown {
             return; // settled meanwhile, e.g. by a late provider report
         }
         let (event, effects) = match settlement {
-            Settlement::Found { provider, provider_message_id, status, error_code } => (
+            Settlement::Found {
+                provider,
+                provider_message_id,
+                status,
+                error_code,
+            } => (
                 StatusEvent::Report(*status),
                 Effects {
                     provider: Some(provider),
                     provider_message_id: Some(provider_message_id),
-                    error: error_code.as_deref().map(|code| (code, "reported by the provider")),
+                    error: error_code
+                        .as_deref()
+                        .map(|code| (code, "reported by the provider")),
                     ..Effects::default()
                 },
             ),
-            Settlement::NotFound => {
-                (StatusEvent::Requeue, Effects { due_at: Some(self.now), ..Effects::default() })
-            }
+            Settlement::NotFound => (
+                StatusEvent::Requeue,
+                Effects {
+                    due_at: Some(self.now),
+                    ..Effects::default()
+                },
+            ),
             Settlement::Undecided { retry_at } => {
                 let state = self.touch(id);
                 state.due_at = *retry_at;
@@ -191,12 +224,20 @@ impl Batch {
     /// its status makes it too late.
     pub fn apply_cancel(&mut self, id: Uuid) -> Option<Result<(), MessageStatus>> {
         let status = self.states.get(&id)?.status;
-        Some(self.apply(id, StatusEvent::Cancel, Effects::default()).map(|_| ()).map_err(|_| status))
+        Some(
+            self.apply(id, StatusEvent::Cancel, Effects::default())
+                .map(|_| ())
+                .map_err(|_| status),
+        )
     }
 
     /// The rows to write back (only those that changed) and the history rows to insert.
     pub fn finish(mut self) -> (Vec<QueueState>, Vec<NewEvent>) {
-        let states = self.touched.iter().filter_map(|id| self.states.remove(id)).collect();
+        let states = self
+            .touched
+            .iter()
+            .filter_map(|id| self.states.remove(id))
+            .collect();
         (states, self.events)
     }
 
@@ -234,7 +275,9 @@ impl Batch {
         if effects.refund_attempt {
             state.attempts = state.attempts.saturating_sub(1);
         }
-        let Some(change) = change else { return Ok(false) };
+        let Some(change) = change else {
+            return Ok(false);
+        };
         state.status = change.to;
         state.last_seq = change.seq;
         if change.to != MessageStatus::Sending {
@@ -311,17 +354,29 @@ mod tests {
     fn two_reports_in_one_batch_apply_in_order() {
         let id = Uuid::from_u128(1);
         let mut batch = Batch::new([state(MessageStatus::Sending)], Timestamp::UNIX_EPOCH);
-        assert_eq!(batch.apply_report(id, &report(ReportedStatus::Sent)), ReportOutcome::Applied);
-        assert_eq!(batch.apply_report(id, &report(ReportedStatus::Delivered)), ReportOutcome::Applied);
-        assert_eq!(batch.apply_report(id, &report(ReportedStatus::Sent)), ReportOutcome::Unchanged);
+        assert_eq!(
+            batch.apply_report(id, &report(ReportedStatus::Sent)),
+            ReportOutcome::Applied
+        );
+        assert_eq!(
+            batch.apply_report(id, &report(ReportedStatus::Delivered)),
+            ReportOutcome::Applied
+        );
+        assert_eq!(
+            batch.apply_report(id, &report(ReportedStatus::Sent)),
+            ReportOutcome::Unchanged
+        );
         let (states, events) = batch.finish();
         assert_eq!(states.len(), 1);
-        assert_eq!((states[0].status, states[0].last_seq), (MessageStatus::Delivered, 4));
+        assert_eq!(
+            (states[0].status, states[0].last_seq),
+            (MessageStatus::Delivered, 4)
+        );
         assert_eq!(states[0].lease_expires_at, None);
-        assert_eq!(events.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(), vec![
-            (3, MessageStatus::Sent),
-            (4, MessageStatus::Delivered)
-        ]);
+        assert_eq!(
+            events.iter().map(|e| (e.seq, e.status)).collect::<Vec<_>>(),
+            vec![(3, MessageStatus::Sent), (4, MessageStatus::Delivered)]
+        );
     }
 
     #[test]

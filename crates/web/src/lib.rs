@@ -1,1 +1,172 @@
-//! placeholder
+//! Herald's HTTP layer: API v1 under `/v1`, `/health`, the OpenAPI document generated from the
+//! handlers at `/openapi.json` with a browsable page at `/docs`, and the problem pages error
+//! `type`s link to.
+//!
+//! [`serve`] is the launch seam: it takes a bound listener and a shutdown token, so the binary
+//! binds the configured address and tests bind port 0.
+
+pub mod auth;
+pub mod extract;
+pub mod messages;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_engine::Engine;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Self-hosted SMS platform. Authenticate with `Authorization: Bearer sk_live_…` \
+                       (or `sk_test_…`, which only ever reaches the simulator). Errors are \
+                       `application/problem+json` (RFC 9457); lists are cursor-paginated."
+    ),
+    modifiers(&BearerKeys),
+    tags((name = "messages", description = "Send and track SMS"), (name = "operations", description = "Health")),
+    components(schemas(problem::ProblemBody, problem::FieldProblem))
+)]
+struct ApiDoc;
+
+struct BearerKeys;
+
+impl Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some("An API key: `sk_live_…` or `sk_test_…`".into());
+        components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The API routes and the OpenAPI document describing them, from the same declarations.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(messages::create_message, messages::list_messages))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::cancel_message))
+        .routes(routes!(health))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    let (api, openapi) = api();
+    api.route("/problems/{slug}", get(problem::describe))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(
+                    |response: &Response, latency: Duration, _: &tracing::Span| {
+                        tracing::info!(
+                            status = response.status().as_u16(),
+                            latency_us = latency.as_micros() as u64,
+                            "request"
+                        );
+                    },
+                ),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The request's span names the route template, never the raw path or query, which can hold
+/// phone numbers (`?to=+1415…`).
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route = route.as_deref().unwrap_or("unmatched"),
+        request_id = %request_id,
+    )
+}
+
+/// Serve `app` on `listener` until `shutdown`, then finish requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// The health of Herald and what it depends on.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    /// `ok` or `unreachable`.
+    pub database: &'static str,
+}
+
+/// Whether Herald can serve: the database answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health))
+)]
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.engine.store.ping().await {
+        Ok(()) => Json(Health {
+            status: "ok",
+            database: "ok",
+        })
+        .into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable",
+                    database: "unreachable",
+                }),
+            )
+                .into_response()
+        }
+    }
+}

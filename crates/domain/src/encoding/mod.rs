@@ -90,7 +90,11 @@ pub fn analyze(body: &str) -> SegmentInfo {
     let totals = Totals::of(body);
     let (encoding, units, doubles) = if totals.gsm {
         // An extension character costs two septets where every other costs one.
-        (Encoding::Gsm7, totals.septets, totals.septets - totals.chars)
+        (
+            Encoding::Gsm7,
+            totals.septets,
+            totals.septets - totals.chars,
+        )
     } else {
         // A character outside the BMP costs two UTF-16 units where every other costs one.
         (Encoding::Ucs2, totals.utf16, totals.utf16 - totals.chars)

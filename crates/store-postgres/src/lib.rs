@@ -1,0 +1,311 @@
+//! Herald's PostgreSQL store, for deployments that run several server processes against one
+//! database.
+//!
+//! Every method is one transaction at READ COMMITTED (or a single statement, which is its own
+//! transaction). What keeps processes from stepping on each other lives in the SQL: claims skip
+//! rows another process has locked, status batches lock their rows in id order, bootstrap and
+//! migrations serialize on advisory locks, and idempotency keys are written before the message
+//! so a duplicate request waits on the first. See `queue.rs` for the queue's statements.
+
+mod convert;
+mod messages;
+mod orgs;
+mod queue;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald_store::*;
+use jiff::Timestamp;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, SqlSafeStr, Transaction};
+use uuid::Uuid;
+
+use convert::{Ctx, ts};
+
+/// Tuning for the PostgreSQL store.
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// Connections this process may hold; every process sharing the database has its own pool,
+    /// so the sum must stay below the server's `max_connections`.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection (or a new one to open) before failing.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A [`Store`] on a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` (`postgres://user:password@host:5432/herald`). One
+    /// connection is opened straight away, so a wrong URL or an unreachable server fails here.
+    pub async fn connect(url: &str, config: &PostgresConfig) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .ctx("invalid PostgreSQL database URL")?
+            .application_name("herald");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .ctx("failed to connect to PostgreSQL")?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// Close the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.ctx("failed to start a transaction")
+    }
+
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .ctx("failed to get a database connection")
+    }
+}
+
+fn migrator() -> Migrator {
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![migration(
+        1,
+        "messages",
+        include_str!("../migrations/0001_messages.sql"),
+    )])
+}
+
+/// Commit `tx`, or roll it back by dropping it when `work` failed.
+async fn finish<T>(
+    tx: Transaction<'static, Postgres>,
+    work: Result<T, StoreError>,
+    context: &'static str,
+) -> Result<T, StoreError> {
+    let value = work?;
+    tx.commit().await.ctx(context)?;
+    Ok(value)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        // sqlx holds a session-level advisory lock (per database) from before it creates its
+        // bookkeeping table until the last migration is applied, so servers starting together
+        // migrate one after the other. It does not unlock when a migration fails, so migrations
+        // run on a connection of their own, closed afterwards: closing releases the lock.
+        let options = (*self.pool.connect_options()).clone();
+        let single = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.pool.options().get_acquire_timeout())
+            .connect_lazy_with(options);
+        let result = migrator().run(&single).await;
+        single.close().await;
+        result.ctx("failed to migrate the PostgreSQL database")
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .ctx("database unreachable")?;
+        Ok(())
+    }
+
+    async fn create_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let work = orgs::insert_organization(&mut tx, org, keys).await;
+        finish(tx, work, "failed to commit the organization").await
+    }
+
+    async fn bootstrap_organization(
+        &self,
+        org: &Organization,
+        keys: &[NewApiKey],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let work = orgs::bootstrap(&mut tx, org, keys).await;
+        finish(tx, work, "failed to commit the first organization").await
+    }
+
+    async fn get_organization(&self, id: Uuid) -> Result<Option<Organization>, StoreError> {
+        orgs::get_organization(&self.pool, id).await
+    }
+
+    async fn create_api_key(&self, key: &NewApiKey) -> Result<ApiKey, StoreError> {
+        let mut conn = self.connection().await?;
+        orgs::insert_key(&mut conn, key).await?;
+        Ok(orgs::key_from_new(key))
+    }
+
+    async fn revoke_api_key(&self, id: Uuid, at: Timestamp) -> Result<Option<ApiKey>, StoreError> {
+        orgs::revoke_key(&self.pool, id, at).await
+    }
+
+    async fn list_api_keys(&self, org_id: Uuid) -> Result<Vec<ApiKey>, StoreError> {
+        orgs::list_keys(&self.pool, org_id).await
+    }
+
+    async fn find_api_key(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<(ApiKey, Organization)>, StoreError> {
+        orgs::find_key(&self.pool, hash).await
+    }
+
+    async fn touch_api_key(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
+        orgs::touch_key(&self.pool, id, at).await
+    }
+
+    async fn insert_message(
+        &self,
+        message: &NewMessage,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Insertion, StoreError> {
+        // Without a key the insert is one statement: no transaction round trips needed.
+        if idempotency.is_none() {
+            let mut conn = self.connection().await?;
+            return messages::insert(&mut conn, message, None, now).await;
+        }
+        let mut tx = self.begin().await?;
+        let insertion = messages::insert(&mut tx, message, idempotency, now).await?;
+        // A replay stores nothing: dropping the transaction rolls back and frees the key row.
+        if matches!(insertion, Insertion::Created(_)) {
+            tx.commit().await.ctx("failed to commit the message")?;
+        }
+        Ok(insertion)
+    }
+
+    async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError> {
+        let mut conn = self.connection().await?;
+        messages::get(&mut conn, scope, id).await
+    }
+
+    async fn list_messages(
+        &self,
+        scope: Scope,
+        filter: &MessageFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<Message>, StoreError> {
+        let mut conn = self.connection().await?;
+        messages::list(&mut conn, scope, filter, after, limit).await
+    }
+
+    async fn count_messages(&self, org_id: Uuid) -> Result<u64, StoreError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_one(&self.pool)
+            .await
+            .ctx("failed to count messages")?;
+        Ok(count as u64)
+    }
+
+    async fn cancel_message(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<Message, CancelRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let work = messages::cancel(&mut tx, scope, id, now).await;
+        finish(tx, work, "failed to commit the cancellation").await
+    }
+
+    async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        queue::release_due(&self.pool, now, limit).await
+    }
+
+    async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        queue::next_scheduled_at(&self.pool).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        queue::claim(&self.pool, now, lease_until, limit).await
+    }
+
+    async fn record_results(
+        &self,
+        results: &[SendResult],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let work = queue::record_results(&mut tx, results, now).await;
+        finish(tx, work, "failed to commit send results").await
+    }
+
+    async fn apply_reports(
+        &self,
+        reports: &[ProviderReport],
+        now: Timestamp,
+    ) -> Result<Vec<ReportOutcome>, StoreError> {
+        let mut tx = self.begin().await?;
+        let work = queue::apply_reports(&mut tx, reports, now).await;
+        finish(tx, work, "failed to commit provider reports").await
+    }
+
+    async fn expire_leases(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        queue::expire_leases(&self.pool, now, limit).await
+    }
+
+    async fn unsettled(&self, now: Timestamp, limit: u32) -> Result<Vec<Unsettled>, StoreError> {
+        queue::unsettled(&self.pool, now, limit).await
+    }
+
+    async fn settle(
+        &self,
+        settlements: &[(Uuid, Settlement)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let work = queue::settle(&mut tx, settlements, now).await;
+        finish(tx, work, "failed to commit reconciliation").await
+    }
+
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let purged = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+            .bind(ts(now))
+            .execute(&self.pool)
+            .await
+            .ctx("failed to purge idempotency keys")?
+            .rows_affected();
+        Ok(purged)
+    }
+}

@@ -1,0 +1,324 @@
+//! Accepting, reading and cancelling messages, and the status-history rows every change writes.
+
+use std::collections::HashMap;
+
+use herald_store::{
+    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewMessage, Page,
+    Scope, StatusChange, StoreError,
+};
+use jiff::Timestamp;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::convert::{self, Ctx, col, int, ts};
+use crate::queue::{load_states, write_batch};
+
+/// Columns read into a [`Message`], in the order [`message`] expects.
+macro_rules! message_columns {
+    () => {
+        "id, org_id, mode, api_key_id, recipient, country, sender, body, encoding, segments, kind, \
+         priority, status, provider, provider_message_id, error_code, error_message, \
+         estimated_cost, actual_cost, currency, attempts, max_attempts, send_at, created_at, \
+         updated_at"
+    };
+}
+
+/// Store a message and its first status. With an idempotency key, `conn` must be inside a
+/// transaction that the caller commits only on [`Insertion::Created`]: the key row is written
+/// first, so a concurrent request with the same key waits on it and then replays.
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    new: &NewMessage,
+    idempotency: Option<&IdempotencyRecord>,
+    now: Timestamp,
+) -> Result<Insertion, StoreError> {
+    if let Some(record) = idempotency
+        && let Some(previous) = take_key(conn, new, record, now).await?
+    {
+        return Ok(previous);
+    }
+
+    // The message, its first history entry and the stored row as read back, in one statement.
+    let row = sqlx::query(concat!(
+        "WITH inserted AS (
+             INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
+                 encoding, segments, kind, priority, status, estimated_cost, currency,
+                 max_attempts, due_at, send_at, last_seq, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18, 1, $19, $19)
+             RETURNING ",
+        message_columns!(),
+        "
+         ), first AS (
+             INSERT INTO message_events (message_id, org_id, seq, status, occurred_at)
+             SELECT id, org_id, 1, status, created_at FROM inserted
+         )
+         SELECT * FROM inserted"
+    ))
+    .bind(new.id)
+    .bind(new.scope.org_id)
+    .bind(new.scope.mode.as_str())
+    .bind(new.api_key_id)
+    .bind(&new.to)
+    .bind(new.country.as_ref().map(|c| c.as_str()))
+    .bind(&new.sender)
+    .bind(&new.body)
+    .bind(new.encoding.as_str())
+    .bind(int(new.segments)?)
+    .bind(new.kind.as_str())
+    .bind(new.priority)
+    .bind(new.initial_status().as_str())
+    .bind(new.estimated_cost.micros())
+    .bind(new.currency.as_str())
+    .bind(int(new.max_attempts)?)
+    .bind(ts(new.due_at()))
+    .bind(new.send_at.map(ts))
+    .bind(ts(new.created_at))
+    .fetch_one(&mut *conn)
+    .await
+    .ctx("failed to insert the message")?;
+    let mut message = message(&row)?;
+    message.history = vec![StatusChange {
+        seq: 1,
+        status: message.status,
+        at: message.created_at,
+        error_code: None,
+        error_message: None,
+    }];
+    Ok(Insertion::Created(Box::new(message)))
+}
+
+/// Make the idempotency key ours: insert it, or replace it if it has expired. When another live
+/// request holds it, return what that request's retry gets instead.
+async fn take_key(
+    conn: &mut PgConnection,
+    new: &NewMessage,
+    record: &IdempotencyRecord,
+    now: Timestamp,
+) -> Result<Option<Insertion>, StoreError> {
+    // A concurrent insert of the same key blocks here until the other transaction ends; the
+    // conflicting row is then locked (even when the WHERE spares it) until this one ends.
+    let taken = sqlx::query(
+        "INSERT INTO idempotency_keys
+             (org_id, mode, key, request_hash, message_id, response, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (org_id, mode, key) DO UPDATE
+             SET request_hash = excluded.request_hash, message_id = excluded.message_id,
+                 response = excluded.response, created_at = excluded.created_at,
+                 expires_at = excluded.expires_at
+             WHERE idempotency_keys.expires_at <= excluded.created_at
+         RETURNING 1",
+    )
+    .bind(new.scope.org_id)
+    .bind(new.scope.mode.as_str())
+    .bind(&record.key)
+    .bind(&record.request_hash[..])
+    .bind(new.id)
+    .bind(&record.response)
+    .bind(ts(now))
+    .bind(ts(record.expires_at))
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("failed to store the idempotency key")?;
+    if taken.is_some() {
+        return Ok(None);
+    }
+    // READ COMMITTED: this statement sees the committed row the insert collided with.
+    let row = sqlx::query(
+        "SELECT request_hash, message_id, response FROM idempotency_keys
+         WHERE org_id = $1 AND mode = $2 AND key = $3",
+    )
+    .bind(new.scope.org_id)
+    .bind(new.scope.mode.as_str())
+    .bind(&record.key)
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("failed to look up the idempotency key")?
+    .ok_or_else(|| StoreError::Corrupt("a locked idempotency key vanished".into()))?;
+    let hash: &[u8] = col(&row, 0)?;
+    Ok(Some(if hash == record.request_hash {
+        Insertion::Replayed {
+            message_id: col(&row, 1)?,
+            response: col(&row, 2)?,
+        }
+    } else {
+        Insertion::KeyReused
+    }))
+}
+
+pub(crate) async fn get(
+    conn: &mut PgConnection,
+    scope: Scope,
+    id: Uuid,
+) -> Result<Option<Message>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE id = $1 AND org_id = $2 AND mode = $3"
+    ))
+    .bind(id)
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .ctx("failed to read the message")?;
+    let Some(row) = row else { return Ok(None) };
+    let mut message = message(&row)?;
+    let mut histories = histories(conn, &[id]).await?;
+    message.history = histories.remove(&id).unwrap_or_default();
+    Ok(Some(message))
+}
+
+pub(crate) async fn list(
+    conn: &mut PgConnection,
+    scope: Scope,
+    filter: &MessageFilter,
+    after: Option<Uuid>,
+    limit: u32,
+) -> Result<Page<Message>, StoreError> {
+    let mut query = QueryBuilder::<Postgres>::new(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE org_id = "
+    ));
+    query
+        .push_bind(scope.org_id)
+        .push(" AND mode = ")
+        .push_bind(scope.mode.as_str());
+    if let Some(after) = after {
+        query.push(" AND id < ").push_bind(after);
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(to) = &filter.to {
+        query.push(" AND recipient = ").push_bind(to.clone());
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" AND created_at > ").push_bind(ts(after));
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" AND created_at < ").push_bind(ts(before));
+    }
+    // One extra row tells whether another page exists without a second query.
+    query
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let rows = query
+        .build()
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("failed to list messages")?;
+
+    let mut items = rows
+        .iter()
+        .take(limit as usize)
+        .map(message)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = (rows.len() > limit as usize)
+        .then(|| items.last().map(|m| m.id))
+        .flatten();
+    let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
+    let mut histories = histories(conn, &ids).await?;
+    for item in &mut items {
+        item.history = histories.remove(&item.id).unwrap_or_default();
+    }
+    Ok(Page { items, next })
+}
+
+/// The histories of `ids`, oldest entry first, in one query.
+async fn histories(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<StatusChange>>, StoreError> {
+    let mut histories: HashMap<Uuid, Vec<StatusChange>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(histories);
+    }
+    let rows = sqlx::query(
+        "SELECT message_id, seq, status, occurred_at, error_code, error_message
+         FROM message_events WHERE message_id = ANY($1) ORDER BY message_id, seq",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+    .ctx("failed to read status history")?;
+    for row in &rows {
+        histories
+            .entry(col(row, 0)?)
+            .or_default()
+            .push(StatusChange {
+                seq: convert::count(row, 1)?,
+                status: convert::status(row, 2)?,
+                at: convert::timestamp(row, 3)?,
+                error_code: col(row, 4)?,
+                error_message: col(row, 5)?,
+            });
+    }
+    Ok(histories)
+}
+
+pub(crate) async fn cancel(
+    tx: &mut PgConnection,
+    scope: Scope,
+    id: Uuid,
+    now: Timestamp,
+) -> Result<Result<Message, CancelRefusal>, StoreError> {
+    let owned: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1 AND org_id = $2 AND mode = $3)",
+    )
+    .bind(id)
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .ctx("failed to read the message to cancel")?;
+    if !owned {
+        return Ok(Err(CancelRefusal::NotFound));
+    }
+    let mut batch = Batch::new(load_states(tx, &[id]).await?, now);
+    match batch.apply_cancel(id) {
+        None => return Ok(Err(CancelRefusal::NotFound)),
+        Some(Err(status)) => return Ok(Err(CancelRefusal::TooLate(status))),
+        Some(Ok(())) => write_batch(tx, batch).await?,
+    }
+    let message = get(tx, scope, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("cancelled message vanished".into()))?;
+    Ok(Ok(message))
+}
+
+/// Decode a row of [`message_columns!`]; the history is filled in by the caller.
+fn message(row: &PgRow) -> Result<Message, StoreError> {
+    Ok(Message {
+        id: col(row, 0)?,
+        scope: Scope {
+            org_id: col(row, 1)?,
+            mode: convert::mode(row, 2)?,
+        },
+        api_key_id: col(row, 3)?,
+        to: col(row, 4)?,
+        country: convert::opt_region(row, 5)?,
+        sender: col(row, 6)?,
+        body: col(row, 7)?,
+        encoding: convert::encoding(row, 8)?,
+        segments: convert::count(row, 9)?,
+        kind: convert::kind(row, 10)?,
+        priority: col(row, 11)?,
+        status: convert::status(row, 12)?,
+        provider: col(row, 13)?,
+        provider_message_id: col(row, 14)?,
+        error_code: col(row, 15)?,
+        error_message: col(row, 16)?,
+        estimated_cost: convert::amount(row, 17)?,
+        actual_cost: convert::opt_amount(row, 18)?,
+        currency: convert::currency(row, 19)?,
+        attempts: convert::count(row, 20)?,
+        max_attempts: convert::count(row, 21)?,
+        send_at: convert::opt_timestamp(row, 22)?,
+        created_at: convert::timestamp(row, 23)?,
+        updated_at: convert::timestamp(row, 24)?,
+        history: Vec::new(),
+    })
+}

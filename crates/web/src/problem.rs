@@ -1,0 +1,209 @@
+//! Errors as RFC 9457 `application/problem+json`.
+//!
+//! Every error the API returns is a [`Problem`] built from one entry of [`CATALOGUE`], so each
+//! has a stable `type` (a link to a page on this server describing it), a human `title` and
+//! `detail`, and, for bad input, the fields at fault in `errors`. Internal causes are logged
+//! once here and never shown to the client.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One kind of problem: its slug (the last part of its `type`), status, title and explanation.
+pub struct Kind {
+    pub slug: &'static str,
+    pub status: StatusCode,
+    pub title: &'static str,
+    pub description: &'static str,
+}
+
+macro_rules! kinds {
+    ($($name:ident = ($slug:literal, $status:ident, $title:literal, $description:literal);)*) => {
+        $(pub const $name: Kind = Kind {
+            slug: $slug,
+            status: StatusCode::$status,
+            title: $title,
+            description: $description,
+        };)*
+        /// Every problem the API can return.
+        pub const CATALOGUE: &[Kind] = &[$($name),*];
+    };
+}
+
+kinds! {
+    MALFORMED_REQUEST = ("malformed-request", BAD_REQUEST, "Malformed request",
+        "The request could not be read: the JSON is not well-formed, a field is unknown, or a query parameter is not recognised. Nothing was changed.");
+    VALIDATION_FAILED = ("validation-failed", UNPROCESSABLE_ENTITY, "Validation failed",
+        "The request was well-formed but some fields are not acceptable; `errors` lists each field with a code and a message. Nothing was changed.");
+    IDEMPOTENCY_KEY_REUSED = ("idempotency-key-reused", UNPROCESSABLE_ENTITY, "Idempotency key reused",
+        "The `Idempotency-Key` was already used in the last 24 hours with a different request. Use a new key for a new request.");
+    UNAUTHORIZED = ("unauthorized", UNAUTHORIZED, "Unauthorized",
+        "The request needs a valid API key in `Authorization: Bearer sk_live_…` (or `sk_test_…`). The key was missing, malformed, unknown or revoked.");
+    NOT_FOUND = ("not-found", NOT_FOUND, "Not found",
+        "There is no such resource for this API key.");
+    METHOD_NOT_ALLOWED = ("method-not-allowed", METHOD_NOT_ALLOWED, "Method not allowed",
+        "This resource does not support the request's HTTP method.");
+    NOT_CANCELABLE = ("not-cancelable", CONFLICT, "Message can no longer be canceled",
+        "Only scheduled or queued messages can be canceled; this one has already been handed to a provider or has ended.");
+    PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "Request body too large",
+        "Request bodies are limited to 64 KiB.");
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type",
+        "Request bodies must be JSON, sent with `Content-Type: application/json`.");
+    INTERNAL = ("internal-error", INTERNAL_SERVER_ERROR, "Internal error",
+        "Herald could not complete the request. It has been logged; the request may be retried.");
+    UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable",
+        "A dependency (the database) is not reachable right now; retry later.");
+}
+
+/// A field at fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// The field as the client named it (`to`, `send_at`, a query parameter or header name).
+    pub field: String,
+    /// A stable machine-readable code, e.g. `invalid_phone`, `required`.
+    pub code: String,
+    pub message: String,
+}
+
+/// An error response body (RFC 9457).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// A link to a page describing this kind of problem; stable, compare it rather than `title`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+    /// For `not-cancelable`: the message's current status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_status: Option<String>,
+}
+
+/// An error on its way to the client. Boxed: it travels in every handler's `Result`, and the
+/// happy path should not pay for its size.
+#[derive(Debug)]
+pub struct Problem(Box<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    body: ProblemBody,
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    pub fn new(kind: &Kind, detail: impl Into<String>) -> Problem {
+        Problem(Box::new(Inner {
+            body: ProblemBody {
+                kind: format!("/problems/{}", kind.slug),
+                title: kind.title.to_owned(),
+                status: kind.status.as_u16(),
+                detail: detail.into(),
+                errors: Vec::new(),
+                current_status: None,
+            },
+            status: kind.status,
+            headers: Vec::new(),
+        }))
+    }
+
+    /// A problem with one field at fault.
+    pub fn field(kind: &Kind, field: &str, code: &str, message: impl Into<String>) -> Problem {
+        let message = message.into();
+        Problem::new(kind, message.clone()).with_errors(vec![FieldProblem {
+            field: field.to_owned(),
+            code: code.to_owned(),
+            message,
+        }])
+    }
+
+    pub fn with_errors(mut self, errors: Vec<FieldProblem>) -> Problem {
+        self.0.body.errors = errors;
+        self
+    }
+
+    pub fn with_current_status(mut self, status: &str) -> Problem {
+        self.0.body.current_status = Some(status.to_owned());
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: &'static str) -> Problem {
+        self.0.headers.push((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    /// Log an internal failure once, with its cause, and hide it from the client.
+    pub fn internal(context: &str, error: &dyn std::error::Error) -> Problem {
+        let mut causes = String::new();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            causes.push_str(": ");
+            causes.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::error!(error = %error, causes = %causes, "{context}");
+        Problem::new(&INTERNAL, "an internal error occurred")
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+}
+
+impl From<herald_store::StoreError> for Problem {
+    fn from(error: herald_store::StoreError) -> Problem {
+        Problem::internal("database operation failed", &error)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let Inner {
+            body,
+            status,
+            headers,
+        } = *self.0;
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/problem+json"),
+            )],
+            body,
+        )
+            .into_response();
+        for (name, value) in headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// `GET /problems/{slug}`: the page each problem `type` links to.
+pub async fn describe(axum::extract::Path(slug): axum::extract::Path<String>) -> Response {
+    match CATALOGUE.iter().find(|kind| kind.slug == slug) {
+        Some(kind) => Html(format!(
+            "<!doctype html><meta charset=utf-8><title>{title}</title>\
+             <h1>{title}</h1><p>HTTP {status}</p><p>{description}</p>",
+            title = kind.title,
+            status = kind.status.as_u16(),
+            description = kind.description,
+        ))
+        .into_response(),
+        None => Problem::new(&NOT_FOUND, "no such problem type").into_response(),
+    }
+}
+
+/// Unmatched paths.
+pub async fn not_found() -> Problem {
+    Problem::new(&NOT_FOUND, "no such resource")
+}
+
+/// Known paths with the wrong method.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(&METHOD_NOT_ALLOWED, "this method is not supported here")
+}

@@ -1,0 +1,279 @@
+//! Configuration: command-line flags, then `HERALD_…` environment variables (both through
+//! clap), then an optional TOML file, then defaults — in that order of precedence.
+//!
+//! Secrets never reach logs or `Debug` output: the database URL prints with its password
+//! masked.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use herald_domain::money::{Amount, Currency, Price, PriceTable};
+use herald_domain::phone::Region;
+use herald_engine::EngineConfig;
+use serde::Deserialize;
+
+/// A database URL, whose password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> DatabaseUrl {
+        DatabaseUrl(url.into())
+    }
+
+    /// The real URL, for connecting only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres:") || self.0.starts_with("postgresql:")
+    }
+}
+
+/// `postgres://herald:****@db/herald`: everything but the password.
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.0;
+        let masked = url.split_once("://").and_then(|(scheme, rest)| {
+            let (authority, tail) = rest.split_once('@')?;
+            let (user, _password) = authority.split_once(':')?;
+            Some(format!("{scheme}://{user}:****@{tail}"))
+        });
+        f.write_str(masked.as_deref().unwrap_or(url))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// The optional TOML file. Every key is optional; unknown keys are an error, so a typo is
+/// caught at start-up rather than silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    /// Region for national-format numbers of the first organization.
+    pub default_region: Option<String>,
+    /// Name of the organization created on first start.
+    pub organization_name: Option<String>,
+    #[serde(default)]
+    pub sqlite: SqliteFile,
+    #[serde(default)]
+    pub dispatcher: DispatcherFile,
+    #[serde(default)]
+    pub simulator: SimulatorFile,
+    #[serde(default)]
+    pub prices: PricesFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteFile {
+    /// `full` (default: every commit survives power loss) or `normal`.
+    pub synchronous: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherFile {
+    pub batch_size: Option<u32>,
+    pub max_in_flight: Option<usize>,
+    pub lease_seconds: Option<u64>,
+    pub send_timeout_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorFile {
+    pub delivery_delay_ms: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub failure_rate: Option<f64>,
+    pub transient_error_rate: Option<f64>,
+    pub timeout_rate: Option<f64>,
+}
+
+/// Segment prices: `default` for unlisted countries, `countries` by ISO code.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesFile {
+    pub currency: Option<String>,
+    pub default: Option<String>,
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl FileConfig {
+    pub fn load(path: Option<&Path>) -> Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))
+    }
+
+    pub fn default_region(&self) -> Result<Region> {
+        let region = self.default_region.as_deref().unwrap_or("US");
+        Region::parse(region)
+            .with_context(|| format!("default_region {region:?} is not a region code"))
+    }
+
+    pub fn sqlite_synchronous_full(&self) -> Result<bool> {
+        match self.sqlite.synchronous.as_deref() {
+            None | Some("full") => Ok(true),
+            Some("normal") => Ok(false),
+            Some(other) => bail!("sqlite.synchronous must be `full` or `normal`, not {other:?}"),
+        }
+    }
+
+    /// The engine's settings: defaults with the file's overrides.
+    pub fn engine(&self) -> Result<EngineConfig> {
+        let mut config = EngineConfig::default();
+        let d = &self.dispatcher;
+        let dispatcher = &mut config.dispatcher;
+        if let Some(n) = d.batch_size {
+            dispatcher.batch_size = n.max(1);
+        }
+        if let Some(n) = d.max_in_flight {
+            dispatcher.max_in_flight = n.max(1);
+        }
+        if let Some(secs) = d.lease_seconds {
+            dispatcher.lease = Duration::from_secs(secs);
+        }
+        if let Some(ms) = d.send_timeout_ms {
+            dispatcher.send_timeout = Duration::from_millis(ms);
+        }
+        if dispatcher.send_timeout >= dispatcher.lease {
+            bail!("dispatcher.send_timeout_ms must be shorter than dispatcher.lease_seconds");
+        }
+        if let Some(n) = d.max_attempts {
+            config.intake.max_attempts = n.max(1);
+        }
+
+        let s = &self.simulator;
+        let simulator = &mut config.simulator;
+        if let Some(ms) = s.delivery_delay_ms {
+            simulator.delivery_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = s.latency_ms {
+            simulator.latency = Duration::from_millis(ms);
+        }
+        for (name, value, target) in [
+            (
+                "simulator.failure_rate",
+                s.failure_rate,
+                &mut simulator.failure_rate,
+            ),
+            (
+                "simulator.transient_error_rate",
+                s.transient_error_rate,
+                &mut simulator.transient_error_rate,
+            ),
+            (
+                "simulator.timeout_rate",
+                s.timeout_rate,
+                &mut simulator.timeout_rate,
+            ),
+        ] {
+            if let Some(rate) = value {
+                if !(0.0..=1.0).contains(&rate) {
+                    bail!("{name} must be between 0 and 1");
+                }
+                *target = rate;
+            }
+        }
+
+        config.intake.prices = self.prices()?;
+        Ok(config)
+    }
+
+    fn prices(&self) -> Result<PriceTable> {
+        let fallback = PriceTable::default();
+        let currency = match self.prices.currency.as_deref() {
+            Some(code) => Currency::parse(code)
+                .ok()
+                .with_context(|| format!("prices.currency {code:?} is not an ISO 4217 code"))?,
+            None => fallback.currency(),
+        };
+        let amount = |what: &str, text: &str| {
+            Amount::parse(text).with_context(|| format!("{what} {text:?} is not a decimal amount"))
+        };
+        let default = match self.prices.default.as_deref() {
+            Some(text) => amount("prices.default", text)?,
+            None => fallback.price(None, herald_domain::message::MessageType::Transactional),
+        };
+        let mut table = PriceTable::new(currency, Price::flat(default));
+        for (code, text) in &self.prices.countries {
+            let region = Region::parse(code)
+                .with_context(|| format!("prices.countries: {code:?} is not a region code"))?;
+            table = table.with_region(region, Price::flat(amount("price", text)?));
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_print() {
+        let url = DatabaseUrl::new("postgres://herald:s3cret@db.internal:5432/herald");
+        assert_eq!(
+            url.to_string(),
+            "postgres://herald:****@db.internal:5432/herald"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            DatabaseUrl::new("sqlite://herald.db").to_string(),
+            "sqlite://herald.db"
+        );
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_rejects_typos() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            [simulator]
+            delivery_delay_ms = 10
+            [prices]
+            default = "0.05"
+            countries = { GB = "0.04" }
+            "#,
+        )
+        .unwrap();
+        let engine = file.engine().unwrap();
+        assert_eq!(engine.simulator.delivery_delay, Duration::from_millis(10));
+        let gb = Region::parse("GB").ok();
+        let kind = herald_domain::message::MessageType::Promotional;
+        assert_eq!(engine.intake.prices.price(gb, kind).micros(), 40_000);
+        assert_eq!(engine.intake.prices.price(None, kind).micros(), 50_000);
+        assert!(toml::from_str::<FileConfig>("listne = \"x\"").is_err());
+        let bad_rate: FileConfig = toml::from_str("[simulator]\nfailure_rate = 2.0").unwrap();
+        assert!(bad_rate.engine().is_err());
+    }
+}

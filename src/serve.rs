@@ -1,0 +1,103 @@
+//! `herald serve`: open and migrate the database, create the first organization on first run,
+//! start the engine and the HTTP API, and shut down cleanly on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use herald_engine::Engine;
+use herald_engine::clock::SystemClock;
+use herald_web::AppState;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::commands::{self, new_organization};
+use crate::config::{DatabaseUrl, FileConfig, LogFormat};
+
+/// Logs go to stderr, so stdout carries only what the command itself prints (keys, JSON).
+/// `HERALD_LOG` (or `RUST_LOG`) overrides the level, e.g. `HERALD_LOG=debug`.
+pub fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = std::env::var("HERALD_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .or_else(|| level.map(str::to_owned))
+        .unwrap_or_else(|| "info,sqlx=warn".to_owned());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn serve(file: &FileConfig, url: &DatabaseUrl, listen: SocketAddr) -> Result<()> {
+    let store = commands::open_store(file, url).await?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    tracing::info!(database = %url, "database ready");
+
+    let name = file
+        .organization_name
+        .as_deref()
+        .unwrap_or("Default organization");
+    let (first, records) = new_organization(name, file.default_region()?, &SystemClock);
+    if store.bootstrap_organization(&first.org, &records).await? {
+        println!("First start: created an organization and its API keys.");
+        commands::print_organization(&first);
+    }
+
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        file.engine()?,
+        None,
+    ));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    println!("Herald is listening on http://{address} (API docs at http://{address}/docs)");
+    tracing::info!(%address, provider = "simulator", "serving");
+
+    let shutdown = CancellationToken::new();
+    let mut workers = engine.start(shutdown.clone());
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let app = herald_web::app(AppState {
+        engine: engine.clone(),
+    });
+    let served = herald_web::serve(listener, app, shutdown.clone()).await;
+    // However the server stopped, let the workers return claimed work before exiting.
+    shutdown.cancel();
+    while workers.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    served.context("the HTTP server failed")
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests and returning unsent messages to the queue");
+    shutdown.cancel();
+}

@@ -1,0 +1,250 @@
+//! The `herald` binary as an operator uses it: first start, administration commands against a
+//! running server's database, and a clean stop on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::status_and_json;
+
+fn herald(dir: &Path, database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .current_dir(dir)
+        .env("HERALD_DATABASE_URL", database_url)
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_LISTEN")
+        .env("HERALD_LOG", "warn");
+    command
+}
+
+fn run_json(command: &mut Command) -> Value {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A running `herald serve`, with what it printed before listening.
+struct Server {
+    child: Child,
+    base: String,
+    banner: Vec<String>,
+}
+
+impl Server {
+    fn start(dir: &Path, database_url: &str) -> Server {
+        let mut child = herald(dir, database_url)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut banner = Vec::new();
+        let base = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            if let Some(rest) = line.strip_prefix("Herald is listening on ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+            banner.push(line);
+        };
+        Server {
+            child,
+            base,
+            banner,
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "herald exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().unwrap();
+        panic!("herald did not stop on SIGTERM");
+    }
+}
+
+fn banner_key(banner: &[String], label: &str) -> Option<String> {
+    banner.iter().find_map(|line| {
+        line.trim()
+            .strip_prefix(label)
+            .map(|key| key.trim().to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_creates_an_organization_and_prints_its_keys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite://herald.db";
+    let first = Server::start(dir.path(), url);
+    let live = banner_key(&first.banner, "live key:").expect("keys printed on first start");
+    assert!(live.starts_with("sk_live_"));
+    assert!(
+        banner_key(&first.banner, "test key:")
+            .unwrap()
+            .starts_with("sk_test_")
+    );
+    assert!(
+        dir.path().join("herald.db").exists(),
+        "the SQLite file is created in the working directory"
+    );
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/v1/messages", first.base))
+        .bearer_auth(&live)
+        .json(&json!({"to": "+14155550100", "body": "Hello"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = status_and_json(response).await;
+    assert_eq!(status, 201, "{message}");
+    first.stop();
+
+    let second = Server::start(dir.path(), url);
+    assert_eq!(
+        banner_key(&second.banner, "live key:"),
+        None,
+        "keys are shown only the first time"
+    );
+    let response = client
+        .get(format!("{}/v1/messages", second.base))
+        .bearer_auth(&live)
+        .send()
+        .await
+        .unwrap();
+    let (status, page) = status_and_json(response).await;
+    assert_eq!(
+        (status, page["data"].as_array().unwrap().len()),
+        (200, 1),
+        "the message survived the restart"
+    );
+    second.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_created_and_revoked_while_a_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite:herald.db";
+    let org = run_json(herald(dir.path(), url).args([
+        "org",
+        "create",
+        "Acme Salon",
+        "--region",
+        "GB",
+        "--json",
+    ]));
+    let org_id = org["org_id"].as_str().unwrap().to_owned();
+    assert!(org["live_key"].as_str().unwrap().starts_with("sk_live_"));
+    assert!(org["test_key"].as_str().unwrap().starts_with("sk_test_"));
+
+    let server = Server::start(dir.path(), url);
+    assert!(
+        server.banner.is_empty(),
+        "an existing organization means no first-start keys"
+    );
+    let client = reqwest::Client::new();
+
+    let created =
+        run_json(herald(dir.path(), url).args(["key", "create", "--org", &org_id, "--json"]));
+    let key = created["key"].as_str().unwrap().to_owned();
+    let response = client
+        .post(format!("{}/v1/messages", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"to": "07911 123456", "body": "Your table is ready"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, message) = status_and_json(response).await;
+    assert_eq!(
+        (status, &message["to"]),
+        (201, &json!("+447911123456")),
+        "national numbers use the organization's region"
+    );
+
+    let revoked = herald(dir.path(), url)
+        .args(["key", "revoke", created["key_id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let response = client
+        .get(format!("{}/v1/messages", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        401,
+        "revocation takes effect at once"
+    );
+
+    let listed =
+        run_json(herald(dir.path(), url).args(["key", "list", "--org", &org_id, "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert!(
+        !listed.to_string().contains(&key),
+        "listing never shows secrets"
+    );
+
+    let missing = herald(dir.path(), url)
+        .args([
+            "key",
+            "create",
+            "--org",
+            "00000000-0000-0000-0000-000000000000",
+        ])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no organization"));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_on_postgresql_too() {
+    let Some(database) = herald_store_postgres::test_support::fresh_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = database.url().to_owned();
+    let migrated = herald(dir.path(), &url).arg("migrate").output().unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let org = run_json(herald(dir.path(), &url).args(["org", "create", "Acme", "--json"]));
+    let server = Server::start(dir.path(), &url);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base))
+        .bearer_auth(org["live_key"].as_str().unwrap())
+        .json(&json!({"to": "+14155550100", "body": "Hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    server.stop();
+    database.drop_database().await;
+}

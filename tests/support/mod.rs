@@ -1,0 +1,242 @@
+//! A Herald server on 127.0.0.1:0 for end-to-end tests, on a fresh SQLite file or a fresh
+//! PostgreSQL database.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_domain::message::Mode;
+use herald_domain::phone::Region;
+use herald_engine::clock::{Clock, SystemClock};
+use herald_engine::{Engine, EngineConfig, keys};
+use herald_store::{Organization, Store};
+use herald_store_postgres::test_support::{TestDatabase, fresh_database};
+use herald_store_postgres::{PostgresConfig, PostgresStore};
+use herald_store_sqlite::{SqliteConfig, SqliteStore};
+use herald_web::AppState;
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+enum Guard {
+    Dir(tempfile::TempDir),
+    Database(Box<TestDatabase>),
+}
+
+/// An organization with its keys.
+pub struct Tenant {
+    pub org_id: Uuid,
+    pub live_key: String,
+    pub test_key: String,
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub engine: Arc<Engine>,
+    pub tenant: Tenant,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    workers: JoinSet<()>,
+    guard: Guard,
+}
+
+pub fn test_config() -> EngineConfig {
+    let mut config = EngineConfig::default();
+    config.simulator.delivery_delay = Duration::from_millis(20);
+    config.maintenance.interval = Duration::from_millis(100);
+    config.dispatcher.idle_poll = Duration::from_millis(50);
+    config
+}
+
+impl TestServer {
+    /// A running server, or `None` when the backend is unavailable (PostgreSQL not running and
+    /// not required).
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        TestServer::start_with(backend, test_config()).await
+    }
+
+    pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<TestServer> {
+        let (store, guard): (Arc<dyn Store>, Guard) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+                let store = SqliteStore::connect(&url, &SqliteConfig::default())
+                    .await
+                    .unwrap();
+                (Arc::new(store), Guard::Dir(dir))
+            }
+            Backend::Postgres => {
+                let database = fresh_database().await?;
+                let store = PostgresStore::connect(database.url(), &PostgresConfig::default())
+                    .await
+                    .unwrap();
+                (Arc::new(store), Guard::Database(Box::new(database)))
+            }
+        };
+        store.migrate().await.unwrap();
+        let engine = Arc::new(Engine::new(store, Arc::new(SystemClock), config, None));
+        let tenant = create_tenant(engine.store.as_ref(), "acme").await;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let workers = engine.start(shutdown.clone());
+        let app = herald_web::app(AppState {
+            engine: engine.clone(),
+        });
+        let server = tokio::spawn(herald_web::serve(listener, app, shutdown.clone()));
+        Some(TestServer {
+            base,
+            client: reqwest::Client::new(),
+            engine,
+            tenant,
+            shutdown,
+            server,
+            workers,
+            guard,
+        })
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+        while self.workers.join_next().await.is_some() {}
+        if let Guard::Database(database) = self.guard {
+            drop(self.engine);
+            database.drop_database().await;
+        }
+    }
+
+    pub async fn other_tenant(&self, name: &str) -> Tenant {
+        create_tenant(self.engine.store.as_ref(), name).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn send(&self, key: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url("/v1/messages"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        status_and_json(response).await
+    }
+
+    pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        status_and_json(response).await
+    }
+
+    pub async fn post(&self, key: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        status_and_json(response).await
+    }
+
+    /// Poll a message until it reaches `status`; panics with its last state after 20 s.
+    pub async fn wait_for(&self, key: &str, id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, message) = self.get(key, &format!("/v1/messages/{id}")).await;
+            assert_eq!(code, 200, "{message}");
+            if message["status"] == status {
+                return message;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message never reached {status}: {message}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn message_count(&self) -> u64 {
+        self.engine
+            .store
+            .count_messages(self.tenant.org_id)
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn create_tenant(store: &dyn Store, name: &str) -> Tenant {
+    let now = SystemClock.now();
+    let org = Organization {
+        id: Uuid::now_v7(),
+        name: name.into(),
+        default_region: Region::parse("US").unwrap(),
+        created_at: now,
+    };
+    let live = keys::generate(org.id, Mode::Live, None, now);
+    let test = keys::generate(org.id, Mode::Test, None, now);
+    store
+        .create_organization(&org, &[live.record, test.record])
+        .await
+        .unwrap();
+    Tenant {
+        org_id: org.id,
+        live_key: live.secret,
+        test_key: test.secret,
+    }
+}
+
+/// Run each listed async fn (taking `&TestServer`) as a test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let server = $crate::support::TestServer::start($crate::support::Backend::Sqlite).await.unwrap();
+                    super::$case(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(server) = $crate::support::TestServer::start($crate::support::Backend::Postgres).await else { return };
+                    super::$case(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
+}
