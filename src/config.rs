@@ -50,6 +50,20 @@ impl std::fmt::Display for DatabaseUrl {
     }
 }
 
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(DatabaseUrl::new(url))
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(DatabaseUrl)
+    }
+}
+
 impl std::fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DatabaseUrl({self})")
@@ -62,7 +76,7 @@ impl std::fmt::Debug for DatabaseUrl {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     /// Region for national-format numbers of the first organization.
@@ -102,8 +116,18 @@ pub struct SimulatorFile {
     pub delivery_delay_ms: Option<u64>,
     pub latency_ms: Option<u64>,
     pub failure_rate: Option<f64>,
+    /// Carrier errors for undelivered messages, e.g.
+    /// `[{ code = "30003", message = "Unreachable destination handset" }]`.
+    pub failure_codes: Option<Vec<FailureCode>>,
     pub transient_error_rate: Option<f64>,
     pub timeout_rate: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureCode {
+    pub code: String,
+    pub message: String,
 }
 
 /// Segment prices: `default` for unlisted countries, `countries` by ISO code.
@@ -206,6 +230,13 @@ impl FileConfig {
             }
         }
 
+        if let Some(codes) = &s.failure_codes {
+            simulator.failure_codes = codes
+                .iter()
+                .map(|c| (c.code.clone(), c.message.clone()))
+                .collect();
+        }
+
         config.intake.prices = self.prices()?;
         Ok(config)
     }
@@ -260,6 +291,7 @@ mod tests {
             listen = "0.0.0.0:9000"
             [simulator]
             delivery_delay_ms = 10
+            failure_codes = [{ code = "30007", message = "Carrier violation" }]
             [prices]
             default = "0.05"
             countries = { GB = "0.04" }
@@ -268,6 +300,10 @@ mod tests {
         .unwrap();
         let engine = file.engine().unwrap();
         assert_eq!(engine.simulator.delivery_delay, Duration::from_millis(10));
+        assert_eq!(
+            engine.simulator.failure_codes,
+            vec![("30007".into(), "Carrier violation".into())]
+        );
         let gb = Region::parse("GB").ok();
         let kind = herald_domain::message::MessageType::Promotional;
         assert_eq!(engine.intake.prices.price(gb, kind).micros(), 40_000);

@@ -28,7 +28,7 @@ struct Cli {
         global = true,
         hide_env_values = true
     )]
-    database_url: Option<String>,
+    database_url: Option<config::DatabaseUrl>,
 
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", global = true, value_enum)]
@@ -118,11 +118,10 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = config::FileConfig::load(cli.config.as_deref())?;
-    let database_url = config::DatabaseUrl::new(
-        cli.database_url
-            .or(file.database_url.clone())
-            .unwrap_or_else(|| "sqlite://herald.db".into()),
-    );
+    let database_url = cli
+        .database_url
+        .or(file.database_url.clone())
+        .unwrap_or_else(|| config::DatabaseUrl::new("sqlite://herald.db"));
     let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
     serve::init_logging(log_format, file.log_level.as_deref());
     match cli.command {

@@ -248,3 +248,51 @@ async fn the_cli_works_on_postgresql_too() {
     server.stop();
     database.drop_database().await;
 }
+
+#[test]
+fn flags_beat_environment_which_beats_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        "database_url = \"sqlite:from-file.db\"\ndefault_region = \"GB\"\n",
+    )
+    .unwrap();
+    let create = |extra: &[&str], env_url: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .current_dir(dir.path())
+            .env("HERALD_CONFIG", &config)
+            .env("HERALD_LOG", "warn")
+            .env_remove("HERALD_DATABASE_URL")
+            .args(extra)
+            .args(["org", "create", "Acme", "--json"]);
+        if let Some(url) = env_url {
+            command.env("HERALD_DATABASE_URL", url);
+        }
+        run_json(&mut command)
+    };
+    let exists = |name: &str| dir.path().join(name).exists();
+
+    create(&[], None);
+    assert!(exists("from-file.db") && !exists("from-env.db"));
+    create(&[], Some("sqlite:from-env.db"));
+    assert!(exists("from-env.db") && !exists("from-flag.db"));
+    create(
+        &["--database-url", "sqlite:from-flag.db"],
+        Some("sqlite:from-env.db"),
+    );
+    assert!(exists("from-flag.db"));
+
+    std::fs::write(&config, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let typo = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env("HERALD_CONFIG", &config)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(
+        !typo.status.success(),
+        "an unknown configuration key is an error"
+    );
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("listne"));
+}

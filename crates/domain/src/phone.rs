@@ -6,6 +6,12 @@
 //! comes from the number itself rather than from the default region used to read it: a British
 //! caller typing `07911 123456` reaches Guernsey (`GG`), and that is the country whose prices,
 //! quiet hours and routes apply.
+//!
+//! The `phonenumber` crate departs from Google's libphonenumber in a few places that matter
+//! here: it applies the default region's national-prefix rules to numbers that carry their own
+//! country code, strips leading digits equal to the calling code from valid national numbers,
+//! and forgets leading zeros when looking up a number's region. [`PhoneNumber::parse`] reads
+//! around each of these so that it answers as libphonenumber does.
 
 use std::fmt;
 use std::str::FromStr;

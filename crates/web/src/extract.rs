@@ -71,11 +71,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 /// Parse `bytes` as `T`, turning serde's complaint into the right problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Problem::new(
-            &problem::MALFORMED_REQUEST,
-            "the request body is empty; expected a JSON object",
-        ));
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => {
+            return Err(Problem::new(
+                &problem::MALFORMED_REQUEST,
+                "the request body is empty; expected a JSON object",
+            ));
+        }
+        // serde would read a struct from an array too (`[to, body]`); requests are objects.
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(Problem::new(
+                &problem::MALFORMED_REQUEST,
+                "the body must be a JSON object",
+            ));
+        }
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {

@@ -61,8 +61,8 @@ pub(super) fn septets(c: char) -> u8 {
 
 /// [`septets`] for one byte of an ASCII body, where no decoding is needed.
 #[inline]
-pub(super) fn ascii_septets(byte: u8) -> u8 {
-    LATIN1[usize::from(byte)]
+pub(super) const fn ascii_septets(byte: u8) -> u8 {
+    LATIN1[byte as usize]
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! segment budget (SPEC §2).
 //!
 //! Segments are what providers bill and what credits count, so this module is the single
-//! definition of them. [`analyze`], [`split`] and [`truncate_to_segments`] all pack characters
-//! with the same greedy rule and therefore always agree. [`analyze`] runs for every message of a
-//! campaign, so it makes one pass without allocating, decides ASCII bodies byte by byte, and only
-//! replays the packing when a body is multipart *and* holds characters that cost two units.
+//! definition of them. [`analyze`] and [`split`] share one greedy packing and so always agree;
+//! [`truncate_to_segments`] applies the same rule to find the longest prefix that fits.
+//! [`analyze`] runs for every message of a campaign, so it never allocates, decides ASCII bodies
+//! byte by byte, stops decoding as soon as a body proves to be UCS-2, and only replays the
+//! packing when a body is multipart *and* holds characters that cost two units.
 
 mod gsm;
 mod smart;
@@ -88,28 +89,25 @@ pub struct SegmentInfo {
 /// An empty body is one GSM-7 segment, because that is what sending it costs.
 pub fn analyze(body: &str) -> SegmentInfo {
     let totals = Totals::of(body);
-    let (encoding, units, doubles) = if totals.gsm {
-        // An extension character costs two septets where every other costs one.
-        (
-            Encoding::Gsm7,
-            totals.septets,
-            totals.septets - totals.chars,
-        )
+    // `doubles` counts the characters that cost two units: extension characters in GSM-7,
+    // characters outside the BMP in UCS-2.
+    let (encoding, units) = if totals.gsm {
+        (Encoding::Gsm7, totals.septets)
     } else {
-        // A character outside the BMP costs two UTF-16 units where every other costs one.
-        (Encoding::Ucs2, totals.utf16, totals.utf16 - totals.chars)
+        (Encoding::Ucs2, totals.utf16)
     };
+    let doubles = units - totals.chars;
     let segments = if units <= encoding.single_segment_units() as usize {
         1
     } else if doubles == 0 {
         // No character can straddle a boundary, so every part but the last is full.
-        to_u32(units.div_ceil(encoding.multipart_segment_units() as usize))
+        units.div_ceil(encoding.multipart_segment_units() as usize)
     } else {
-        to_u32(Parts::new(body, encoding).count())
+        pack(body, encoding, |_| {})
     };
     SegmentInfo {
         encoding,
-        segments,
+        segments: to_u32(segments),
         units: to_u32(units),
         characters: to_u32(totals.chars),
     }
@@ -126,7 +124,12 @@ pub fn split(body: &str) -> Vec<&str> {
         return vec![body];
     }
     let mut parts = Vec::with_capacity(info.segments as usize);
-    parts.extend(Parts::new(body, info.encoding));
+    let mut start = 0;
+    pack(body, info.encoding, |boundary| {
+        parts.push(&body[start..boundary]);
+        start = boundary;
+    });
+    parts.push(&body[start..]);
     parts
 }
 
@@ -237,7 +240,7 @@ pub fn prepare_body(body: &str, options: BodyOptions) -> Result<PreparedBody, Bo
     }
 }
 
-/// Everything [`analyze`] needs, gathered in one pass.
+/// Everything [`analyze`] needs to know about a body.
 struct Totals {
     gsm: bool,
     /// Only meaningful while `gsm` holds.
@@ -248,11 +251,12 @@ struct Totals {
 
 impl Totals {
     fn of(body: &str) -> Totals {
+        let bytes = body.as_bytes();
         if body.is_ascii() {
             // One byte is one char and one UTF-16 unit; only the septets need a lookup.
             let mut septets = 0;
             let mut gsm = true;
-            for &byte in body.as_bytes() {
+            for &byte in bytes {
                 let cost = gsm::ascii_septets(byte);
                 gsm &= cost != 0;
                 septets += usize::from(cost);
@@ -260,68 +264,91 @@ impl Totals {
             return Totals {
                 gsm,
                 septets,
-                utf16: body.len(),
-                chars: body.len(),
+                utf16: bytes.len(),
+                chars: bytes.len(),
             };
         }
-        let mut totals = Totals {
-            gsm: true,
-            septets: 0,
-            utf16: 0,
-            chars: 0,
-        };
+        let mut septets = 0;
+        let mut chars = 0;
         for c in body.chars() {
-            totals.chars += 1;
-            totals.utf16 += c.len_utf16();
-            if totals.gsm {
-                match gsm::septets(c) {
-                    0 => totals.gsm = false,
-                    cost => totals.septets += usize::from(cost),
+            match gsm::septets(c) {
+                0 => {
+                    // UCS-2 from here on: count the rest with byte scans the compiler
+                    // vectorises. A four-byte UTF-8 sequence is the one kind that needs a
+                    // surrogate pair.
+                    let chars = body.chars().count();
+                    let astral = bytes.iter().filter(|&&b| b >= 0xF0).count();
+                    return Totals {
+                        gsm: false,
+                        septets: 0,
+                        utf16: chars + astral,
+                        chars,
+                    };
                 }
+                cost => septets += usize::from(cost),
             }
+            chars += 1;
         }
-        totals
-    }
-}
-
-/// The parts of a multipart body, packed greedily: a character goes in the current part unless
-/// it would overflow it, in which case it opens the next.
-struct Parts<'a> {
-    rest: &'a str,
-    encoding: Encoding,
-}
-
-impl<'a> Parts<'a> {
-    fn new(body: &'a str, encoding: Encoding) -> Parts<'a> {
-        Parts {
-            rest: body,
-            encoding,
+        // Every GSM-7 character is in the BMP.
+        Totals {
+            gsm: true,
+            septets,
+            utf16: chars,
+            chars,
         }
     }
 }
 
-impl<'a> Iterator for Parts<'a> {
-    type Item = &'a str;
+/// Cost in units of the character a UTF-8 byte starts, or 0 for a continuation byte (which can
+/// never start a part). Working on bytes keeps the greedy packing free of UTF-8 decoding.
+///
+/// The GSM-7 table is only meaningful for a body known to be all GSM-7: there the only character
+/// of three UTF-8 bytes is `€`, an extension character, and every other non-ASCII one (Latin-1
+/// letters, the Greek capitals) costs one septet.
+const GSM7_BYTE_COST: [u8; 256] = byte_costs(Encoding::Gsm7);
+const UCS2_BYTE_COST: [u8; 256] = byte_costs(Encoding::Ucs2);
 
-    fn next(&mut self) -> Option<&'a str> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let capacity = self.encoding.multipart_segment_units();
-        let mut used = 0;
-        let mut end = self.rest.len();
-        for (at, c) in self.rest.char_indices() {
-            let cost = self.encoding.units(c);
-            if used + cost > capacity {
-                end = at;
-                break;
-            }
-            used += cost;
-        }
-        let (part, rest) = self.rest.split_at(end);
-        self.rest = rest;
-        Some(part)
+const fn byte_costs(encoding: Encoding) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = match (encoding, byte) {
+            (Encoding::Gsm7, 0x00..=0x7F) => gsm::ascii_septets(byte as u8),
+            (Encoding::Ucs2, 0x00..=0x7F) => 1,
+            (_, 0x80..=0xBF) => 0,
+            (Encoding::Gsm7, 0xE2) => 2,
+            (Encoding::Ucs2, 0xF0..=0xFF) => 2,
+            _ => 1,
+        };
+        byte += 1;
     }
+    table
+}
+
+/// Pack a multipart body into parts greedily: a character goes in the current part unless it
+/// would overflow it, in which case it opens the next. Reports the byte offset where each part
+/// after the first starts and returns the number of parts; [`analyze`] and [`split`] both use
+/// it, which is what keeps them in agreement.
+fn pack(body: &str, encoding: Encoding, mut on_boundary: impl FnMut(usize)) -> usize {
+    let costs = match encoding {
+        Encoding::Gsm7 => &GSM7_BYTE_COST,
+        Encoding::Ucs2 => &UCS2_BYTE_COST,
+    };
+    let capacity = encoding.multipart_segment_units();
+    let mut parts = 1;
+    let mut used = 0;
+    for (at, &byte) in body.as_bytes().iter().enumerate() {
+        // A continuation byte costs nothing, so it never overflows a part: parts always start
+        // on a character boundary.
+        let cost = u32::from(costs[usize::from(byte)]);
+        if used + cost > capacity {
+            on_boundary(at);
+            parts += 1;
+            used = 0;
+        }
+        used += cost;
+    }
+    parts
 }
 
 /// Length in bytes of the longest prefix of `body` that, sent with `encoding`, fits in

@@ -228,6 +228,8 @@ fn body() -> impl Strategy<Value = String> {
         12 => gsm_char(),
         2 => bmp_char(),
         2 => astral_char(),
+        // ASCII that GSM-7 lacks, which takes the ASCII fast path to UCS-2.
+        1 => select(&['`', '\t', '\u{1}'][..]),
     ];
     let emoji_heavy = prop_oneof![1 => basic_char(), 1 => astral_char(), 1 => extension_char()];
     prop_oneof![
