@@ -54,6 +54,35 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run a benchmark scenario on a fresh database and print what it measured.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// dispatch-sim, dispatch-http, fanout or idle (`herald bench list` describes them).
+    scenario: String,
+    /// Which store to measure.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: BenchStore,
+    /// Messages (or rows) to process.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Messages per claim.
+    #[arg(long, default_value_t = 1_000)]
+    batch_size: u32,
+    /// Provider calls in flight at once.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchStore {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +147,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let file = config::FileConfig::load(cli.config.as_deref())?;
+    let cli_database_url = cli.database_url.as_ref().map(|url| url.expose().to_owned());
     let database_url = cli
         .database_url
         .or(file.database_url.clone())
@@ -148,8 +178,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(KeyCommand::Revoke { key_id }) => {
             commands::revoke_key(&file, &database_url, key_id).await
         }
+        Command::Bench(args) => bench(args, cli_database_url).await,
         Command::Key(KeyCommand::List { org, json }) => {
             commands::list_keys(&file, &database_url, org, json).await
         }
     }
+}
+
+/// `herald bench`: the database URL, if given, names the SQLite file or the PostgreSQL server
+/// on which a throwaway database is created.
+async fn bench(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<()> {
+    if args.scenario == "list" {
+        for (name, description) in herald_bench::SCENARIOS {
+            println!("{name:<14} {description}");
+        }
+        return Ok(());
+    }
+    let options = herald_bench::Options {
+        scenario: args.scenario,
+        store: match args.store {
+            BenchStore::Sqlite => herald_bench::StoreKind::Sqlite,
+            BenchStore::Postgres => herald_bench::StoreKind::Postgres,
+        },
+        database_url,
+        messages: args.messages,
+        batch_size: args.batch_size.max(1),
+        max_in_flight: args.max_in_flight.max(1),
+        ..herald_bench::Options::default()
+    };
+    let report = herald_bench::run(&options).await?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
 }

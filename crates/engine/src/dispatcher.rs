@@ -21,7 +21,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
+use crate::stats::Counters;
 
 /// Dispatcher tuning.
 #[derive(Clone, Debug)]
@@ -45,7 +47,7 @@ pub struct DispatcherConfig {
 impl Default for DispatcherConfig {
     fn default() -> Self {
         DispatcherConfig {
-            batch_size: 500,
+            batch_size: 1_000,
             max_in_flight: 256,
             max_batches: 4,
             lease: Duration::from_secs(120),
@@ -111,25 +113,31 @@ impl DispatchOutcome {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     router: Arc<Router>,
+    recorder: Recorder,
     clock: Arc<dyn Clock>,
     config: DispatcherConfig,
     in_flight: Arc<Semaphore>,
+    counters: Arc<Counters>,
 }
 
 impl Dispatcher {
     pub fn new(
         store: Arc<dyn Store>,
         router: Arc<Router>,
+        recorder: Recorder,
         clock: Arc<dyn Clock>,
         config: DispatcherConfig,
+        counters: Arc<Counters>,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         Dispatcher {
             store,
             router,
+            recorder,
             clock,
             config,
             in_flight,
+            counters,
         }
     }
 
@@ -154,6 +162,7 @@ impl Dispatcher {
         claimed: Vec<Claimed>,
         shutdown: &CancellationToken,
     ) -> Result<DispatchOutcome, StoreError> {
+        self.counters.claimed(claimed.len());
         let mut outcome = DispatchOutcome {
             claimed: claimed.len(),
             ..DispatchOutcome::default()
@@ -170,25 +179,17 @@ impl Dispatcher {
             outcome.count(&result.outcome);
         }
         self.record(&results).await?;
+        for result in &results {
+            self.counters.outcome(&result.outcome);
+        }
         Ok(outcome)
     }
 
-    /// Record results, retrying a few times: if the database stays away the leases expire and
-    /// reconciliation settles the messages, so nothing is lost either way.
+    /// Record results through the recorder, which group-commits them with provider reports.
+    /// If the database stays away, the leases expire and reconciliation settles the messages, so
+    /// nothing is lost either way.
     async fn record(&self, results: &[SendResult]) -> Result<(), StoreError> {
-        let mut delay = Duration::from_millis(100);
-        for attempt in 1.. {
-            match self.store.record_results(results, self.clock.now()).await {
-                Ok(()) => return Ok(()),
-                Err(error) if attempt < 5 => {
-                    tracing::warn!(%error, attempt, "failed to record send results; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        unreachable!("the loop returns")
+        self.recorder.record_results(results.to_vec()).await
     }
 
     async fn send_one(&self, message: Claimed, shutdown: &CancellationToken) -> SendResult {

@@ -2,7 +2,7 @@
 //!
 //! - [`intake`]: validating, encoding and pricing a send request into a storable message.
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
-//! - [`reports`]: recording provider status reports with group commit.
+//! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
 //!
@@ -13,8 +13,9 @@ pub mod dispatcher;
 pub mod intake;
 pub mod keys;
 pub mod maintenance;
-pub mod reports;
+pub mod recorder;
 pub mod retry;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use clock::Clock;
 use dispatcher::{Dispatcher, DispatcherConfig, Router};
 use intake::{FieldError, IntakeConfig, SendRequest};
 use maintenance::{Maintenance, MaintenanceConfig};
-use reports::ReportIngestor;
+use recorder::Recorder;
 
 /// Everything the engine can be tuned by.
 #[derive(Clone, Debug, Default)]
@@ -51,9 +52,11 @@ pub struct Engine {
     pub config: EngineConfig,
     pub simulator: Simulator,
     pub router: Arc<Router>,
-    pub reports: ReportIngestor,
+    pub recorder: Recorder,
     pub dispatcher: Arc<Dispatcher>,
     pub maintenance: Arc<Maintenance>,
+    /// What the engine has done since it started.
+    pub counters: Arc<stats::Counters>,
     /// Wakes the dispatcher when this process queues work.
     wake: Arc<Notify>,
 }
@@ -67,15 +70,18 @@ impl Engine {
         config: EngineConfig,
         live: Option<Arc<dyn Provider>>,
     ) -> Engine {
-        let reports = ReportIngestor::spawn(store.clone(), clock.clone());
-        let simulator = Simulator::new(config.simulator.clone(), Arc::new(reports.clone()));
+        let counters = Arc::new(stats::Counters::default());
+        let recorder = Recorder::spawn(store.clone(), clock.clone(), counters.clone());
+        let simulator = Simulator::new(config.simulator.clone(), Arc::new(recorder.clone()));
         let router = Arc::new(Router::new(Arc::new(simulator.clone()), live));
         let wake = Arc::new(Notify::new());
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             router.clone(),
+            recorder.clone(),
             clock.clone(),
             config.dispatcher.clone(),
+            counters.clone(),
         ));
         let maintenance = Arc::new(Maintenance::new(
             store.clone(),
@@ -90,9 +96,10 @@ impl Engine {
             config,
             simulator,
             router,
-            reports,
+            recorder,
             dispatcher,
             maintenance,
+            counters,
             wake,
         }
     }

@@ -64,20 +64,17 @@ CREATE INDEX messages_unknown ON messages (due_at) WHERE status = 'unknown';
 CREATE INDEX messages_by_provider_id ON messages (provider_message_id)
     WHERE provider_message_id IS NOT NULL;
 
--- The identity orders events. Concurrent transactions draw ids before they commit, so ids can
--- become visible out of order: an "events since" reader must allow for that.
+-- A message's history, clustered by message so it is read in one range scan.
 CREATE TABLE message_events (
-    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id    uuid        NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-    org_id        uuid        NOT NULL,
     seq           integer     NOT NULL,
+    org_id        uuid        NOT NULL,
     status        text        NOT NULL,
     occurred_at   timestamptz NOT NULL,
     error_code    text,
-    error_message text
+    error_message text,
+    PRIMARY KEY (message_id, seq)
 );
-
-CREATE UNIQUE INDEX message_events_by_message ON message_events (message_id, seq);
 
 -- No foreign key to messages: the key row is written first, so that a concurrent request with
 -- the same key waits on it instead of inserting a second message.

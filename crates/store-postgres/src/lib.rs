@@ -19,6 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use herald_domain::status::MessageStatus;
 use herald_store::*;
 use jiff::Timestamp;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -224,6 +225,39 @@ impl Store for PostgresStore {
         messages::list(&mut conn, scope, filter, after, limit).await
     }
 
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64, StoreError> {
+        for chunk in messages.chunks(5_000) {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .ctx("failed to start inserting messages")?;
+            messages::insert_many(&mut tx, chunk).await?;
+            tx.commit()
+                .await
+                .ctx("failed to commit inserted messages")?;
+        }
+        Ok(messages.len() as u64)
+    }
+
+    async fn status_counts(&self, org_id: Uuid) -> Result<Vec<(MessageStatus, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM messages WHERE org_id = $1 GROUP BY status",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("failed to count messages by status")?;
+        rows.into_iter()
+            .map(|(status, n)| {
+                let status = status
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
+                Ok((status, n as u64))
+            })
+            .collect()
+    }
+
     async fn count_messages(&self, org_id: Uuid) -> Result<u64, StoreError> {
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE org_id = $1")
             .bind(org_id)
@@ -261,24 +295,15 @@ impl Store for PostgresStore {
         queue::claim(&self.pool, now, lease_until, limit).await
     }
 
-    async fn record_results(
+    async fn record(
         &self,
         results: &[SendResult],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let work = queue::record_results(&mut tx, results, now).await;
-        finish(tx, work, "failed to commit send results").await
-    }
-
-    async fn apply_reports(
-        &self,
         reports: &[ProviderReport],
         now: Timestamp,
     ) -> Result<Vec<ReportOutcome>, StoreError> {
         let mut tx = self.begin().await?;
-        let work = queue::apply_reports(&mut tx, reports, now).await;
-        finish(tx, work, "failed to commit provider reports").await
+        let work = queue::record(&mut tx, results, reports, now).await;
+        finish(tx, work, "failed to commit results and reports").await
     }
 
     async fn expire_leases(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {

@@ -89,6 +89,97 @@ pub(crate) async fn insert(
     Ok(Insertion::Created(Box::new(message)))
 }
 
+/// Store many messages with their first history entries: one statement of `unnest` arrays.
+pub(crate) async fn insert_many(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+) -> Result<(), StoreError> {
+    let n = messages.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut orgs = Vec::with_capacity(n);
+    let mut modes = Vec::with_capacity(n);
+    let mut keys = Vec::with_capacity(n);
+    let mut recipients = Vec::with_capacity(n);
+    let mut countries = Vec::with_capacity(n);
+    let mut senders = Vec::with_capacity(n);
+    let mut bodies = Vec::with_capacity(n);
+    let mut encodings = Vec::with_capacity(n);
+    let mut segments = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut costs = Vec::with_capacity(n);
+    let mut currencies = Vec::with_capacity(n);
+    let mut max_attempts = Vec::with_capacity(n);
+    let mut due = Vec::with_capacity(n);
+    let mut send_at = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    for m in messages {
+        ids.push(m.id);
+        orgs.push(m.scope.org_id);
+        modes.push(m.scope.mode.as_str());
+        keys.push(m.api_key_id);
+        recipients.push(m.to.as_str());
+        countries.push(m.country.as_ref().map(|c| c.as_str().to_owned()));
+        senders.push(m.sender.as_deref());
+        bodies.push(m.body.as_str());
+        encodings.push(m.encoding.as_str());
+        segments.push(int(m.segments)?);
+        kinds.push(m.kind.as_str());
+        priorities.push(m.priority);
+        statuses.push(m.initial_status().as_str());
+        costs.push(m.estimated_cost.micros());
+        currencies.push(m.currency.as_str().to_owned());
+        max_attempts.push(int(m.max_attempts)?);
+        due.push(ts(m.due_at()));
+        send_at.push(m.send_at.map(ts));
+        created.push(ts(m.created_at));
+    }
+    sqlx::query(
+        "WITH inserted AS (
+             INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
+                 encoding, segments, kind, priority, status, estimated_cost, currency,
+                 max_attempts, due_at, send_at, last_seq, created_at, updated_at)
+             SELECT id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
+                 segments, kind, priority, status, estimated_cost, currency, max_attempts, due_at,
+                 send_at, 1, created_at, created_at
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                 $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::smallint[],
+                 $13::text[], $14::bigint[], $15::text[], $16::int[], $17::timestamptz[],
+                 $18::timestamptz[], $19::timestamptz[])
+                 AS u(id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
+                      segments, kind, priority, status, estimated_cost, currency, max_attempts,
+                      due_at, send_at, created_at)
+             RETURNING id, org_id, status, created_at
+         )
+         INSERT INTO message_events (message_id, org_id, seq, status, occurred_at)
+         SELECT id, org_id, 1, status, created_at FROM inserted",
+    )
+    .bind(ids)
+    .bind(orgs)
+    .bind(modes)
+    .bind(keys)
+    .bind(recipients)
+    .bind(countries)
+    .bind(senders)
+    .bind(bodies)
+    .bind(encodings)
+    .bind(segments)
+    .bind(kinds)
+    .bind(priorities)
+    .bind(statuses)
+    .bind(costs)
+    .bind(currencies)
+    .bind(max_attempts)
+    .bind(due)
+    .bind(send_at)
+    .bind(created)
+    .execute(conn)
+    .await
+    .ctx("failed to insert messages")?;
+    Ok(())
+}
+
 /// Make the idempotency key ours: insert it, or replace it if it has expired. When another live
 /// request holds it, return what that request's retry gets instead.
 async fn take_key(

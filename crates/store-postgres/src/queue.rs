@@ -120,33 +120,32 @@ pub(crate) async fn claim(
         .collect()
 }
 
-pub(crate) async fn record_results(
+pub(crate) async fn record(
     tx: &mut PgConnection,
     results: &[SendResult],
+    reports: &[ProviderReport],
     now: Timestamp,
-) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = results.iter().map(|r| r.id).collect();
+) -> Result<Vec<ReportOutcome>, StoreError> {
+    let resolved = resolve_reports(tx, reports).await?;
+    let mut ids: Vec<Uuid> = results.iter().map(|r| r.id).collect();
+    ids.extend(resolved.iter().flatten());
+    ids.sort_unstable();
+    ids.dedup();
     let mut batch = Batch::new(load_states(tx, &ids).await?, now);
     for result in results {
         batch.apply_result(result);
     }
-    write_batch(tx, batch).await
-}
-
-pub(crate) async fn apply_reports(
-    tx: &mut PgConnection,
-    reports: &[ProviderReport],
-    now: Timestamp,
-) -> Result<Vec<ReportOutcome>, StoreError> {
-    let ids = resolve_reports(tx, reports).await?;
-    let known: Vec<Uuid> = ids.iter().flatten().copied().collect();
-    let mut batch = Batch::new(load_states(tx, &known).await?, now);
     let outcomes = reports
         .iter()
-        .zip(&ids)
-        .map(|(report, id)| match id {
-            Some(id) => batch.apply_report(*id, report),
-            None => ReportOutcome::NotFound,
+        .zip(resolved)
+        .map(|(report, id)| {
+            let id = id.or_else(|| {
+                batch.find_by_provider_id(&report.provider, &report.provider_message_id)
+            });
+            match id {
+                Some(id) => batch.apply_report(id, report),
+                None => ReportOutcome::NotFound,
+            }
         })
         .collect();
     write_batch(tx, batch).await?;

@@ -64,7 +64,9 @@ CREATE INDEX messages_unknown ON messages (due_at) WHERE status = 'unknown';
 CREATE INDEX messages_by_provider_id ON messages (provider_message_id)
     WHERE provider_message_id IS NOT NULL;
 
--- The rowid orders all events, which is what a later "events since" replay reads.
+-- A message's history. New entries append to the rowid table; only the small index entries
+-- land among older ones. (Clustering the table by message instead was measured 25% slower for
+-- the dispatcher: every entry then lands beside its message's first one, dirtying old pages.)
 CREATE TABLE message_events (
     id            INTEGER PRIMARY KEY,
     message_id    BLOB    NOT NULL REFERENCES messages (id) ON DELETE CASCADE,

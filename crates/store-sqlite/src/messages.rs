@@ -3,14 +3,15 @@
 use std::collections::HashMap;
 
 use herald_store::{
-    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewEvent,
-    NewMessage, Page, Scope, StatusChange, StoreError,
+    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewMessage, Page,
+    Scope, StatusChange, StoreError,
 };
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
+use crate::bulk;
 use crate::convert::{self, Ctx, micros};
 use crate::queue::{load_states, write_batch};
 
@@ -66,46 +67,7 @@ pub(crate) async fn insert(
         }
     }
 
-    let status = new.initial_status();
-    sqlx::query(
-        "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
-             encoding, segments, kind, priority, status, estimated_cost, currency, max_attempts,
-             due_at, send_at, last_seq, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-             1, ?19, ?19)",
-    )
-    .bind(new.id)
-    .bind(new.scope.org_id)
-    .bind(new.scope.mode.as_str())
-    .bind(new.api_key_id)
-    .bind(&new.to)
-    .bind(new.country.map(|c| c.as_str().to_owned()))
-    .bind(&new.sender)
-    .bind(&new.body)
-    .bind(new.encoding.as_str())
-    .bind(i64::from(new.segments))
-    .bind(new.kind.as_str())
-    .bind(new.priority)
-    .bind(status.as_str())
-    .bind(new.estimated_cost.micros())
-    .bind(new.currency.as_str())
-    .bind(i64::from(new.max_attempts))
-    .bind(micros(new.due_at()))
-    .bind(new.send_at.map(micros))
-    .bind(micros(new.created_at))
-    .execute(&mut *tx)
-    .await
-    .ctx("failed to insert the message")?;
-    let first = NewEvent {
-        message_id: new.id,
-        org_id: new.scope.org_id,
-        seq: 1,
-        status,
-        at: new.created_at,
-        error_code: None,
-        error_message: None,
-    };
-    insert_event(tx, &first).await?;
+    insert_row(tx, new).await?;
 
     if let Some(record) = idempotency {
         sqlx::query(
@@ -132,27 +94,12 @@ pub(crate) async fn insert(
     Ok(Insertion::Created(Box::new(message)))
 }
 
-/// Append one entry to a message's history.
-pub(crate) async fn insert_event(
-    conn: &mut SqliteConnection,
-    event: &NewEvent,
+/// Insert a new message and its first history entry.
+pub(crate) async fn insert_row(
+    tx: &mut SqliteConnection,
+    new: &NewMessage,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO message_events
-             (message_id, org_id, seq, status, occurred_at, error_code, error_message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(event.message_id)
-    .bind(event.org_id)
-    .bind(i64::from(event.seq))
-    .bind(event.status.as_str())
-    .bind(micros(event.at))
-    .bind(&event.error_code)
-    .bind(&event.error_message)
-    .execute(conn)
-    .await
-    .ctx("failed to record a status change")?;
-    Ok(())
+    bulk::insert_messages(tx, std::slice::from_ref(new)).await
 }
 
 pub(crate) async fn get(
@@ -243,21 +190,16 @@ async fn histories(
     if ids.is_empty() {
         return Ok(histories);
     }
-    let mut query = QueryBuilder::<Sqlite>::new(
+    let rows = sqlx::query(
         "SELECT message_id, seq, status, occurred_at, error_code, error_message
-         FROM message_events WHERE message_id IN (",
-    );
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(") ORDER BY message_id, seq");
-    for row in query
-        .build()
-        .fetch_all(conn)
-        .await
-        .ctx("failed to read status history")?
-    {
+         FROM message_events WHERE message_id IN (SELECT unhex(value) FROM json_each(?1))
+         ORDER BY message_id, seq",
+    )
+    .bind(bulk::id_list(ids))
+    .fetch_all(conn)
+    .await
+    .ctx("failed to read status history")?;
+    for row in rows {
         histories.entry(row.get(0)).or_default().push(StatusChange {
             seq: convert::count(row.get(1))?,
             status: convert::status(row.get(2))?,

@@ -13,11 +13,11 @@ use herald_store::{
     Settlement, StoreError, Unsettled,
 };
 use jiff::Timestamp;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use crate::bulk;
 use crate::convert::{self, Ctx, micros};
-use crate::messages::insert_event;
 
 pub(crate) async fn release_due(
     tx: &mut SqliteConnection,
@@ -35,9 +35,11 @@ pub(crate) async fn release_due(
     .fetch_all(&mut *tx)
     .await
     .ctx("failed to release scheduled messages")?;
-    for row in &rows {
-        insert_event(tx, &bulk_event(row, MessageStatus::Queued, now, None)?).await?;
-    }
+    let events = rows
+        .iter()
+        .map(|row| bulk_event(row, MessageStatus::Queued, now, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    bulk::insert_events(tx, &events).await?;
     Ok(rows.len() as u64)
 }
 
@@ -72,8 +74,9 @@ pub(crate) async fn claim(
     .await
     .ctx("failed to claim messages")?;
     let mut claimed = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
-        let event = NewEvent {
+        events.push(NewEvent {
             message_id: row.get(0),
             org_id: row.get(1),
             seq: convert::count(row.get(12))?,
@@ -81,8 +84,7 @@ pub(crate) async fn claim(
             at: now,
             error_code: None,
             error_message: None,
-        };
-        insert_event(tx, &event).await?;
+        });
         claimed.push(Claimed {
             id: row.get(0),
             scope: Scope {
@@ -101,28 +103,17 @@ pub(crate) async fn claim(
             lease_expires_at: lease_until,
         });
     }
+    bulk::insert_events(tx, &events).await?;
     Ok(claimed)
 }
 
-pub(crate) async fn record_results(
+pub(crate) async fn record(
     tx: &mut SqliteConnection,
     results: &[SendResult],
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = results.iter().map(|r| r.id).collect();
-    let mut batch = Batch::new(load_states(tx, &ids).await?, now);
-    for result in results {
-        batch.apply_result(result);
-    }
-    write_batch(tx, batch).await
-}
-
-pub(crate) async fn apply_reports(
-    tx: &mut SqliteConnection,
     reports: &[ProviderReport],
     now: Timestamp,
 ) -> Result<Vec<ReportOutcome>, StoreError> {
-    let mut ids = Vec::with_capacity(reports.len());
+    let mut resolved = Vec::with_capacity(reports.len());
     for report in reports {
         let id = match report.message_id {
             Some(id) => Some(id),
@@ -135,16 +126,27 @@ pub(crate) async fn apply_reports(
             .await
             .ctx("failed to find a reported message")?,
         };
-        ids.push(id);
+        resolved.push(id);
     }
-    let known: Vec<Uuid> = ids.iter().flatten().copied().collect();
-    let mut batch = Batch::new(load_states(tx, &known).await?, now);
+    let mut ids: Vec<Uuid> = results.iter().map(|r| r.id).collect();
+    ids.extend(resolved.iter().flatten());
+    ids.sort_unstable();
+    ids.dedup();
+    let mut batch = Batch::new(load_states(tx, &ids).await?, now);
+    for result in results {
+        batch.apply_result(result);
+    }
     let outcomes = reports
         .iter()
-        .zip(&ids)
-        .map(|(report, id)| match id {
-            Some(id) => batch.apply_report(*id, report),
-            None => ReportOutcome::NotFound,
+        .zip(resolved)
+        .map(|(report, id)| {
+            let id = id.or_else(|| {
+                batch.find_by_provider_id(&report.provider, &report.provider_message_id)
+            });
+            match id {
+                Some(id) => batch.apply_report(id, report),
+                None => ReportOutcome::NotFound,
+            }
         })
         .collect();
     write_batch(tx, batch).await?;
@@ -173,13 +175,12 @@ pub(crate) async fn expire_leases(
     .fetch_all(&mut *tx)
     .await
     .ctx("failed to expire leases")?;
-    for row in &rows {
-        insert_event(
-            tx,
-            &bulk_event(row, MessageStatus::Unknown, now, Some((CODE, REASON)))?,
-        )
-        .await?;
-    }
+    let error = Some((CODE, REASON));
+    let events = rows
+        .iter()
+        .map(|row| bulk_event(row, MessageStatus::Unknown, now, error))
+        .collect::<Result<Vec<_>, _>>()?;
+    bulk::insert_events(tx, &events).await?;
     Ok(rows.len() as u64)
 }
 
@@ -232,26 +233,21 @@ pub(crate) async fn load_states(
     conn: &mut SqliteConnection,
     ids: &[Uuid],
 ) -> Result<Vec<QueueState>, StoreError> {
-    let mut states = Vec::with_capacity(ids.len());
-    // SQLite caps bound parameters per statement; stay far below the cap.
-    for chunk in ids.chunks(500) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT id, org_id, status, last_seq, attempts, provider, provider_message_id,
-                    error_code, error_message, actual_cost, due_at, lease_expires_at
-             FROM messages WHERE id IN (",
-        );
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        query.push(")");
-        for row in query
-            .build()
-            .fetch_all(&mut *conn)
-            .await
-            .ctx("failed to read message states")?
-        {
-            states.push(QueueState {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT id, org_id, status, last_seq, attempts, provider, provider_message_id,
+                error_code, error_message, actual_cost, due_at, lease_expires_at
+         FROM messages WHERE id IN (SELECT unhex(value) FROM json_each(?1))",
+    )
+    .bind(bulk::id_list(ids))
+    .fetch_all(&mut *conn)
+    .await
+    .ctx("failed to read message states")?;
+    rows.iter()
+        .map(|row| {
+            Ok(QueueState {
                 id: row.get(0),
                 org_id: row.get(1),
                 status: convert::status(row.get(2))?,
@@ -264,10 +260,9 @@ pub(crate) async fn load_states(
                 actual_cost: row.get::<Option<i64>, _>(9).map(convert::amount),
                 due_at: convert::timestamp(row.get(10))?,
                 lease_expires_at: convert::opt_timestamp(row.get(11))?,
-            });
-        }
-    }
-    Ok(states)
+            })
+        })
+        .collect()
 }
 
 /// Write back what a [`Batch`] changed: the rows, then their new history entries.
@@ -277,33 +272,8 @@ pub(crate) async fn write_batch(
 ) -> Result<(), StoreError> {
     let now = batch.now();
     let (states, events) = batch.finish();
-    for state in &states {
-        sqlx::query(
-            "UPDATE messages SET status = ?1, last_seq = ?2, attempts = ?3, provider = ?4,
-                 provider_message_id = ?5, error_code = ?6, error_message = ?7, actual_cost = ?8,
-                 due_at = ?9, lease_expires_at = ?10, updated_at = ?11
-             WHERE id = ?12",
-        )
-        .bind(state.status.as_str())
-        .bind(i64::from(state.last_seq))
-        .bind(i64::from(state.attempts))
-        .bind(&state.provider)
-        .bind(&state.provider_message_id)
-        .bind(&state.error_code)
-        .bind(&state.error_message)
-        .bind(state.actual_cost.map(|c| c.micros()))
-        .bind(micros(state.due_at))
-        .bind(state.lease_expires_at.map(micros))
-        .bind(micros(now))
-        .bind(state.id)
-        .execute(&mut *conn)
-        .await
-        .ctx("failed to update a message")?;
-    }
-    for event in &events {
-        insert_event(conn, event).await?;
-    }
-    Ok(())
+    bulk::write_states(conn, &states, now).await?;
+    bulk::insert_events(conn, &events).await
 }
 
 /// The history entry for a row returned by a bulk move (`RETURNING id, org_id, last_seq`).

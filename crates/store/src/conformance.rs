@@ -87,6 +87,9 @@ macro_rules! conformance_tests {
             an_unclaimed_message_returns_to_the_queue_without_using_an_attempt,
             an_undecided_settlement_waits_until_its_retry_time,
             next_scheduled_at_is_the_earliest_send_time,
+            bulk_inserted_messages_are_stored_like_single_ones,
+            status_counts_cover_every_message,
+            results_and_reports_recorded_together_apply_in_order,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
@@ -1135,4 +1138,117 @@ pub async fn next_scheduled_at_is_the_earliest_send_time(subject: &Subject) {
         .unwrap()
         .unwrap();
     assert_eq!(store.next_scheduled_at().await.unwrap(), Some(at(500)));
+}
+
+pub async fn bulk_inserted_messages_are_stored_like_single_ones(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    // Enough to cross the backends' chunk boundaries.
+    let messages: Vec<NewMessage> = (0..12_345)
+        .map(|i| {
+            let mut new = message(scope, &format!("+1415555{:04}", i % 10_000), at(0));
+            if i % 5 == 0 {
+                new.send_at = Some(at(600));
+            }
+            new
+        })
+        .collect();
+    assert_eq!(store.insert_messages(&messages).await.unwrap(), 12_345);
+    assert_eq!(store.insert_messages(&[]).await.unwrap(), 0);
+    assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 12_345);
+    for sample in [&messages[0], &messages[1], &messages[12_344]] {
+        assert_eq!(get(store, scope, sample.id).await, sample.initial_record());
+    }
+    let mut counts = store.status_counts(scope.org_id).await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            (MessageStatus::Queued, 9_876),
+            (MessageStatus::Scheduled, 2_469)
+        ]
+    );
+    let claimed = store.claim_due(at(1), at(31), 100).await.unwrap();
+    assert_eq!(claimed.len(), 100, "bulk-inserted messages are claimable");
+}
+
+pub async fn status_counts_cover_every_message(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let other = organization(store, "other").await;
+    assert!(store.status_counts(scope.org_id).await.unwrap().is_empty());
+    for i in 0..3 {
+        insert(store, &message(scope, "+14155550100", at(i))).await;
+    }
+    insert(store, &message(other, "+14155550100", at(0))).await;
+    let claim = claim_one(store, at(5)).await;
+    store
+        .record_results(&[accepted(&claim, "SM1")], at(6))
+        .await
+        .unwrap();
+    let canceled = store
+        .list_messages(scope, &MessageFilter::default(), None, 1)
+        .await
+        .unwrap()
+        .items[0]
+        .id;
+    store
+        .cancel_message(scope, canceled, at(7))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut counts = store.status_counts(scope.org_id).await.unwrap();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            (MessageStatus::Canceled, 1),
+            (MessageStatus::Queued, 1),
+            (MessageStatus::Sent, 1),
+        ]
+    );
+}
+
+pub async fn results_and_reports_recorded_together_apply_in_order(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let a = message(scope, "+14155550100", at(0));
+    let b = message(scope, "+14155550101", at(0));
+    insert(store, &a).await;
+    insert(store, &b).await;
+    let claims = store.claim_due(at(1), at(31), 10).await.unwrap();
+    let results: Vec<SendResult> = claims
+        .iter()
+        .map(|claim| accepted(claim, if claim.id == a.id { "SM-a" } else { "SM-b" }))
+        .collect();
+    // b's report names it only by the provider id its result, in the same call, records.
+    let reports = [
+        report(Some(a.id), "SM-a", ReportedStatus::Sent),
+        report(Some(a.id), "SM-a", ReportedStatus::Delivered),
+        report(None, "SM-b", ReportedStatus::Delivered),
+        report(None, "SM-nobody", ReportedStatus::Delivered),
+    ];
+    let outcomes = store.record(&results, &reports, at(2)).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            ReportOutcome::Unchanged,
+            ReportOutcome::Applied,
+            ReportOutcome::Applied,
+            ReportOutcome::NotFound,
+        ]
+    );
+    for id in [a.id, b.id] {
+        let message = get(store, scope, id).await;
+        assert_eq!(
+            statuses(&message),
+            vec![
+                MessageStatus::Queued,
+                MessageStatus::Sending,
+                MessageStatus::Sent,
+                MessageStatus::Delivered
+            ]
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! batch holding two reports for the same message applies them one after the other exactly as
 //! separate calls would, and both backends behave identically.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use herald_domain::money::Amount;
 use herald_domain::status::{self, IllegalTransition, MessageStatus, StatusEvent, Transition};
@@ -82,7 +82,9 @@ struct Effects<'a> {
 pub struct Batch {
     now: Timestamp,
     states: HashMap<Uuid, QueueState>,
+    /// Changed rows, in the order they first changed.
     touched: Vec<Uuid>,
+    touched_set: HashSet<Uuid>,
     events: Vec<NewEvent>,
 }
 
@@ -94,6 +96,7 @@ impl Batch {
             now,
             states,
             touched: Vec::new(),
+            touched_set: HashSet::new(),
             events: Vec::new(),
         }
     }
@@ -177,6 +180,16 @@ impl Batch {
         }
     }
 
+    /// The loaded message a provider knows by this id, e.g. one whose id a result earlier in
+    /// this batch has just recorded.
+    pub fn find_by_provider_id(&self, provider: &str, provider_message_id: &str) -> Option<Uuid> {
+        self.states.values().find_map(|state| {
+            let matches = state.provider.as_deref() == Some(provider)
+                && state.provider_message_id.as_deref() == Some(provider_message_id);
+            matches.then_some(state.id)
+        })
+    }
+
     /// Record what reconciliation learned about an `unknown` message.
     pub fn apply_settlement(&mut self, id: Uuid, settlement: &Settlement) {
         let Some(state) = self.states.get(&id) else {
@@ -242,7 +255,7 @@ impl Batch {
     }
 
     fn touch(&mut self, id: Uuid) -> &mut QueueState {
-        if !self.touched.contains(&id) {
+        if self.touched_set.insert(id) {
             self.touched.push(id);
         }
         self.states.get_mut(&id).expect("touched states are loaded")
@@ -258,6 +271,19 @@ impl Batch {
         let now = self.now;
         let current = &self.states[&id];
         let change = plan_change(current.status, current.last_seq, event)?;
+        // A duplicate report that teaches nothing new leaves the row alone: no write at all.
+        let fills_in =
+            |known: &Option<String>, given: Option<&str>| known.is_none() && given.is_some();
+        let teaches = fills_in(&current.provider, effects.provider)
+            || fills_in(&current.provider_message_id, effects.provider_message_id)
+            || effects
+                .actual_cost
+                .is_some_and(|cost| current.actual_cost != Some(cost))
+            || effects.due_at.is_some_and(|due| current.due_at != due)
+            || effects.refund_attempt;
+        if change.is_none() && !teaches {
+            return Ok(false);
+        }
         let state = self.touch(id);
         // Provider identifiers are set once: the first answer names the message for good.
         if state.provider.is_none() {
@@ -380,7 +406,22 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_batch_writes_nothing() {
+    fn a_duplicate_report_that_teaches_nothing_is_not_written() {
+        let id = Uuid::from_u128(1);
+        let mut known = state(MessageStatus::Sent);
+        known.provider = Some("simulator".into());
+        known.provider_message_id = Some("SM1".into());
+        let mut batch = Batch::new([known], Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            batch.apply_report(id, &report(ReportedStatus::Sent)),
+            ReportOutcome::Unchanged
+        );
+        let (states, events) = batch.finish();
+        assert!(states.is_empty() && events.is_empty());
+    }
+
+    #[test]
+    fn a_late_report_still_fills_in_the_provider_ids() {
         let id = Uuid::from_u128(1);
         let mut batch = Batch::new([state(MessageStatus::Delivered)], Timestamp::UNIX_EPOCH);
         batch.apply_report(id, &report(ReportedStatus::Delivered));

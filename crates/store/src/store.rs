@@ -5,6 +5,8 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::error::StoreError;
+use herald_domain::status::MessageStatus;
+
 use crate::model::*;
 
 /// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
@@ -60,6 +62,11 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Insertion, StoreError>;
 
+    /// Store many prepared messages at once, each with its first status, without idempotency
+    /// keys: for broadcasts, campaigns and benchmarks. Committed in chunks, so a huge batch
+    /// never holds the write lock for long; returns how many were stored.
+    async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64, StoreError>;
+
     async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError>;
 
     /// Newest first. `after` is the last id of the previous page.
@@ -73,6 +80,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of messages of an organization (all modes); for operators and tests.
     async fn count_messages(&self, org_id: Uuid) -> Result<u64, StoreError>;
+
+    /// How many of an organization's messages (all modes) are in each status; statuses with
+    /// none are left out.
+    async fn status_counts(&self, org_id: Uuid) -> Result<Vec<(MessageStatus, u64)>, StoreError>;
 
     async fn cancel_message(
         &self,
@@ -100,20 +111,34 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Claimed>, StoreError>;
 
-    /// Record what providers said about claimed messages, in one transaction. A result for an
-    /// attempt that is no longer current is ignored unless it tells us the provider has it.
+    /// Record what providers answered to send calls and what they reported since, in one
+    /// transaction: results first, then reports. Duplicate and late reports change nothing, and
+    /// a result for an attempt that is no longer current is ignored unless it tells us the
+    /// provider has the message. Returns what each report did.
+    async fn record(
+        &self,
+        results: &[SendResult],
+        reports: &[ProviderReport],
+        now: Timestamp,
+    ) -> Result<Vec<ReportOutcome>, StoreError>;
+
+    /// [`Store::record`] with results only.
     async fn record_results(
         &self,
         results: &[SendResult],
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.record(results, &[], now).await.map(|_| ())
+    }
 
-    /// Apply provider status reports; duplicates and late ones change nothing.
+    /// [`Store::record`] with reports only.
     async fn apply_reports(
         &self,
         reports: &[ProviderReport],
         now: Timestamp,
-    ) -> Result<Vec<ReportOutcome>, StoreError>;
+    ) -> Result<Vec<ReportOutcome>, StoreError> {
+        self.record(&[], reports, now).await
+    }
 
     /// Messages still `sending` after their lease ran out become `unknown`; returns how many.
     async fn expire_leases(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError>;
