@@ -33,7 +33,7 @@ pub async fn run(options: &Options, db: &BenchDb, target: Target) -> Result<Repo
     config.dispatcher.max_in_flight = options.max_in_flight;
 
     let setup = Instant::now();
-    workload::enqueue(db.store.as_ref(), &config.intake, &org, scope, n).await?;
+    workload::enqueue(db.store.as_ref(), &config.intake, scope, n).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
 
     let engine = Arc::new(Engine::new(

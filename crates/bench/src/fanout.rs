@@ -1,8 +1,9 @@
-//! `fanout`: materialise a very large send — every recipient parsed, the body encoded and
-//! counted, the cost estimated, and the message stored queued with its first status — in
-//! bounded memory. Broadcasts and campaigns will add resolution, de-duplication and opt-out
-//! filtering in front of this; until they exist this is the store's bulk path under the same
-//! per-message work.
+//! `fanout`: materialise a very large send — for every recipient a personalised body, its
+//! encoding and segments, its estimated cost, and the message stored queued with its first
+//! status — in bounded memory. Recipients are already normalised, as stored contacts are.
+//! Broadcasts and campaigns will add resolving the audience, de-duplication and opt-out
+//! filtering in front of this; until they exist this measures the store's bulk path under the
+//! per-message work they will share.
 
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ pub async fn run(options: &Options, db: &BenchDb) -> Result<Report> {
     process::reset_peak(pid);
     let cpu_before = process::cpu_time(pid).unwrap_or_default();
     let started = Instant::now();
-    workload::enqueue(db.store.as_ref(), &config.intake, &org, scope, n).await?;
+    workload::enqueue(db.store.as_ref(), &config.intake, scope, n).await?;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = process::cpu_time(pid)
         .unwrap_or_default()

@@ -39,7 +39,8 @@ pub(crate) async fn insert(
         return Ok(previous);
     }
 
-    // The message, its first history entry and the stored row as read back, in one statement.
+    // The message and the stored row as read back, in one statement; its first history entry
+    // is the row itself.
     let row = sqlx::query(concat!(
         "WITH inserted AS (
              INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
@@ -50,9 +51,6 @@ pub(crate) async fn insert(
              RETURNING ",
         message_columns!(),
         "
-         ), first AS (
-             INSERT INTO message_events (message_id, org_id, seq, status, occurred_at)
-             SELECT id, org_id, 1, status, created_at FROM inserted
          )
          SELECT * FROM inserted"
     ))
@@ -79,13 +77,7 @@ pub(crate) async fn insert(
     .await
     .ctx("failed to insert the message")?;
     let mut message = message(&row)?;
-    message.history = vec![StatusChange {
-        seq: 1,
-        status: message.status,
-        at: message.created_at,
-        error_code: None,
-        error_message: None,
-    }];
+    message.set_history(Vec::new());
     Ok(Insertion::Created(Box::new(message)))
 }
 
@@ -136,8 +128,7 @@ pub(crate) async fn insert_many(
         created.push(ts(m.created_at));
     }
     sqlx::query(
-        "WITH inserted AS (
-             INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
+        "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency,
                  max_attempts, due_at, send_at, last_seq, created_at, updated_at)
              SELECT id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
@@ -149,11 +140,7 @@ pub(crate) async fn insert_many(
                  $18::timestamptz[], $19::timestamptz[])
                  AS u(id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
                       segments, kind, priority, status, estimated_cost, currency, max_attempts,
-                      due_at, send_at, created_at)
-             RETURNING id, org_id, status, created_at
-         )
-         INSERT INTO message_events (message_id, org_id, seq, status, occurred_at)
-         SELECT id, org_id, 1, status, created_at FROM inserted",
+                      due_at, send_at, created_at)",
     )
     .bind(ids)
     .bind(orgs)
@@ -257,7 +244,7 @@ pub(crate) async fn get(
     let Some(row) = row else { return Ok(None) };
     let mut message = message(&row)?;
     let mut histories = histories(conn, &[id]).await?;
-    message.history = histories.remove(&id).unwrap_or_default();
+    message.set_history(histories.remove(&id).unwrap_or_default());
     Ok(Some(message))
 }
 
@@ -313,7 +300,7 @@ pub(crate) async fn list(
     let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
     let mut histories = histories(conn, &ids).await?;
     for item in &mut items {
-        item.history = histories.remove(&item.id).unwrap_or_default();
+        item.set_history(histories.remove(&item.id).unwrap_or_default());
     }
     Ok(Page { items, next })
 }

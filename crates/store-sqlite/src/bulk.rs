@@ -152,7 +152,8 @@ pub(crate) async fn write_states(
     Ok(())
 }
 
-/// Insert new messages and their first history entries.
+/// Insert new messages. Their first history entry is the row itself (see
+/// [`herald_store::Message::first_change`]).
 pub(crate) async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
@@ -192,23 +193,8 @@ pub(crate) async fn insert_messages(
             .execute(&mut *conn)
             .await
             .ctx("failed to insert messages")?;
-        let firsts: Vec<NewEvent> = chunk.iter().map(first_event).collect();
-        insert_events(conn, &firsts).await?;
     }
     Ok(())
-}
-
-/// The history entry a message starts with.
-pub(crate) fn first_event(new: &NewMessage) -> NewEvent {
-    NewEvent {
-        message_id: new.id,
-        org_id: new.scope.org_id,
-        seq: 1,
-        status: new.initial_status(),
-        at: new.created_at,
-        error_code: None,
-        error_message: None,
-    }
 }
 
 #[cfg(test)]

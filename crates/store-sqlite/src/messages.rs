@@ -121,7 +121,7 @@ pub(crate) async fn get(
     let Some(row) = row else { return Ok(None) };
     let mut message = message(&row)?;
     let mut histories = histories(conn, &[id]).await?;
-    message.history = histories.remove(&id).unwrap_or_default();
+    message.set_history(histories.remove(&id).unwrap_or_default());
     Ok(Some(message))
 }
 
@@ -177,7 +177,7 @@ pub(crate) async fn list(
     let ids: Vec<Uuid> = items.iter().map(|m| m.id).collect();
     let mut histories = histories(conn, &ids).await?;
     for item in &mut items {
-        item.history = histories.remove(&item.id).unwrap_or_default();
+        item.set_history(histories.remove(&item.id).unwrap_or_default());
     }
     Ok(Page { items, next })
 }

@@ -86,7 +86,7 @@ impl NewMessage {
     /// The message exactly as the store records it on insert, before anything happens to it.
     pub fn initial_record(&self) -> Message {
         let status = self.initial_status();
-        Message {
+        let mut message = Message {
             id: self.id,
             scope: self.scope,
             api_key_id: self.api_key_id,
@@ -111,14 +111,10 @@ impl NewMessage {
             send_at: self.send_at,
             created_at: self.created_at,
             updated_at: self.created_at,
-            history: vec![StatusChange {
-                seq: 1,
-                status,
-                at: self.created_at,
-                error_code: None,
-                error_message: None,
-            }],
-        }
+            history: Vec::new(),
+        };
+        message.set_history(Vec::new());
+        message
     }
 
     /// When the message first becomes eligible for dispatch.
@@ -170,6 +166,34 @@ pub struct Message {
     pub updated_at: Timestamp,
     /// Oldest first.
     pub history: Vec<StatusChange>,
+}
+
+impl Message {
+    /// The first entry of the history, which the message row itself records: the status it was
+    /// created in (`scheduled` when `send_at` was ahead, else `queued`) at its creation time.
+    /// Stores keep only the entries after it.
+    pub fn first_change(&self) -> StatusChange {
+        let scheduled = self.send_at.is_some_and(|at| at > self.created_at);
+        StatusChange {
+            seq: 1,
+            status: if scheduled {
+                MessageStatus::Scheduled
+            } else {
+                MessageStatus::Queued
+            },
+            at: self.created_at,
+            error_code: None,
+            error_message: None,
+        }
+    }
+
+    /// Set the history from the stored entries that follow the first.
+    pub fn set_history(&mut self, later: Vec<StatusChange>) {
+        let mut history = Vec::with_capacity(later.len() + 1);
+        history.push(self.first_change());
+        history.extend(later);
+        self.history = history;
+    }
 }
 
 /// An `Idempotency-Key` to remember with the message it created.
