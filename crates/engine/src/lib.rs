@@ -1,6 +1,7 @@
 //! Herald's engine: everything between the API and the providers.
 //!
 //! - [`intake`]: validating, encoding and pricing a send request into a storable message.
+//! - [`acceptor`]: storing accepted messages with group commit.
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
@@ -8,6 +9,7 @@
 //!
 //! [`Engine`] wires these together over one [`Store`]; the web layer and the CLI use it.
 
+pub mod acceptor;
 pub mod clock;
 pub mod dispatcher;
 pub mod intake;
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use acceptor::Acceptor;
 use clock::Clock;
 use dispatcher::{Dispatcher, DispatcherConfig, Router};
 use intake::{FieldError, IntakeConfig, SendRequest};
@@ -53,6 +56,7 @@ pub struct Engine {
     pub simulator: Simulator,
     pub router: Arc<Router>,
     pub recorder: Recorder,
+    pub acceptor: Acceptor,
     pub dispatcher: Arc<Dispatcher>,
     pub maintenance: Arc<Maintenance>,
     /// What the engine has done since it started.
@@ -72,6 +76,7 @@ impl Engine {
     ) -> Engine {
         let counters = Arc::new(stats::Counters::default());
         let recorder = Recorder::spawn(store.clone(), clock.clone(), counters.clone());
+        let acceptor = Acceptor::spawn(store.clone(), clock.clone());
         let simulator = Simulator::new(config.simulator.clone(), Arc::new(recorder.clone()));
         let router = Arc::new(Router::new(Arc::new(simulator.clone()), live));
         let wake = Arc::new(Notify::new());
@@ -97,6 +102,7 @@ impl Engine {
             simulator,
             router,
             recorder,
+            acceptor,
             dispatcher,
             maintenance,
             counters,
@@ -129,8 +135,8 @@ impl Engine {
         idempotency: Option<&IdempotencyRecord>,
     ) -> Result<Insertion, StoreError> {
         let insertion = self
-            .store
-            .insert_message(message, idempotency, self.clock.now())
+            .acceptor
+            .accept(message.clone(), idempotency.cloned())
             .await?;
         if let Insertion::Created(created) = &insertion
             && created.status == MessageStatus::Queued

@@ -189,24 +189,25 @@ impl Store for PostgresStore {
         orgs::touch_key(&self.pool, id, at).await
     }
 
-    async fn insert_message(
+    async fn accept_messages(
         &self,
-        message: &NewMessage,
-        idempotency: Option<&IdempotencyRecord>,
+        items: &[(NewMessage, Option<IdempotencyRecord>)],
         now: Timestamp,
-    ) -> Result<Insertion, StoreError> {
-        // Without a key the insert is one statement: no transaction round trips needed.
-        if idempotency.is_none() {
-            let mut conn = self.connection().await?;
-            return messages::insert(&mut conn, message, None, now).await;
-        }
+    ) -> Result<Vec<Insertion>, StoreError> {
         let mut tx = self.begin().await?;
-        let insertion = messages::insert(&mut tx, message, idempotency, now).await?;
-        // A replay stores nothing: dropping the transaction rolls back and frees the key row.
-        if matches!(insertion, Insertion::Created(_)) {
-            tx.commit().await.ctx("failed to commit the message")?;
+        let mut insertions = Vec::with_capacity(items.len());
+        for (message, idempotency) in items {
+            // A replayed key writes nothing, so the other messages of the batch still commit.
+            let work = messages::insert(&mut tx, message, idempotency.as_ref(), now).await;
+            match work {
+                Ok(insertion) => insertions.push(insertion),
+                Err(error) => return Err(error),
+            }
         }
-        Ok(insertion)
+        tx.commit()
+            .await
+            .ctx("failed to commit accepted messages")?;
+        Ok(insertions)
     }
 
     async fn get_message(&self, scope: Scope, id: Uuid) -> Result<Option<Message>, StoreError> {

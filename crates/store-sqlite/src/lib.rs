@@ -238,18 +238,20 @@ impl Store for SqliteStore {
         tx.commit().await.ctx("failed to record API key use")
     }
 
-    async fn insert_message(
+    async fn accept_messages(
         &self,
-        message: &NewMessage,
-        idempotency: Option<&IdempotencyRecord>,
+        items: &[(NewMessage, Option<IdempotencyRecord>)],
         now: Timestamp,
-    ) -> Result<Insertion, StoreError> {
+    ) -> Result<Vec<Insertion>, StoreError> {
         let mut tx = self.write().await?;
-        let insertion = messages::insert(&mut tx, message, idempotency, now).await?;
-        if matches!(insertion, Insertion::Created(_)) {
-            tx.commit().await.ctx("failed to commit the message")?;
+        let mut insertions = Vec::with_capacity(items.len());
+        for (message, idempotency) in items {
+            insertions.push(messages::insert(&mut tx, message, idempotency.as_ref(), now).await?);
         }
-        Ok(insertion)
+        tx.commit()
+            .await
+            .ctx("failed to commit accepted messages")?;
+        Ok(insertions)
     }
 
     async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64, StoreError> {

@@ -88,10 +88,9 @@ pub(crate) async fn insert(
         .ctx("failed to store the idempotency key")?;
     }
 
-    let message = get(tx, new.scope, new.id)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("inserted message vanished".into()))?;
-    Ok(Insertion::Created(Box::new(message)))
+    // The row is exactly what was asked for (the conformance suite holds both backends to it),
+    // so there is nothing to read back.
+    Ok(Insertion::Created(Box::new(new.initial_record())))
 }
 
 /// Insert a new message and its first history entry.

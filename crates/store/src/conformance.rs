@@ -90,6 +90,7 @@ macro_rules! conformance_tests {
             bulk_inserted_messages_are_stored_like_single_ones,
             status_counts_cover_every_message,
             results_and_reports_recorded_together_apply_in_order,
+            a_batch_of_accepted_messages_honours_its_keys_in_order,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
@@ -1251,4 +1252,38 @@ pub async fn results_and_reports_recorded_together_apply_in_order(subject: &Subj
             ]
         );
     }
+}
+
+pub async fn a_batch_of_accepted_messages_honours_its_keys_in_order(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let key = |hash: u8| IdempotencyRecord {
+        key: "k".into(),
+        request_hash: [hash; 32],
+        response: vec![hash],
+        expires_at: at(86_400),
+    };
+    let first = message(scope, "+14155550100", at(1));
+    let items = vec![
+        (first.clone(), Some(key(1))),
+        (message(scope, "+14155550100", at(1)), Some(key(1))),
+        (message(scope, "+14155550100", at(1)), Some(key(2))),
+        (message(scope, "+14155550101", at(1)), None),
+    ];
+    let insertions = store.accept_messages(&items, at(1)).await.unwrap();
+    assert_eq!(insertions.len(), 4);
+    assert_eq!(
+        insertions[0],
+        Insertion::Created(Box::new(first.initial_record()))
+    );
+    assert_eq!(
+        insertions[1],
+        Insertion::Replayed {
+            message_id: first.id,
+            response: vec![1]
+        }
+    );
+    assert_eq!(insertions[2], Insertion::KeyReused);
+    assert!(matches!(insertions[3], Insertion::Created(_)));
+    assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 2);
 }

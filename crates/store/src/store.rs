@@ -54,13 +54,29 @@ pub trait Store: Send + Sync + 'static {
 
     // --- accepting and reading messages -------------------------------------------------------
 
-    /// Store a message and its first status in one transaction, honouring an idempotency key.
+    /// Store messages with their idempotency keys in one transaction, in order: a key used
+    /// twice in the batch replays the first. Returns what happened to each.
+    async fn accept_messages(
+        &self,
+        items: &[(NewMessage, Option<IdempotencyRecord>)],
+        now: Timestamp,
+    ) -> Result<Vec<Insertion>, StoreError>;
+
+    /// Store one message, honouring an idempotency key.
     async fn insert_message(
         &self,
         message: &NewMessage,
         idempotency: Option<&IdempotencyRecord>,
         now: Timestamp,
-    ) -> Result<Insertion, StoreError>;
+    ) -> Result<Insertion, StoreError> {
+        let item = (message.clone(), idempotency.cloned());
+        let mut insertions = self
+            .accept_messages(std::slice::from_ref(&item), now)
+            .await?;
+        insertions
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("an accepted message vanished".into()))
+    }
 
     /// Store many prepared messages at once, each with its first status, without idempotency
     /// keys: for broadcasts, campaigns and benchmarks. Committed in chunks, so a huge batch
