@@ -83,6 +83,10 @@ pub struct FileConfig {
     pub default_region: Option<String>,
     /// Name of the organization created on first start.
     pub organization_name: Option<String>,
+    /// Herald's base URL as providers reach it (`https://herald.example.com`): provider
+    /// callbacks are addressed to it and their signatures checked against it.
+    pub public_url: Option<String>,
+    pub twilio: Option<TwilioFile>,
     #[serde(default)]
     pub sqlite: SqliteFile,
     #[serde(default)]
@@ -91,6 +95,29 @@ pub struct FileConfig {
     pub simulator: SimulatorFile,
     #[serde(default)]
     pub prices: PricesFile,
+}
+
+/// A Twilio account for live traffic. Each key can also come from `HERALD_TWILIO_<KEY>`
+/// (e.g. `HERALD_TWILIO_AUTH_TOKEN`), which takes precedence.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioFile {
+    pub account_sid: Option<String>,
+    pub auth_token: Option<String>,
+    pub base_url: Option<String>,
+    pub from: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for TwilioFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioFile")
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "****"))
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +266,36 @@ impl FileConfig {
 
         config.intake.prices = self.prices()?;
         Ok(config)
+    }
+
+    /// The Twilio account, if one is configured (file, then `HERALD_TWILIO_*` overrides).
+    pub fn twilio(&self) -> Result<Option<herald_providers::twilio::TwilioConfig>> {
+        let file = self.twilio.as_ref();
+        let pick = |key: &str, from_file: Option<&String>| {
+            std::env::var(format!("HERALD_TWILIO_{key}"))
+                .ok()
+                .or_else(|| from_file.cloned())
+        };
+        let sid = pick("ACCOUNT_SID", file.and_then(|t| t.account_sid.as_ref()));
+        let token = pick("AUTH_TOKEN", file.and_then(|t| t.auth_token.as_ref()));
+        let (sid, token) = match (sid, token) {
+            (Some(sid), Some(token)) => (sid, token),
+            (None, None) => return Ok(None),
+            _ => bail!("twilio needs both account_sid and auth_token"),
+        };
+        let mut config = herald_providers::twilio::TwilioConfig::new(sid, token);
+        if let Some(base) = pick("BASE_URL", file.and_then(|t| t.base_url.as_ref())) {
+            config.base_url = base;
+        }
+        config.from = pick("FROM", file.and_then(|t| t.from.as_ref()));
+        config.messaging_service_sid = pick(
+            "MESSAGING_SERVICE_SID",
+            file.and_then(|t| t.messaging_service_sid.as_ref()),
+        );
+        if let Some(ms) = file.and_then(|t| t.timeout_ms) {
+            config.timeout = Duration::from_millis(ms);
+        }
+        Ok(Some(config))
     }
 
     fn prices(&self) -> Result<PriceTable> {

@@ -33,7 +33,12 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) {
     };
 }
 
-pub async fn serve(file: &FileConfig, url: &DatabaseUrl, listen: SocketAddr) -> Result<()> {
+pub async fn serve(
+    file: &FileConfig,
+    url: &DatabaseUrl,
+    listen: SocketAddr,
+    public_url: Option<String>,
+) -> Result<()> {
     let store = commands::open_store(file, url).await?;
     store
         .migrate()
@@ -51,24 +56,31 @@ pub async fn serve(file: &FileConfig, url: &DatabaseUrl, listen: SocketAddr) -> 
         commands::print_organization(&first);
     }
 
+    let (live, twilio_hook) = twilio(file, public_url.as_deref())?;
+    let provider = if live.is_some() {
+        "twilio"
+    } else {
+        "simulator"
+    };
     let engine = Arc::new(Engine::new(
         store.clone(),
         Arc::new(SystemClock),
         file.engine()?,
-        None,
+        live,
     ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!("Herald is listening on http://{address} (API docs at http://{address}/docs)");
-    tracing::info!(%address, provider = "simulator", "serving");
+    tracing::info!(%address, provider, "serving");
 
     let shutdown = CancellationToken::new();
     let mut workers = engine.start(shutdown.clone());
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let app = herald_web::app(AppState {
         engine: engine.clone(),
+        twilio: twilio_hook,
     });
     let served = herald_web::serve(listener, app, shutdown.clone()).await;
     // However the server stopped, let the workers return claimed work before exiting.
@@ -100,4 +112,37 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down: finishing requests and returning unsent messages to the queue");
     shutdown.cancel();
+}
+
+/// The Twilio provider for live traffic, and the verifier of its callbacks when Herald knows
+/// the public URL Twilio signs.
+type TwilioSetup = (
+    Option<Arc<dyn herald_providers::Provider>>,
+    Option<herald_web::hooks::TwilioHook>,
+);
+
+/// The Twilio provider for live traffic and the verifier of its callbacks, when configured.
+fn twilio(file: &FileConfig, public_url: Option<&str>) -> Result<TwilioSetup> {
+    let Some(mut config) = file.twilio()? else {
+        return Ok((None, None));
+    };
+    let hook = match public_url {
+        Some(public_url) => {
+            let public_url = public_url.trim_end_matches('/').to_owned();
+            config.status_callback = Some(format!("{public_url}/hooks/twilio/status"));
+            Some(herald_web::hooks::TwilioHook {
+                auth_token: config.auth_token.clone(),
+                public_url,
+            })
+        }
+        None => {
+            tracing::warn!(
+                "no public URL (--public-url, HERALD_PUBLIC_URL): Twilio will send no status callbacks"
+            );
+            None
+        }
+    };
+    let provider =
+        herald_providers::twilio::Twilio::new(config).context("cannot set up the Twilio client")?;
+    Ok((Some(Arc::new(provider)), hook))
 }

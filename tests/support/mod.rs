@@ -10,11 +10,14 @@ use herald_domain::message::Mode;
 use herald_domain::phone::Region;
 use herald_engine::clock::{Clock, SystemClock};
 use herald_engine::{Engine, EngineConfig, keys};
+use herald_providers::Provider;
+use herald_providers::twilio::{Twilio, TwilioConfig};
 use herald_store::{Organization, Store};
 use herald_store_postgres::test_support::{TestDatabase, fresh_database};
 use herald_store_postgres::{PostgresConfig, PostgresStore};
 use herald_store_sqlite::{SqliteConfig, SqliteStore};
 use herald_web::AppState;
+use herald_web::hooks::TwilioHook;
 use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +68,29 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<TestServer> {
+        TestServer::start_full(backend, config, None).await
+    }
+
+    /// A server whose live traffic goes to Twilio at `twilio_base` with `auth_token`, and which
+    /// verifies Twilio callbacks against its own address.
+    pub async fn start_with_twilio(
+        backend: Backend,
+        twilio_base: &str,
+        auth_token: &str,
+    ) -> Option<TestServer> {
+        TestServer::start_full(
+            backend,
+            test_config(),
+            Some((twilio_base.to_owned(), auth_token.to_owned())),
+        )
+        .await
+    }
+
+    async fn start_full(
+        backend: Backend,
+        config: EngineConfig,
+        twilio: Option<(String, String)>,
+    ) -> Option<TestServer> {
         let (store, guard): (Arc<dyn Store>, Guard) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -83,14 +109,32 @@ impl TestServer {
             }
         };
         store.migrate().await.unwrap();
-        let engine = Arc::new(Engine::new(store, Arc::new(SystemClock), config, None));
-        let tenant = create_tenant(engine.store.as_ref(), "acme").await;
-
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let (live, hook) = match twilio {
+            Some((twilio_base, auth_token)) => {
+                let mut twilio = TwilioConfig::new("ACtest00000000000000000000000000", &auth_token);
+                twilio.base_url = twilio_base;
+                twilio.from = Some("+15005550006".into());
+                twilio.status_callback = Some(format!("{base}/hooks/twilio/status"));
+                let live: Arc<dyn Provider> = Arc::new(Twilio::new(twilio).unwrap());
+                (
+                    Some(live),
+                    Some(TwilioHook {
+                        auth_token,
+                        public_url: base.clone(),
+                    }),
+                )
+            }
+            None => (None, None),
+        };
+        let engine = Arc::new(Engine::new(store, Arc::new(SystemClock), config, live));
+        let tenant = create_tenant(engine.store.as_ref(), "acme").await;
+
         let shutdown = CancellationToken::new();
         let workers = engine.start(shutdown.clone());
         let app = herald_web::app(AppState {
+            twilio: hook,
             engine: engine.clone(),
         });
         let server = tokio::spawn(herald_web::serve(listener, app, shutdown.clone()));

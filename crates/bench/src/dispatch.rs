@@ -161,3 +161,42 @@ async fn wait_until_final(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `dispatch-http`: the same through Herald's Twilio adapter to the provider stub, run as its
+/// own process. The stub's count of accepted sends must equal N: each message sent once.
+pub async fn run_http(options: &Options, db: &BenchDb) -> Result<Report> {
+    let stub = crate::child::stub(&options.exe()?, Duration::ZERO, None).await?;
+    let base = format!("http://{}", stub.address);
+    let mut twilio = herald_providers::twilio::TwilioConfig::new(
+        "ACbench00000000000000000000000000",
+        crate::stub::StubConfig::default().auth_token,
+    );
+    twilio.base_url = base.clone();
+    twilio.from = Some("+15005550006".into());
+    let live: Arc<dyn Provider> = Arc::new(herald_providers::twilio::Twilio::new(twilio)?);
+    let target = Target {
+        name: "twilio adapter -> stub",
+        live: Some(live),
+        final_status: "sent",
+    };
+    let result = run(options, db, target).await;
+    let stats = crate::stub::fetch_stats(&reqwest::Client::new(), &base).await;
+    let stub_cpu = process::cpu_time(stub.pid()).unwrap_or_default();
+    stub.stop()?;
+    let mut report = result?;
+    let stats = stats?;
+    if stats.twilio_submits.count != options.messages {
+        bail!(
+            "the stub accepted {} sends for {} messages",
+            stats.twilio_submits.count,
+            options.messages
+        );
+    }
+    report
+        .metrics
+        .insert("stub_accepted".into(), stats.twilio_submits.count as f64);
+    report
+        .metrics
+        .insert("stub_cpu_seconds".into(), stub_cpu.as_secs_f64());
+    Ok(report)
+}

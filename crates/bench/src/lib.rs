@@ -2,12 +2,15 @@
 //! fresh database and reported as a table or one JSON object. Numbers come from here, never
 //! from timed tests; the smoke tests only check that every message is accounted for.
 
+mod child;
 pub mod db;
 mod dispatch;
 mod fanout;
 mod idle;
 pub mod process;
 pub mod report;
+pub mod stub;
+mod stub_load;
 pub mod workload;
 
 use std::path::PathBuf;
@@ -25,12 +28,20 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "N queued messages dispatched to the in-process simulator, instant delivery",
     ),
     (
+        "dispatch-http",
+        "N queued messages sent with the Twilio adapter to the HTTP provider stub",
+    ),
+    (
         "fanout",
-        "N messages materialised (parse, encode, price) and stored queued, in bounded memory",
+        "N messages materialised (render, encode, price) and stored queued, in bounded memory",
     ),
     (
         "idle",
         "resident memory of an idle `herald serve` after start-up",
+    ),
+    (
+        "stub",
+        "the provider stub's own capacity: N Twilio-shaped sends from an in-process client",
     ),
 ];
 
@@ -44,7 +55,7 @@ pub struct Options {
     pub messages: u64,
     pub batch_size: u32,
     pub max_in_flight: usize,
-    /// The `herald` executable, for scenarios that start a server (default: this one).
+    /// The `herald` executable, for scenarios that start helper processes (default: this one).
     pub herald_exe: Option<PathBuf>,
     /// How long `idle` waits after start-up before measuring.
     pub idle_settle: Duration,
@@ -65,6 +76,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The `herald` executable that helper processes are started from.
+    pub fn exe(&self) -> Result<PathBuf> {
+        match &self.herald_exe {
+            Some(path) => Ok(path.clone()),
+            None => Ok(std::env::current_exe()?),
+        }
+    }
+}
+
 /// Run one scenario on a fresh database and return what it measured.
 pub async fn run(options: &Options) -> Result<Report> {
     if !SCENARIOS.iter().any(|(name, _)| *name == options.scenario) {
@@ -74,6 +95,9 @@ pub async fn run(options: &Options) -> Result<Report> {
             options.scenario,
             known.join(", ")
         );
+    }
+    if options.scenario == "stub" {
+        return stub_load::run(options).await;
     }
     let db = db::BenchDb::create(options.store, options.database_url.as_deref()).await?;
     let result = match options.scenario.as_str() {
@@ -85,6 +109,7 @@ pub async fn run(options: &Options) -> Result<Report> {
             };
             dispatch::run(options, &db, target).await
         }
+        "dispatch-http" => dispatch::run_http(options, &db).await,
         "fanout" => fanout::run(options, &db).await,
         "idle" => idle::run(options, &db).await,
         _ => unreachable!("checked above"),

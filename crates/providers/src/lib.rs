@@ -8,5 +8,6 @@
 
 mod provider;
 pub mod simulator;
+pub mod twilio;
 
 pub use provider::*;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod hooks;
 pub mod messages;
 pub mod problem;
 
@@ -34,6 +35,8 @@ use utoipa_swagger_ui::SwaggerUi;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Set when a Twilio account is configured: verifies its callbacks.
+    pub twilio: Option<hooks::TwilioHook>,
 }
 
 #[derive(OpenApi)]
@@ -80,6 +83,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState) -> Router {
     let (api, openapi) = api();
     api.route("/problems/{slug}", get(problem::describe))
+        .route(
+            "/hooks/twilio/status",
+            axum::routing::post(hooks::twilio_status),
+        )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

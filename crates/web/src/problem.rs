@@ -40,6 +40,8 @@ kinds! {
         "The `Idempotency-Key` was already used in the last 24 hours with a different request. Use a new key for a new request.");
     UNAUTHORIZED = ("unauthorized", UNAUTHORIZED, "Unauthorized",
         "The request needs a valid API key in `Authorization: Bearer sk_live_…` (or `sk_test_…`). The key was missing, malformed, unknown or revoked.");
+    FORBIDDEN = ("forbidden", FORBIDDEN, "Forbidden",
+        "The request is not signed by the provider it claims to come from. Nothing was recorded.");
     NOT_FOUND = ("not-found", NOT_FOUND, "Not found",
         "There is no such resource for this API key.");
     METHOD_NOT_ALLOWED = ("method-not-allowed", METHOD_NOT_ALLOWED, "Method not allowed",

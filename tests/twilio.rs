@@ -1,0 +1,333 @@
+//! Live traffic through the Twilio adapter to a recording server that answers as Twilio does,
+//! and Twilio's signed status callbacks back into Herald, on both stores.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use herald_providers::twilio::signature;
+use serde_json::{Value, json};
+use support::{Backend, TestServer};
+
+const TOKEN: &str = "twilio-test-token";
+
+/// What the fake Twilio received.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    authorization: Option<String>,
+    form: Vec<(String, String)>,
+    sid: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeTwilio {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Recipients to refuse with 503 once before accepting.
+    busy_once: Arc<Mutex<Vec<String>>>,
+}
+
+async fn messages(
+    State(fake): State<FakeTwilio>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap();
+    let to = form
+        .iter()
+        .find(|(k, _)| k == "To")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut received = Received {
+        path: uri.path().to_owned(),
+        authorization: headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        form,
+        sid: None,
+    };
+    let response = if to == "+14155550123" {
+        let error = json!({"code": 21211, "message": "The 'To' number is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400});
+        (StatusCode::BAD_REQUEST, Json(error)).into_response()
+    } else if take_busy(&fake, &to) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"code": 20500, "message": "Internal Server Error", "status": 503})),
+        )
+            .into_response()
+    } else {
+        let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
+        received.sid = Some(sid.clone());
+        (
+            StatusCode::CREATED,
+            Json(json!({"sid": sid, "status": "queued", "to": to})),
+        )
+            .into_response()
+    };
+    fake.received.lock().unwrap().push(received);
+    response
+}
+
+/// Whether `to` was due one 503, consuming it.
+fn take_busy(fake: &FakeTwilio, to: &str) -> bool {
+    let mut busy = fake.busy_once.lock().unwrap();
+    match busy.iter().position(|n| n == to) {
+        Some(i) => {
+            busy.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
+async fn start_fake() -> (FakeTwilio, String) {
+    let fake = FakeTwilio::default();
+    let app = Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            axum::routing::post(messages),
+        )
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (fake, base)
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// POST a status callback to `url` signed with `token`.
+async fn callback(
+    s: &TestServer,
+    url: &str,
+    params: &[(&str, &str)],
+    token: Option<&str>,
+) -> (u16, Value) {
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut request = s.client.post(url).form(&params);
+    if let Some(token) = token {
+        request = request.header(
+            "X-Twilio-Signature",
+            signature::compute(token, url, &params),
+        );
+    }
+    support::status_and_json(request.send().await.unwrap()).await
+}
+
+fn statuses(message: &Value) -> Vec<&str> {
+    message["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect()
+}
+
+macro_rules! on_both_stores_with_twilio {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (fake, base) = super::start_fake().await;
+                    let server = super::TestServer::start_with_twilio(super::Backend::Sqlite, &base, super::TOKEN).await.unwrap();
+                    super::$case(&server, &fake).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (fake, base) = super::start_fake().await;
+                    let Some(server) = super::TestServer::start_with_twilio(super::Backend::Postgres, &base, super::TOKEN).await else { return };
+                    super::$case(&server, &fake).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores_with_twilio!(
+    live_messages_reach_twilio_and_signed_callbacks_deliver_them,
+    unsigned_or_forged_callbacks_are_refused_and_change_nothing,
+    twilio_refusals_fail_or_retry_as_their_codes_say,
+    test_keys_still_reach_only_the_simulator,
+);
+
+async fn live_messages_reach_twilio_and_signed_callbacks_deliver_them(
+    s: &TestServer,
+    fake: &FakeTwilio,
+) {
+    let key = &s.tenant.live_key;
+    let (status, created) = s
+        .send(key, json!({"to": "+14155550100", "body": "Hello"}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let sent = s.wait_for(key, id, "sent").await;
+    assert_eq!(sent["provider"], "twilio");
+
+    let request = fake.received.lock().unwrap()[0].clone();
+    assert_eq!(
+        request.path,
+        "/2010-04-01/Accounts/ACtest00000000000000000000000000/Messages.json"
+    );
+    let credentials = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("ACtest00000000000000000000000000:{TOKEN}"),
+    );
+    assert_eq!(
+        request.authorization.as_deref(),
+        Some(format!("Basic {credentials}").as_str())
+    );
+    assert_eq!(field(&request.form, "To"), Some("+14155550100"));
+    assert_eq!(field(&request.form, "Body"), Some("Hello"));
+    assert_eq!(field(&request.form, "From"), Some("+15005550006"));
+    let callback_url = field(&request.form, "StatusCallback").unwrap().to_owned();
+    assert_eq!(callback_url, s.url(&format!("/hooks/twilio/status?m={id}")));
+    let sid = request.sid.clone().unwrap();
+    assert_eq!(sent["provider_message_id"], sid.as_str());
+
+    let delivered = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "delivered"),
+        ("To", "+14155550100"),
+        ("AccountSid", "ACtest00000000000000000000000000"),
+        ("ApiVersion", "2010-04-01"),
+    ];
+    assert_eq!(
+        callback(s, &callback_url, &delivered, Some(TOKEN)).await.0,
+        200
+    );
+    let message = s.wait_for(key, id, "delivered").await;
+    assert_eq!(
+        statuses(&message),
+        ["queued", "sending", "sent", "delivered"]
+    );
+
+    // A repeat and a late `sent` are acknowledged and change nothing.
+    assert_eq!(
+        callback(s, &callback_url, &delivered, Some(TOKEN)).await.0,
+        200
+    );
+    let late = [("MessageSid", sid.as_str()), ("MessageStatus", "sent")];
+    assert_eq!(callback(s, &callback_url, &late, Some(TOKEN)).await.0, 200);
+    let (_, again) = s.get(key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(statuses(&again), ["queued", "sending", "sent", "delivered"]);
+}
+
+async fn unsigned_or_forged_callbacks_are_refused_and_change_nothing(
+    s: &TestServer,
+    _: &FakeTwilio,
+) {
+    let key = &s.tenant.live_key;
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550100", "body": "Hello"}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let sent = s.wait_for(key, id, "sent").await;
+    let sid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let url = s.url(&format!("/hooks/twilio/status?m={id}"));
+    let delivered = [("MessageSid", sid.as_str()), ("MessageStatus", "delivered")];
+
+    let (status, problem) = callback(s, &url, &delivered, None).await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (403, &json!("/problems/forbidden"))
+    );
+    assert_eq!(
+        callback(s, &url, &delivered, Some("not-the-token")).await.0,
+        403
+    );
+    // Signed for another message's URL, then sent to this one.
+    let other = s.url(&format!("/hooks/twilio/status?m={}", uuid::Uuid::now_v7()));
+    let params: Vec<(String, String)> = delivered
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let forged = s
+        .client
+        .post(&url)
+        .header(
+            "X-Twilio-Signature",
+            signature::compute(TOKEN, &other, &params),
+        )
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    // Signed, then a parameter changed.
+    let signature = signature::compute(TOKEN, &url, &params);
+    let tampered = [("MessageSid", sid.as_str()), ("MessageStatus", "failed")];
+    let response = s
+        .client
+        .post(&url)
+        .header("X-Twilio-Signature", signature)
+        .form(&tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+
+    let (_, message) = s.get(key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(
+        (message["status"].as_str(), statuses(&message).len()),
+        (Some("sent"), 3)
+    );
+}
+
+async fn twilio_refusals_fail_or_retry_as_their_codes_say(s: &TestServer, fake: &FakeTwilio) {
+    let key = &s.tenant.live_key;
+    let (_, invalid) = s
+        .send(key, json!({"to": "+14155550123", "body": "Hi"}))
+        .await;
+    let failed = s
+        .wait_for(key, invalid["id"].as_str().unwrap(), "failed")
+        .await;
+    assert_eq!(failed["error_code"], "21211");
+    assert_eq!(failed["attempts"], 1, "a permanent refusal is not retried");
+
+    fake.busy_once.lock().unwrap().push("+14155550124".into());
+    let (_, busy) = s
+        .send(key, json!({"to": "+14155550124", "body": "Hi"}))
+        .await;
+    let sent = s.wait_for(key, busy["id"].as_str().unwrap(), "sent").await;
+    assert_eq!(sent["attempts"], 2);
+    assert_eq!(
+        statuses(&sent),
+        ["queued", "sending", "queued", "sending", "sent"]
+    );
+    assert_eq!(sent["status_history"][2]["error_code"], "20500");
+}
+
+async fn test_keys_still_reach_only_the_simulator(s: &TestServer, fake: &FakeTwilio) {
+    let key = &s.tenant.test_key;
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550100", "body": "Test"}))
+        .await;
+    let delivered = s
+        .wait_for(key, created["id"].as_str().unwrap(), "delivered")
+        .await;
+    assert_eq!(delivered["provider"], "simulator");
+    assert!(
+        fake.received.lock().unwrap().is_empty(),
+        "nothing reached Twilio"
+    );
+}
