@@ -108,6 +108,10 @@ pub struct TwilioFile {
     pub from: Option<String>,
     pub messaging_service_sid: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// `MaxPrice`: the most Twilio may charge per segment, in USD (e.g. `"0.05"`).
+    pub max_price: Option<String>,
+    /// `ValidityPeriod`: seconds Twilio may keep trying to deliver, 1 to 36000.
+    pub validity_period: Option<u32>,
 }
 
 impl std::fmt::Debug for TwilioFile {
@@ -294,6 +298,17 @@ impl FileConfig {
         );
         if let Some(ms) = file.and_then(|t| t.timeout_ms) {
             config.timeout = Duration::from_millis(ms);
+        }
+        if let Some(price) = pick("MAX_PRICE", file.and_then(|t| t.max_price.as_ref())) {
+            Amount::parse(&price)
+                .with_context(|| format!("twilio.max_price {price:?} is not a decimal amount"))?;
+            config.max_price = Some(price);
+        }
+        if let Some(seconds) = file.and_then(|t| t.validity_period) {
+            if !(1..=36_000).contains(&seconds) {
+                bail!("twilio.validity_period must be between 1 and 36000 seconds");
+            }
+            config.validity_period = Some(seconds);
         }
         Ok(Some(config))
     }

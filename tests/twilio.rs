@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -25,11 +26,34 @@ struct Received {
     sid: Option<String>,
 }
 
+/// An HTTP status and Twilio's error body.
+type Refusal = (StatusCode, Value);
+
 #[derive(Clone, Default)]
 struct FakeTwilio {
     received: Arc<Mutex<Vec<Received>>>,
-    /// Recipients to refuse with 503 once before accepting.
-    busy_once: Arc<Mutex<Vec<String>>>,
+    /// Refusals to answer, in order, for sends to a recipient before accepting them.
+    script: Arc<Mutex<HashMap<String, Vec<Refusal>>>>,
+}
+
+impl FakeTwilio {
+    /// Refuse the next sends to `to` with Twilio's error `code` under HTTP `status`.
+    fn refuse(&self, to: &str, status: u16, code: i64) {
+        let body = json!({"code": code, "message": format!("error {code}"), "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status});
+        self.script
+            .lock()
+            .unwrap()
+            .entry(to.to_owned())
+            .or_default()
+            .push((StatusCode::from_u16(status).unwrap(), body));
+    }
+
+    /// The next scripted refusal for `to`, consuming it.
+    fn next_refusal(&self, to: &str) -> Option<Refusal> {
+        let mut script = self.script.lock().unwrap();
+        let answers = script.get_mut(to)?;
+        (!answers.is_empty()).then(|| answers.remove(0))
+    }
 }
 
 async fn messages(
@@ -52,15 +76,8 @@ async fn messages(
         form,
         sid: None,
     };
-    let response = if to == "+14155550123" {
-        let error = json!({"code": 21211, "message": "The 'To' number is not a valid phone number.", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400});
-        (StatusCode::BAD_REQUEST, Json(error)).into_response()
-    } else if take_busy(&fake, &to) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"code": 20500, "message": "Internal Server Error", "status": 503})),
-        )
-            .into_response()
+    let response = if let Some((status, error)) = fake.next_refusal(&to) {
+        (status, Json(error)).into_response()
     } else {
         let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
         received.sid = Some(sid.clone());
@@ -72,18 +89,6 @@ async fn messages(
     };
     fake.received.lock().unwrap().push(received);
     response
-}
-
-/// Whether `to` was due one 503, consuming it.
-fn take_busy(fake: &FakeTwilio, to: &str) -> bool {
-    let mut busy = fake.busy_once.lock().unwrap();
-    match busy.iter().position(|n| n == to) {
-        Some(i) => {
-            busy.remove(i);
-            true
-        }
-        None => false,
-    }
 }
 
 async fn start_fake() -> (FakeTwilio, String) {
@@ -166,6 +171,7 @@ macro_rules! on_both_stores_with_twilio {
 on_both_stores_with_twilio!(
     live_messages_reach_twilio_and_signed_callbacks_deliver_them,
     unsigned_or_forged_callbacks_are_refused_and_change_nothing,
+    sha256_signatures_count_only_when_the_settings_header_names_them,
     twilio_refusals_fail_or_retry_as_their_codes_say,
     test_keys_still_reach_only_the_simulator,
 );
@@ -293,28 +299,92 @@ async fn unsigned_or_forged_callbacks_are_refused_and_change_nothing(
     );
 }
 
+async fn sha256_signatures_count_only_when_the_settings_header_names_them(
+    s: &TestServer,
+    _: &FakeTwilio,
+) {
+    use signature::Algorithm::{Sha1, Sha256};
+    let key = &s.tenant.live_key;
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550100", "body": "Hello"}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let sent = s.wait_for(key, id, "sent").await;
+    let sid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let url = s.url(&format!("/hooks/twilio/status?m={id}"));
+    let params = vec![
+        ("MessageSid".to_owned(), sid.clone()),
+        ("MessageStatus".to_owned(), "delivered".to_owned()),
+    ];
+    let post = |algorithm, settings: Option<&'static str>| {
+        let mut request = s
+            .client
+            .post(&url)
+            .header(
+                "X-Twilio-Signature",
+                signature::compute_with(algorithm, TOKEN, &url, &params),
+            )
+            .form(&params);
+        if let Some(settings) = settings {
+            request = request.header("X-Twilio-Webhooks-Signature-Settings", settings);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // The wrong algorithm for what the header says, or one Herald cannot check: refused.
+    assert_eq!(post(Sha256, None).await, 403);
+    assert_eq!(post(Sha1, Some("algorithm=HMAC-SHA256")).await, 403);
+    assert_eq!(post(Sha256, Some("algorithm=ED25519")).await, 403);
+    let (_, unchanged) = s.get(key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(unchanged["status"], "sent");
+
+    assert_eq!(post(Sha256, Some("algorithm=HMAC-SHA256")).await, 200);
+    let message = s.wait_for(key, id, "delivered").await;
+    assert_eq!(
+        statuses(&message),
+        ["queued", "sending", "sent", "delivered"]
+    );
+}
+
 async fn twilio_refusals_fail_or_retry_as_their_codes_say(s: &TestServer, fake: &FakeTwilio) {
     let key = &s.tenant.live_key;
-    let (_, invalid) = s
-        .send(key, json!({"to": "+14155550123", "body": "Hi"}))
-        .await;
-    let failed = s
-        .wait_for(key, invalid["id"].as_str().unwrap(), "failed")
-        .await;
-    assert_eq!(failed["error_code"], "21211");
-    assert_eq!(failed["attempts"], 1, "a permanent refusal is not retried");
+    // Refusals about the message itself fail it at once with Twilio's code: 21211 invalid
+    // number, 21610 recipient unsubscribed, 21614 not a mobile number.
+    for (to, status, code) in [
+        ("+14155550123", 400, 21211),
+        ("+14155550131", 400, 21610),
+        ("+14155550132", 400, 21614),
+    ] {
+        fake.refuse(to, status, code);
+        let (_, created) = s.send(key, json!({"to": to, "body": "Hi"})).await;
+        let failed = s
+            .wait_for(key, created["id"].as_str().unwrap(), "failed")
+            .await;
+        assert_eq!(failed["error_code"], code.to_string(), "{to}");
+        assert_eq!(
+            failed["attempts"], 1,
+            "{code}: a permanent refusal is not retried"
+        );
+    }
 
-    fake.busy_once.lock().unwrap().push("+14155550124".into());
-    let (_, busy) = s
-        .send(key, json!({"to": "+14155550124", "body": "Hi"}))
-        .await;
-    let sent = s.wait_for(key, busy["id"].as_str().unwrap(), "sent").await;
-    assert_eq!(sent["attempts"], 2);
-    assert_eq!(
-        statuses(&sent),
-        ["queued", "sending", "queued", "sending", "sent"]
-    );
-    assert_eq!(sent["status_history"][2]["error_code"], "20500");
+    // Throttling (20429, 30022 under 429 or 400) and server errors are retried, then sent.
+    for (to, status, code) in [
+        ("+14155550124", 503, 20500),
+        ("+14155550125", 429, 20429),
+        ("+14155550126", 400, 30022),
+        ("+14155550127", 500, 20500),
+    ] {
+        fake.refuse(to, status, code);
+        let (_, busy) = s.send(key, json!({"to": to, "body": "Hi"})).await;
+        let sent = s.wait_for(key, busy["id"].as_str().unwrap(), "sent").await;
+        assert_eq!(sent["attempts"], 2, "{to}");
+        assert_eq!(
+            statuses(&sent),
+            ["queued", "sending", "queued", "sending", "sent"],
+            "{to}"
+        );
+        assert_eq!(sent["status_history"][2]["error_code"], code.to_string());
+    }
 }
 
 async fn test_keys_still_reach_only_the_simulator(s: &TestServer, fake: &FakeTwilio) {

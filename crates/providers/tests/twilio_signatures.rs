@@ -5,7 +5,17 @@ use herald_providers::twilio::signature;
 use serde_json::Value;
 
 fn vectors() -> Vec<Value> {
-    let text = include_str!("fixtures/twilio_signature_vectors.json");
+    parse(include_str!("fixtures/twilio_signature_vectors.json"))
+}
+
+/// The same inputs signed with HMAC-SHA256, for the variant Twilio's webhook settings choose.
+fn sha256_vectors() -> Vec<Value> {
+    parse(include_str!(
+        "fixtures/twilio_signature_sha256_vectors.json"
+    ))
+}
+
+fn parse(text: &str) -> Vec<Value> {
     let file: Value = serde_json::from_str(text).unwrap();
     file["vectors"].as_array().unwrap().clone()
 }
@@ -82,5 +92,44 @@ fn any_change_breaks_the_signature() {
             !signature::is_valid(token, url, &params, ""),
             "empty signature"
         );
+    }
+}
+
+#[test]
+fn every_sha256_reference_vector_validates_and_any_change_breaks_it() {
+    use signature::Algorithm::{Sha1, Sha256};
+    for vector in sha256_vectors() {
+        let token = vector["auth_token"].as_str().unwrap();
+        let url = vector["url"].as_str().unwrap();
+        let good = vector["signature"].as_str().unwrap();
+        let params = params(&vector);
+        assert_eq!(
+            signature::compute_with(Sha256, token, url, &params),
+            good,
+            "{url}"
+        );
+        assert!(signature::is_valid_with(Sha256, token, url, &params, good));
+        assert!(!signature::is_valid_with(Sha1, token, url, &params, good));
+        assert!(!signature::is_valid_with(
+            Sha256,
+            &format!("{token}x"),
+            url,
+            &params,
+            good
+        ));
+        assert!(!signature::is_valid_with(
+            Sha256,
+            token,
+            &format!("{url}x"),
+            &params,
+            good
+        ));
+        for i in 0..params.len() {
+            let mut changed = params.clone();
+            changed[i].1.push('!');
+            assert!(!signature::is_valid_with(
+                Sha256, token, url, &changed, good
+            ));
+        }
     }
 }

@@ -51,10 +51,17 @@ pub async fn twilio_status(
     })?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let url = format!("{}{path}", hook.public_url.trim_end_matches('/'));
-    let signed = headers
-        .get("x-twilio-signature")
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|given| signature::is_valid(&hook.auth_token, &url, &params, given));
+    let settings = headers
+        .get(signature::SETTINGS_HEADER)
+        .map(|value| value.to_str().unwrap_or_default());
+    let signed = signature::Algorithm::from_settings(settings).is_some_and(|algorithm| {
+        headers
+            .get("x-twilio-signature")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|given| {
+                signature::is_valid_with(algorithm, &hook.auth_token, &url, &params, given)
+            })
+    });
     if !signed {
         tracing::warn!(
             route = "/hooks/twilio/status",

@@ -36,6 +36,10 @@ pub struct TwilioConfig {
     pub messaging_service_sid: Option<String>,
     /// Where Twilio should post status callbacks (`{public_url}/hooks/twilio/status`).
     pub status_callback: Option<String>,
+    /// The most Twilio may charge per segment (`MaxPrice`, USD); dearer messages fail there.
+    pub max_price: Option<String>,
+    /// Seconds Twilio may keep trying to deliver (`ValidityPeriod`, 1–36000).
+    pub validity_period: Option<u32>,
     /// How long a request may take before it counts as unanswered.
     pub timeout: Duration,
     /// Connections kept open to Twilio.
@@ -51,6 +55,8 @@ impl std::fmt::Debug for TwilioConfig {
             .field("from", &self.from)
             .field("messaging_service_sid", &self.messaging_service_sid)
             .field("status_callback", &self.status_callback)
+            .field("max_price", &self.max_price)
+            .field("validity_period", &self.validity_period)
             .finish()
     }
 }
@@ -64,6 +70,8 @@ impl TwilioConfig {
             from: None,
             messaging_service_sid: None,
             status_callback: None,
+            max_price: None,
+            validity_period: None,
             timeout: Duration::from_secs(10),
             max_idle_connections: 256,
         }
@@ -162,6 +170,12 @@ impl Twilio {
                 "StatusCallback",
                 format!("{callback}?m={}", message.message_id),
             ));
+        }
+        if let Some(max_price) = &self.config.max_price {
+            form.push(("MaxPrice", max_price.clone()));
+        }
+        if let Some(validity) = self.config.validity_period {
+            form.push(("ValidityPeriod", validity.to_string()));
         }
         Ok(form)
     }
