@@ -95,6 +95,34 @@ pub struct FileConfig {
     pub simulator: SimulatorFile,
     #[serde(default)]
     pub prices: PricesFile,
+    #[serde(default)]
+    pub routing: RoutingFile,
+}
+
+/// Routes for live traffic by destination, and the circuit breakers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// Providers for destinations no route names, first preferred (default: every configured
+    /// live provider).
+    #[serde(default)]
+    pub default: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// Consecutive failures after which a provider rests.
+    pub breaker_failures: Option<u32>,
+    /// How long a provider rests before one message probes it.
+    pub breaker_cool_down_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// ISO 3166 alpha-2 country of the destination.
+    pub country: Option<String>,
+    /// E.164 digits the destination starts with, without `+`.
+    pub prefix: Option<String>,
+    pub providers: Vec<String>,
 }
 
 /// A Twilio account for live traffic. Each key can also come from `HERALD_TWILIO_<KEY>`
@@ -269,6 +297,7 @@ impl FileConfig {
         }
 
         config.intake.prices = self.prices()?;
+        config.routing = self.routing()?;
         Ok(config)
     }
 
@@ -311,6 +340,55 @@ impl FileConfig {
             config.validity_period = Some(seconds);
         }
         Ok(Some(config))
+    }
+
+    fn routing(&self) -> Result<herald_engine::RoutingConfig> {
+        use herald_engine::routing::{Route, RouteTable};
+        let file = &self.routing;
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (i, route) in file.routes.iter().enumerate() {
+            let country = route
+                .country
+                .as_deref()
+                .map(|code| {
+                    Region::parse(code).map_err(|_| {
+                        anyhow::anyhow!("routing.routes[{i}].country {code:?} is not a region code")
+                    })
+                })
+                .transpose()?;
+            if let Some(prefix) = &route.prefix
+                && (prefix.is_empty()
+                    || prefix.len() > 15
+                    || !prefix.bytes().all(|b| b.is_ascii_digit()))
+            {
+                bail!("routing.routes[{i}].prefix {prefix:?} must be 1 to 15 digits, without +");
+            }
+            if country.is_none() && route.prefix.is_none() {
+                bail!("routing.routes[{i}] needs a country, a prefix or both");
+            }
+            if route.providers.is_empty() {
+                bail!("routing.routes[{i}].providers must name at least one provider");
+            }
+            routes.push(Route {
+                country,
+                prefix: route.prefix.clone(),
+                providers: route.providers.clone(),
+            });
+        }
+        let mut breaker = herald_engine::routing::BreakerConfig::default();
+        if let Some(n) = file.breaker_failures {
+            breaker.failures_to_open = n.max(1);
+        }
+        if let Some(seconds) = file.breaker_cool_down_seconds {
+            breaker.cool_down = Duration::from_secs(seconds);
+        }
+        Ok(herald_engine::RoutingConfig {
+            table: RouteTable {
+                routes,
+                default: file.default.clone(),
+            },
+            breaker,
+        })
     }
 
     fn prices(&self) -> Result<PriceTable> {
@@ -383,5 +461,49 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("listne = \"x\"").is_err());
         let bad_rate: FileConfig = toml::from_str("[simulator]\nfailure_rate = 2.0").unwrap();
         assert!(bad_rate.engine().is_err());
+    }
+
+    #[test]
+    fn routes_are_read_and_checked() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [routing]
+            default = ["twilio", "simulator"]
+            breaker_failures = 3
+            breaker_cool_down_seconds = 10
+            [[routing.routes]]
+            country = "GB"
+            providers = ["simulator"]
+            [[routing.routes]]
+            country = "US"
+            prefix = "1415"
+            providers = ["twilio"]
+            "#,
+        )
+        .unwrap();
+        let routing = file.engine().unwrap().routing;
+        assert_eq!(routing.breaker.failures_to_open, 3);
+        assert_eq!(routing.breaker.cool_down, Duration::from_secs(10));
+        assert_eq!(
+            routing
+                .table
+                .candidates("+14155550100", Region::parse("US").ok()),
+            ["twilio"]
+        );
+        assert_eq!(
+            routing
+                .table
+                .candidates("+33612345678", Region::parse("FR").ok()),
+            ["twilio", "simulator"]
+        );
+        for bad in [
+            "[[routing.routes]]\ncountry = \"XX\"\nproviders = [\"twilio\"]",
+            "[[routing.routes]]\nprefix = \"+44\"\nproviders = [\"twilio\"]",
+            "[[routing.routes]]\nproviders = [\"twilio\"]",
+            "[[routing.routes]]\ncountry = \"GB\"\nproviders = []",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(file.engine().is_err(), "{bad}");
+        }
     }
 }

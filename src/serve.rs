@@ -62,12 +62,15 @@ pub async fn serve(
     } else {
         "simulator"
     };
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        Arc::new(SystemClock),
-        file.engine()?,
-        live,
-    ));
+    let engine = Arc::new(
+        Engine::with_providers(
+            store.clone(),
+            Arc::new(SystemClock),
+            file.engine()?,
+            live.into_iter().collect(),
+        )
+        .context("the [routing] configuration is not valid")?,
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use herald_domain::message::Mode;
 use herald_providers::{Outbound, Provider, SendError};
 use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
+use crate::routing::{self, Breaker, BreakerConfig, Breakers, Choice, Health, RouteTable};
 use crate::stats::Counters;
 
 /// Dispatcher tuning.
@@ -58,32 +59,157 @@ impl Default for DispatcherConfig {
     }
 }
 
-/// Chooses the provider for a message. Test traffic always goes to the simulator.
+/// Chooses the provider for a message: test traffic always goes to the simulator; live traffic
+/// follows the route for its destination, with failover and circuit breakers (see
+/// [`crate::routing`]).
 pub struct Router {
     simulator: Arc<dyn Provider>,
-    live: Arc<dyn Provider>,
+    /// Live providers in the order they were configured; the first is the default.
+    live: Vec<Arc<dyn Provider>>,
+    table: RouteTable,
+    breakers: Breakers,
+}
+
+/// A route names a provider that is not configured.
+#[derive(Debug, thiserror::Error)]
+#[error("route for {destination} names provider {name:?}, which is not configured")]
+pub struct UnknownProvider {
+    pub destination: String,
+    pub name: String,
+}
+
+/// The provider chosen for one send, and the breaker to tell how it went.
+pub struct Chosen {
+    pub provider: Arc<dyn Provider>,
+    breaker: Option<Arc<Breaker>>,
+}
+
+impl Chosen {
+    /// Tell the provider's breaker how the call went.
+    fn settle(&self, outcome: &SendOutcome, now: Timestamp) {
+        let Some(breaker) = &self.breaker else { return };
+        match outcome {
+            SendOutcome::Accepted { .. } | SendOutcome::Failed { .. } => breaker.succeeded(),
+            SendOutcome::Retry { .. } | SendOutcome::Unanswered { .. } => breaker.failed(now),
+            SendOutcome::Unclaimed => {}
+        }
+    }
 }
 
 impl Router {
     /// `live` is the provider for live traffic; with no real provider configured it is the
     /// simulator too.
     pub fn new(simulator: Arc<dyn Provider>, live: Option<Arc<dyn Provider>>) -> Router {
-        let live = live.unwrap_or_else(|| simulator.clone());
-        Router { simulator, live }
+        Router::with_routes(
+            simulator,
+            live.into_iter().collect(),
+            RouteTable::default(),
+            BreakerConfig::default(),
+        )
+        .expect("an empty route table names no provider")
     }
 
+    /// Live traffic goes through `live` by `table`; every name in the table must be one of
+    /// `live`'s (or `simulator`).
+    pub fn with_routes(
+        simulator: Arc<dyn Provider>,
+        live: Vec<Arc<dyn Provider>>,
+        mut table: RouteTable,
+        breaker: BreakerConfig,
+    ) -> Result<Router, UnknownProvider> {
+        let mut live = live;
+        if live.is_empty() {
+            live.push(simulator.clone());
+        }
+        if table.default.is_empty() {
+            table.default = live.iter().map(|p| p.name().to_owned()).collect();
+        }
+        let known = |name: &str| live.iter().any(|p| p.name() == name) || name == simulator.name();
+        let destinations = table
+            .routes
+            .iter()
+            .map(|route| {
+                let country = route
+                    .country
+                    .map_or("any country".into(), |c| c.to_string());
+                let destination = match &route.prefix {
+                    Some(prefix) => format!("{country} +{prefix}"),
+                    None => country,
+                };
+                (destination, &route.providers)
+            })
+            .chain(std::iter::once(("the default".to_owned(), &table.default)));
+        for (destination, providers) in destinations {
+            if let Some(name) = providers.iter().find(|name| !known(name)) {
+                return Err(UnknownProvider {
+                    destination,
+                    name: name.clone(),
+                });
+            }
+        }
+        let breakers = Breakers::new(
+            breaker,
+            live.iter()
+                .map(|p| p.name())
+                .chain(std::iter::once(simulator.name())),
+        );
+        Ok(Router {
+            simulator,
+            live,
+            table,
+            breakers,
+        })
+    }
+
+    /// The default provider for `mode`.
     pub fn route(&self, mode: Mode) -> &Arc<dyn Provider> {
         match mode {
             Mode::Test => &self.simulator,
-            Mode::Live => &self.live,
+            Mode::Live => &self.live[0],
         }
     }
 
     /// The provider a message was recorded against, for reconciliation.
     pub fn by_name(&self, name: &str) -> Option<&Arc<dyn Provider>> {
-        [&self.live, &self.simulator]
-            .into_iter()
+        self.live
+            .iter()
+            .chain(std::iter::once(&self.simulator))
             .find(|p| p.name() == name)
+    }
+
+    /// The provider for this attempt at `message`, or the time to try again when every
+    /// provider of its route is resting behind an open breaker.
+    pub fn choose(&self, message: &Claimed, now: Timestamp) -> Result<Chosen, Timestamp> {
+        if message.scope.mode == Mode::Test {
+            return Ok(Chosen {
+                provider: self.simulator.clone(),
+                breaker: None,
+            });
+        }
+        let candidates = self.table.candidates(&message.to, message.country);
+        match routing::choose(&self.breakers, candidates, message.attempt, now) {
+            Choice::Send(index) => {
+                let provider = candidates
+                    .get(index)
+                    .and_then(|name| self.by_name(name))
+                    .unwrap_or(&self.live[0])
+                    .clone();
+                let breaker = self.breakers.get(provider.name()).cloned();
+                Ok(Chosen { provider, breaker })
+            }
+            Choice::Wait(until) => Err(until),
+        }
+    }
+
+    /// How each provider's breaker stands, for operators.
+    pub fn health(&self) -> Vec<(String, Health)> {
+        self.live
+            .iter()
+            .filter_map(|p| {
+                let breaker = self.breakers.get(p.name())?;
+                Some((p.name().to_owned(), breaker.health()))
+            })
+            .collect()
     }
 }
 
@@ -193,30 +319,44 @@ impl Dispatcher {
     }
 
     async fn send_one(&self, message: Claimed, shutdown: &CancellationToken) -> SendResult {
-        let provider = self.router.route(message.scope.mode).clone();
-        let result = |outcome| SendResult {
+        let default_provider = self.router.route(message.scope.mode).name().to_owned();
+        let result = |provider: &str, outcome| SendResult {
             id: message.id,
             attempt: message.attempt,
-            provider: provider.name().to_owned(),
+            provider: provider.to_owned(),
             outcome,
         };
         let permit = tokio::select! {
             permit = self.in_flight.acquire() => permit,
-            _ = shutdown.cancelled() => return result(SendOutcome::Unclaimed),
+            _ = shutdown.cancelled() => return result(&default_provider, SendOutcome::Unclaimed),
         };
         let Ok(_permit) = permit else {
-            return result(SendOutcome::Unclaimed);
+            return result(&default_provider, SendOutcome::Unclaimed);
         };
         if shutdown.is_cancelled() {
-            return result(SendOutcome::Unclaimed);
+            return result(&default_provider, SendOutcome::Unclaimed);
         }
         // Never start a call that could outlive the lease: once the lease ends, reconciliation
         // must be able to trust that the call is over.
         let deadline = self.clock.now()
             + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
         if deadline >= message.lease_expires_at {
-            return result(SendOutcome::Unclaimed);
+            return result(&default_provider, SendOutcome::Unclaimed);
         }
+        // Chosen last, right before the call: a breaker's probe must always be answered.
+        let chosen = match self.router.choose(&message, self.clock.now()) {
+            Ok(chosen) => chosen,
+            Err(until) => {
+                let outcome = self.transient(
+                    &message,
+                    "providers_resting".into(),
+                    "every provider for this destination is paused by its circuit breaker".into(),
+                    until,
+                );
+                return result(&default_provider, outcome);
+            }
+        };
+        let provider = &chosen.provider;
 
         let outbound = Outbound {
             message_id: message.id,
@@ -248,27 +388,40 @@ impl Dispatcher {
                 message: reason,
                 retry_after,
             })) => {
-                if message.attempt >= message.max_attempts {
-                    SendOutcome::Failed {
-                        code,
-                        message: format!("{reason} (gave up after {} attempts)", message.attempt),
-                    }
-                } else {
-                    let delay = self.config.retry.delay(message.attempt, retry_after);
-                    let retry_at =
-                        self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
-                    SendOutcome::Retry {
-                        retry_at,
-                        code,
-                        message: reason,
-                    }
-                }
+                let delay = self.config.retry.delay(message.attempt, retry_after);
+                let retry_at =
+                    self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
+                self.transient(&message, code, reason, retry_at)
             }
         };
+        chosen.settle(&outcome, self.clock.now());
         if !matches!(outcome, SendOutcome::Accepted { .. }) {
-            tracing::debug!(message_id = %message.id, attempt = message.attempt, ?outcome, "send not accepted");
+            tracing::debug!(message_id = %message.id, attempt = message.attempt, provider = provider.name(), ?outcome, "send not accepted");
         }
-        result(outcome)
+        result(provider.name(), outcome)
+    }
+
+    /// A transient refusal: another attempt at `retry_at` (on the route's next provider), or
+    /// failure once the attempts are used up.
+    fn transient(
+        &self,
+        message: &Claimed,
+        code: String,
+        reason: String,
+        retry_at: Timestamp,
+    ) -> SendOutcome {
+        if message.attempt >= message.max_attempts {
+            SendOutcome::Failed {
+                code,
+                message: format!("{reason} (gave up after {} attempts)", message.attempt),
+            }
+        } else {
+            SendOutcome::Retry {
+                retry_at,
+                code,
+                message: reason,
+            }
+        }
     }
 
     /// Dispatch until `shutdown`: claim while there is work (up to `max_batches` batches in

@@ -3,6 +3,7 @@
 //! - [`intake`]: validating, encoding and pricing a send request into a storable message.
 //! - [`acceptor`]: storing accepted messages with group commit.
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
+//! - [`routing`]: routes by destination, failover and circuit breakers.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod maintenance;
 pub mod recorder;
 pub mod retry;
+pub mod routing;
 pub mod stats;
 
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use uuid::Uuid;
 
 use acceptor::Acceptor;
 use clock::Clock;
-use dispatcher::{Dispatcher, DispatcherConfig, Router};
+use dispatcher::{Dispatcher, DispatcherConfig, Router, UnknownProvider};
 use intake::{FieldError, IntakeConfig, SendRequest};
 use maintenance::{Maintenance, MaintenanceConfig};
 use recorder::Recorder;
@@ -46,6 +48,14 @@ pub struct EngineConfig {
     pub dispatcher: DispatcherConfig,
     pub maintenance: MaintenanceConfig,
     pub simulator: SimulatorConfig,
+    pub routing: RoutingConfig,
+}
+
+/// Routes for live traffic and the circuit breakers' settings.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingConfig {
+    pub table: routing::RouteTable,
+    pub breaker: routing::BreakerConfig,
 }
 
 /// The engine over one store.
@@ -66,19 +76,40 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Build the engine. Spawns the report writer (and the simulator's reporter), so it must be
-    /// called inside a Tokio runtime. `live` is the provider for live traffic, if configured.
+    /// Build the engine with at most one live provider and no routes. Spawns the report writer
+    /// (and the simulator's reporter), so it must be called inside a Tokio runtime.
+    ///
+    /// # Panics
+    /// When `config.routing` names a provider other than `live` or the simulator; use
+    /// [`Engine::with_providers`] to have that reported.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: EngineConfig,
         live: Option<Arc<dyn Provider>>,
     ) -> Engine {
+        Engine::with_providers(store, clock, config, live.into_iter().collect())
+            .expect("the routes name only configured providers")
+    }
+
+    /// Build the engine over the live providers `live` (in order of preference where no route
+    /// says otherwise), routed by `config.routing`.
+    pub fn with_providers(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+        live: Vec<Arc<dyn Provider>>,
+    ) -> Result<Engine, UnknownProvider> {
         let counters = Arc::new(stats::Counters::default());
         let recorder = Recorder::spawn(store.clone(), clock.clone(), counters.clone());
         let acceptor = Acceptor::spawn(store.clone(), clock.clone());
         let simulator = Simulator::new(config.simulator.clone(), Arc::new(recorder.clone()));
-        let router = Arc::new(Router::new(Arc::new(simulator.clone()), live));
+        let router = Arc::new(Router::with_routes(
+            Arc::new(simulator.clone()),
+            live,
+            config.routing.table.clone(),
+            config.routing.breaker,
+        )?);
         let wake = Arc::new(Notify::new());
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
@@ -95,7 +126,7 @@ impl Engine {
             config.maintenance.clone(),
             wake.clone(),
         ));
-        Engine {
+        Ok(Engine {
             store,
             clock,
             config,
@@ -107,7 +138,7 @@ impl Engine {
             maintenance,
             counters,
             wake,
-        }
+        })
     }
 
     /// Validate and price a send request for `org`.

@@ -91,6 +91,7 @@ macro_rules! conformance_tests {
             status_counts_cover_every_message,
             results_and_reports_recorded_together_apply_in_order,
             a_batch_of_accepted_messages_honours_its_keys_in_order,
+            a_retry_failed_over_is_named_by_the_provider_that_took_it,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
@@ -1286,4 +1287,64 @@ pub async fn a_batch_of_accepted_messages_honours_its_keys_in_order(subject: &Su
     assert_eq!(insertions[2], Insertion::KeyReused);
     assert!(matches!(insertions[3], Insertion::Created(_)));
     assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 2);
+}
+
+pub async fn a_retry_failed_over_is_named_by_the_provider_that_took_it(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let new = message(scope, "+14155550100", at(0));
+    insert(store, &new).await;
+    let claim = claim_one(store, at(1)).await;
+    let refused = SendResult {
+        id: claim.id,
+        attempt: 1,
+        provider: "alpha".into(),
+        outcome: SendOutcome::Retry {
+            retry_at: at(10),
+            code: "503".into(),
+            message: "unavailable".into(),
+        },
+    };
+    store.record_results(&[refused], at(2)).await.unwrap();
+    assert_eq!(
+        get(store, scope, new.id).await.provider.as_deref(),
+        Some("alpha")
+    );
+
+    let again = claim_one(store, at(10)).await;
+    let taken = SendResult {
+        provider: "beta".into(),
+        ..accepted(&again, "B-1")
+    };
+    store.record_results(&[taken], at(11)).await.unwrap();
+    let sent = get(store, scope, new.id).await;
+    assert_eq!(
+        (
+            sent.provider.as_deref(),
+            sent.provider_message_id.as_deref()
+        ),
+        (Some("beta"), Some("B-1"))
+    );
+
+    // beta's report finds the message by beta's id; a late result from alpha renames nothing.
+    let mut delivered = report(None, "B-1", ReportedStatus::Delivered);
+    delivered.provider = "beta".into();
+    assert_eq!(
+        store.apply_reports(&[delivered], at(12)).await.unwrap(),
+        vec![ReportOutcome::Applied]
+    );
+    let late = SendResult {
+        provider: "alpha".into(),
+        ..accepted(&again, "A-9")
+    };
+    store.record_results(&[late], at(13)).await.unwrap();
+    let settled = get(store, scope, new.id).await;
+    assert_eq!(settled.status, MessageStatus::Delivered);
+    assert_eq!(
+        (
+            settled.provider.as_deref(),
+            settled.provider_message_id.as_deref()
+        ),
+        (Some("beta"), Some("B-1"))
+    );
 }

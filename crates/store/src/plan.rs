@@ -274,7 +274,13 @@ impl Batch {
         // A duplicate report that teaches nothing new leaves the row alone: no write at all.
         let fills_in =
             |known: &Option<String>, given: Option<&str>| known.is_none() && given.is_some();
-        let teaches = fills_in(&current.provider, effects.provider)
+        // Until a provider has named the message, the provider is the one last tried: a retry
+        // may fail over to another.
+        let provider_changes = current.provider_message_id.is_none()
+            && effects
+                .provider
+                .is_some_and(|given| current.provider.as_deref() != Some(given));
+        let teaches = provider_changes
             || fills_in(&current.provider_message_id, effects.provider_message_id)
             || effects
                 .actual_cost
@@ -285,11 +291,12 @@ impl Batch {
             return Ok(false);
         }
         let state = self.touch(id);
-        // Provider identifiers are set once: the first answer names the message for good.
-        if state.provider.is_none() {
-            state.provider = effects.provider.map(str::to_owned);
-        }
+        // Provider identifiers are set once: the first answer that names the message (with the
+        // provider's id for it) names it for good, so reports and reconciliation find it there.
         if state.provider_message_id.is_none() {
+            if let Some(provider) = effects.provider {
+                state.provider = Some(provider.to_owned());
+            }
             state.provider_message_id = effects.provider_message_id.map(str::to_owned);
         }
         if effects.actual_cost.is_some() {

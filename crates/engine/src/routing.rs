@@ -1,0 +1,356 @@
+//! Which provider a message goes to: routes by destination, failover between the providers of a
+//! route, and a circuit breaker per provider.
+//!
+//! A route is an ordered list of providers for a destination country, optionally narrowed to a
+//! number prefix; the most specific prefix wins, then the country, then the default route.
+//! The first attempt goes to the route's first provider whose breaker is closed; a message
+//! retried after a transient refusal moves on to the next provider, so a failing account is
+//! stepped around after the retry policy's backoff rather than hammered. Permanent refusals are
+//! about the message, not the provider, and are never failed over (the dispatcher fails them).
+//!
+//! A breaker opens after a run of consecutive failures (transient refusals or no answer) and
+//! stays open for a cool-down; then one message probes the provider, and its result closes the
+//! breaker or opens it again. Breakers live in each process: several processes sharing a
+//! database each learn a provider's health on their own, which costs a few failed calls each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herald_domain::phone::Region;
+use jiff::{SignedDuration, Timestamp};
+
+/// One route: where messages to `country` (and, if given, to numbers starting with `prefix`)
+/// go, in order of preference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub country: Option<Region>,
+    /// E.164 digits without the `+`, e.g. `1415`.
+    pub prefix: Option<String>,
+    /// Provider names, first preferred.
+    pub providers: Vec<String>,
+}
+
+/// Every route, and the default for destinations no route names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    pub routes: Vec<Route>,
+    /// When empty, every live provider in the order they were configured.
+    pub default: Vec<String>,
+}
+
+impl RouteTable {
+    /// The providers for a message to `to` (E.164) in `country`: the route with the longest
+    /// matching prefix, else the route for the country, else the default.
+    pub fn candidates(&self, to: &str, country: Option<Region>) -> &[String] {
+        let digits = to.trim_start_matches('+');
+        let by_prefix = self
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let prefix = route.prefix.as_deref()?;
+                let country_fits = route.country.is_none() || route.country == country;
+                (country_fits && digits.starts_with(prefix)).then_some((prefix.len(), route))
+            })
+            .max_by_key(|(length, _)| *length)
+            .map(|(_, route)| route);
+        let by_country = || {
+            self.routes.iter().find(|route| {
+                route.prefix.is_none() && route.country.is_some() && route.country == country
+            })
+        };
+        by_prefix
+            .or_else(by_country)
+            .map_or(&self.default[..], |route| &route.providers[..])
+    }
+}
+
+/// When a breaker opens and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long an open breaker keeps traffic away before one message probes the provider.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures_to_open: 5,
+            cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Timestamp,
+    },
+    /// Cool-down over; one probe is out and nothing else goes until it answers.
+    Probing,
+}
+
+/// What a breaker says about a provider right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    Closed,
+    /// Open until this time.
+    Open(Timestamp),
+    Probing,
+}
+
+/// One provider's circuit breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: Mutex<State>,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
+    }
+
+    /// Whether a message may go to the provider now. Once the cool-down is over, the first
+    /// caller becomes the probe and is let through; others are kept away until it answers.
+    pub fn try_acquire(&self, now: Timestamp) -> bool {
+        let mut state = self.state.lock().expect("breaker lock");
+        match *state {
+            State::Closed { .. } => true,
+            State::Open { until } if now >= until => {
+                *state = State::Probing;
+                true
+            }
+            State::Open { .. } | State::Probing => false,
+        }
+    }
+
+    /// The provider answered (accepted or refused the message itself): it is healthy.
+    pub fn succeeded(&self) {
+        *self.state.lock().expect("breaker lock") = State::Closed { failures: 0 };
+    }
+
+    /// The provider failed (transient refusal, or no answer).
+    pub fn failed(&self, now: Timestamp) {
+        let mut state = self.state.lock().expect("breaker lock");
+        let open = State::Open {
+            until: now + SignedDuration::try_from(self.config.cool_down).unwrap_or_default(),
+        };
+        *state = match *state {
+            State::Closed { failures } if failures + 1 < self.config.failures_to_open => {
+                State::Closed {
+                    failures: failures + 1,
+                }
+            }
+            State::Closed { .. } | State::Probing => open,
+            // A call that started before the breaker opened: the cool-down already runs.
+            State::Open { until } => State::Open { until },
+        };
+    }
+
+    pub fn health(&self) -> Health {
+        match *self.state.lock().expect("breaker lock") {
+            State::Closed { .. } => Health::Closed,
+            State::Open { until } => Health::Open(until),
+            State::Probing => Health::Probing,
+        }
+    }
+}
+
+/// The breakers of every provider, by name.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    config: BreakerConfig,
+    by_name: HashMap<String, Arc<Breaker>>,
+}
+
+impl Breakers {
+    pub fn new<'a>(config: BreakerConfig, names: impl IntoIterator<Item = &'a str>) -> Breakers {
+        Breakers {
+            config,
+            by_name: names
+                .into_iter()
+                .map(|name| (name.to_owned(), Arc::new(Breaker::new(config))))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Breaker>> {
+        self.by_name.get(name)
+    }
+
+    pub fn config(&self) -> BreakerConfig {
+        self.config
+    }
+}
+
+/// The choice for one send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// Send to this provider (an index into the candidates).
+    Send(usize),
+    /// Every provider of the route is resting; try again at this time.
+    Wait(Timestamp),
+}
+
+/// Choose among `candidates` for attempt `attempt` (1 for the first): start at the provider
+/// whose turn it is — the first for a first attempt, the next one for each retry — and take the
+/// first whose breaker lets the message through.
+pub fn choose(breakers: &Breakers, candidates: &[String], attempt: u32, now: Timestamp) -> Choice {
+    // With one provider there is nowhere to fail over to, and the retry policy's backoff
+    // already spaces its attempts out.
+    if candidates.len() <= 1 {
+        return Choice::Send(0);
+    }
+    let start = attempt.saturating_sub(1) as usize % candidates.len();
+    let mut reopens: Option<Timestamp> = None;
+    for step in 0..candidates.len() {
+        let index = (start + step) % candidates.len();
+        let Some(breaker) = breakers.get(&candidates[index]) else {
+            return Choice::Send(index);
+        };
+        if breaker.try_acquire(now) {
+            return Choice::Send(index);
+        }
+        let at = match breaker.health() {
+            Health::Open(until) => until,
+            // A probe is out: look again after a short while.
+            Health::Probing | Health::Closed => {
+                now + SignedDuration::try_from(breakers.config().cool_down / 10).unwrap_or_default()
+            }
+        };
+        reopens = Some(reopens.map_or(at, |earliest| earliest.min(at)));
+    }
+    Choice::Wait(reopens.unwrap_or(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn region(code: &str) -> Option<Region> {
+        Some(Region::parse(code).unwrap())
+    }
+
+    #[test]
+    fn the_most_specific_route_wins() {
+        let table = RouteTable {
+            routes: vec![
+                Route {
+                    country: region("US"),
+                    prefix: None,
+                    providers: names(&["us"]),
+                },
+                Route {
+                    country: region("US"),
+                    prefix: Some("1415".into()),
+                    providers: names(&["sf"]),
+                },
+                Route {
+                    country: None,
+                    prefix: Some("14155".into()),
+                    providers: names(&["sf5"]),
+                },
+                Route {
+                    country: region("GB"),
+                    prefix: None,
+                    providers: names(&["gb"]),
+                },
+            ],
+            default: names(&["default"]),
+        };
+        assert_eq!(table.candidates("+14155550100", region("US")), ["sf5"]);
+        assert_eq!(table.candidates("+14150000000", region("US")), ["sf"]);
+        assert_eq!(table.candidates("+12125550100", region("US")), ["us"]);
+        assert_eq!(table.candidates("+447911123456", region("GB")), ["gb"]);
+        assert_eq!(table.candidates("+33612345678", region("FR")), ["default"]);
+        // A prefix route tied to a country does not catch another country's numbers.
+        assert_eq!(table.candidates("+14150000000", region("CA")), ["default"]);
+    }
+
+    #[test]
+    fn a_breaker_opens_after_a_run_of_failures_and_probes_after_its_cool_down() {
+        let breaker = Breaker::new(BreakerConfig {
+            failures_to_open: 3,
+            cool_down: Duration::from_secs(30),
+        });
+        breaker.failed(at(0));
+        breaker.failed(at(1));
+        breaker.succeeded();
+        breaker.failed(at(2));
+        breaker.failed(at(3));
+        assert!(breaker.try_acquire(at(3)), "a success resets the run");
+        breaker.failed(at(4));
+        assert_eq!(breaker.health(), Health::Open(at(34)));
+        assert!(!breaker.try_acquire(at(33)));
+        assert!(
+            breaker.try_acquire(at(34)),
+            "the first caller after the cool-down probes"
+        );
+        assert!(!breaker.try_acquire(at(34)), "only one probe at a time");
+        breaker.failed(at(35));
+        assert_eq!(
+            breaker.health(),
+            Health::Open(at(65)),
+            "a failed probe reopens it"
+        );
+        assert!(breaker.try_acquire(at(65)));
+        breaker.succeeded();
+        assert_eq!(breaker.health(), Health::Closed);
+        assert!(breaker.try_acquire(at(66)));
+    }
+
+    #[test]
+    fn retries_fail_over_and_open_breakers_are_stepped_around() {
+        let config = BreakerConfig {
+            failures_to_open: 1,
+            cool_down: Duration::from_secs(30),
+        };
+        let breakers = Breakers::new(config, ["a", "b", "c"]);
+        let route = names(&["a", "b", "c"]);
+        assert_eq!(choose(&breakers, &route, 1, at(0)), Choice::Send(0));
+        assert_eq!(choose(&breakers, &route, 2, at(0)), Choice::Send(1));
+        assert_eq!(choose(&breakers, &route, 4, at(0)), Choice::Send(0));
+
+        breakers.get("a").unwrap().failed(at(0));
+        assert_eq!(choose(&breakers, &route, 1, at(1)), Choice::Send(1));
+        breakers.get("b").unwrap().failed(at(2));
+        breakers.get("c").unwrap().failed(at(3));
+        assert_eq!(choose(&breakers, &route, 1, at(4)), Choice::Wait(at(30)));
+        // After a's cool-down, one message probes it; the others wait for the next opening.
+        assert_eq!(choose(&breakers, &route, 1, at(30)), Choice::Send(0));
+        assert_eq!(choose(&breakers, &route, 1, at(30)), Choice::Wait(at(32)));
+        breakers.get("a").unwrap().succeeded();
+        assert_eq!(choose(&breakers, &route, 1, at(31)), Choice::Send(0));
+    }
+
+    #[test]
+    fn a_lone_provider_is_used_whatever_its_breaker_says() {
+        let breakers = Breakers::new(
+            BreakerConfig {
+                failures_to_open: 1,
+                cool_down: Duration::from_secs(30),
+            },
+            ["a"],
+        );
+        breakers.get("a").unwrap().failed(at(0));
+        assert_eq!(choose(&breakers, &names(&["a"]), 1, at(1)), Choice::Send(0));
+        assert_eq!(choose(&breakers, &[], 3, at(0)), Choice::Send(0));
+    }
+}
