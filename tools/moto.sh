@@ -28,8 +28,18 @@ PY
 
 if ! installed 2>/dev/null; then
     rm -rf "$venv"
-    "${PYTHON:-python3}" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
-    installed
+    python="${PYTHON:-python3}"
+    "$python" -m venv "$venv" || {
+        echo "moto.sh: $python cannot create a virtualenv in $venv" >&2
+        exit 1
+    }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2 || {
+        echo "moto.sh: pip could not install moto[server]==$MOTO_VERSION" >&2
+        exit 1
+    }
+    installed || {
+        echo "moto.sh: moto $MOTO_VERSION is not importable after installing it" >&2
+        exit 1
+    }
 fi
 echo "$server"

@@ -314,7 +314,7 @@ async fn a_published_sms_reaches_moto_with_its_recipient_and_body() {
 }
 
 #[tokio::test]
-async fn a_publish_carries_the_sms_type_sender_id_and_max_price() {
+async fn a_publish_carries_the_sms_type_sender_and_max_price() {
     let moto = Moto::start_with(&[("MOTO_ENABLE_RECORDING", "1")]).await;
     moto.post("/moto-api/recorder/reset-recording").await;
     moto.post("/moto-api/recorder/start-recording").await;
@@ -336,6 +336,9 @@ async fn a_publish_carries_the_sms_type_sender_id_and_max_price() {
     );
     named.from = Some("Shop".into());
     sns.send(&named).await.unwrap();
+    let mut numbered = outbound("+15555550102", "Reply YES", MessageType::Transactional);
+    numbered.from = Some("+15555550199".into());
+    sns.send(&numbered).await.unwrap();
 
     let recording = moto.get("/moto-api/recorder/download-recording").await;
     let publishes: Vec<Vec<(String, String)>> = recording
@@ -343,7 +346,7 @@ async fn a_publish_carries_the_sms_type_sender_id_and_max_price() {
         .map(|line| recorded_form(&serde_json::from_str(line).unwrap()))
         .filter(|form| form.contains(&("Action".into(), "Publish".into())))
         .collect();
-    assert_eq!(publishes.len(), 2, "{recording}");
+    assert_eq!(publishes.len(), 3, "{recording}");
     let attributes = |form: &[(String, String)]| {
         let mut attributes = message_attributes(form);
         attributes.sort();
@@ -365,6 +368,14 @@ async fn a_publish_carries_the_sms_type_sender_id_and_max_price() {
             own("AWS.SNS.SMS.MaxPrice", "Number", "0.05"),
             own("AWS.SNS.SMS.SMSType", "String", "Transactional"),
             own("AWS.SNS.SMS.SenderID", "String", "Shop"),
+        ]
+    );
+    assert_eq!(
+        attributes(&publishes[2]),
+        [
+            own("AWS.MM.SMS.OriginationNumber", "String", "+15555550199"),
+            own("AWS.SNS.SMS.MaxPrice", "Number", "0.05"),
+            own("AWS.SNS.SMS.SMSType", "String", "Transactional"),
         ]
     );
 }
@@ -491,22 +502,4 @@ async fn an_invalid_phone_number_fails_for_good() {
         data["sns"]["SMS"].as_array().is_none_or(Vec::is_empty),
         "nothing was sent: {data}"
     );
-}
-
-#[tokio::test]
-async fn a_refused_connection_is_retried_as_nothing_was_sent() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    let mut config = SnsConfig::new(REGION).with_keys("testing", "testing");
-    config.endpoint_url = Some(format!("http://127.0.0.1:{port}"));
-    let sns = Sns::new(config).await;
-    match sns
-        .send(&outbound("+15555550100", "Hi", MessageType::Transactional))
-        .await
-    {
-        Err(SendError::Transient { code, .. }) => assert_eq!(code, "connect"),
-        other => panic!("{other:?}"),
-    }
 }

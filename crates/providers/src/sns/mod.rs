@@ -6,19 +6,22 @@
 //! SNS answers a publish with nothing but a message id and never answers questions about a
 //! message afterwards, so delivery reports only ever come from those forwarded logs.
 
+mod errors;
 pub mod status;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sns::config::retry::RetryConfig;
 use aws_sdk_sns::config::timeout::TimeoutConfig;
 use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 use herald_domain::message::MessageType;
 use herald_domain::money::Amount;
 
+use self::errors::{Transmitted, classify};
 use crate::{Accepted, Lookup, LookupQuery, Outbound, Provider, SendError};
 
 /// The name recorded on messages sent through SNS.
@@ -139,6 +142,11 @@ impl Sns {
                 aws_sdk_sns::config::Builder::from(&shared)
             }
         };
+        Sns::with_sdk_config(config, builder)
+    }
+
+    /// Herald's settings on top of an SDK configuration that knows how to find credentials.
+    fn with_sdk_config(config: SnsConfig, builder: aws_sdk_sns::config::Builder) -> Sns {
         let mut builder = builder
             .region(Region::new(config.region.clone()))
             // The dispatcher owns retries: it knows the attempt count, backs off with jitter and
@@ -176,7 +184,7 @@ impl Sns {
                 .set_next_token(next_token.take())
                 .send()
                 .await
-                .map_err(classify)?;
+                .map_err(|e| classify(e, true))?;
             numbers.extend(page.phone_numbers().iter().cloned());
             match page.next_token() {
                 Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
@@ -193,7 +201,7 @@ impl Sns {
             .phone_number(number)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, true))?;
         Ok(answer.is_opted_out())
     }
 
@@ -205,7 +213,7 @@ impl Sns {
             .phone_number(number)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|e| classify(e, true))?;
         Ok(())
     }
 
@@ -217,9 +225,10 @@ impl Sns {
         };
         let mut attributes = vec![("AWS.SNS.SMS.SMSType", "String", sms_type.to_owned())];
         match message.from.as_ref().or(self.config.sender_id.as_ref()) {
-            // A number is an origination identity, which SNS takes in its own attribute; an
-            // alphanumeric sender shows as the sender ID where the country allows it.
-            Some(from) if from.starts_with('+') => {
+            // A number (long code or short code) is an origination identity, which SNS takes in
+            // its own attribute; a sender ID has at least one letter and shows as the sender
+            // where the country allows it.
+            Some(from) if is_number(from) => {
                 attributes.push(("AWS.MM.SMS.OriginationNumber", "String", from.clone()))
             }
             Some(sender_id) => {
@@ -232,6 +241,11 @@ impl Sns {
         }
         attributes
     }
+}
+
+fn is_number(sender: &str) -> bool {
+    let digits = sender.strip_prefix('+').unwrap_or(sender);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[async_trait]
@@ -257,7 +271,13 @@ impl Provider for Sns {
                 })?;
             publish = publish.message_attributes(name, value);
         }
-        let output = publish.send().await.map_err(classify)?;
+        let transmitted = Arc::new(AtomicBool::new(false));
+        let output = publish
+            .customize()
+            .interceptor(Transmitted(transmitted.clone()))
+            .send()
+            .await
+            .map_err(|e| classify(e, transmitted.load(Ordering::Relaxed)))?;
         let Some(id) = output.message_id() else {
             return Err(SendError::Unanswered {
                 code: "bad_response".into(),
@@ -274,172 +294,6 @@ impl Provider for Sns {
     async fn lookup(&self, _query: &LookupQuery) -> Result<Lookup, SendError> {
         // SNS has no API to ask about a published SMS: only the delivery status log can tell.
         Ok(Lookup::Unsupported)
-    }
-}
-
-/// Sorts a failed SDK call by what the dispatcher may safely do next.
-fn classify<E>(error: SdkError<E, aws_sdk_sns::config::http::HttpResponse>) -> SendError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    match &error {
-        SdkError::ServiceError(service) => {
-            let raw = service.raw();
-            let body = raw.body().bytes().map(String::from_utf8_lossy);
-            // The SDK reads the code from `ErrorResponse/Error/Code`. Some SNS-compatible
-            // servers (moto, for signature and permission errors) nest it differently; they
-            // still name it in the `x-amzn-ErrorType` header and in a `<Code>` element.
-            let code = service
-                .err()
-                .code()
-                .map(str::to_owned)
-                .or_else(|| {
-                    let header = raw.headers().get("x-amzn-errortype")?;
-                    Some(header.split(':').next().unwrap_or(header).to_owned())
-                })
-                .or_else(|| xml_text(body.as_deref()?, "Code"));
-            let message = service
-                .err()
-                .message()
-                .map(str::to_owned)
-                .or_else(|| xml_text(body.as_deref()?, "Message"));
-            refusal(raw.status().as_u16(), code.as_deref(), message.as_deref())
-        }
-        // The request was never sent (e.g. no credentials could be found): nothing to duplicate.
-        SdkError::ConstructionFailure(_) => SendError::Transient {
-            code: "not_sent".into(),
-            message: error_chain(&error),
-            retry_after: None,
-        },
-        SdkError::DispatchFailure(failure)
-            if never_connected(
-                failure.is_timeout(),
-                failure.is_io(),
-                failure
-                    .as_connector_error()
-                    .map(|e| e as &(dyn std::error::Error + 'static)),
-            ) =>
-        {
-            SendError::Transient {
-                code: "connect".into(),
-                message: error_chain(&error),
-                retry_after: None,
-            }
-        }
-        SdkError::TimeoutError(_) => SendError::Unanswered {
-            code: "timeout".into(),
-            message: "SNS did not answer in time".into(),
-        },
-        _ => SendError::Unanswered {
-            code: "request".into(),
-            message: error_chain(&error),
-        },
-    }
-}
-
-/// Whether a dispatch failed before any byte could reach SNS. The connector's own timeout is
-/// the connect timeout (the whole attempt is bounded separately and fails as
-/// [`SdkError::TimeoutError`]); a refused or unreachable address is reported as an I/O error of
-/// that kind somewhere in the error's causes.
-fn never_connected(
-    timeout: bool,
-    io: bool,
-    connector: Option<&(dyn std::error::Error + 'static)>,
-) -> bool {
-    if timeout {
-        return true;
-    }
-    if !io {
-        return false;
-    }
-    let mut cause = connector;
-    while let Some(error) = cause {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
-            ) {
-                return true;
-            }
-        }
-        cause = error.source();
-    }
-    false
-}
-
-/// The text of the first `<tag>` element in `xml`, if it is plain text.
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    let text = xml[start..end].trim();
-    (!text.is_empty() && !text.contains('<')).then(|| text.to_owned())
-}
-
-/// An error with its causes, which the SDK keeps out of its top-level message.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
-}
-
-/// SNS's answer to a call it refused, by error code and HTTP status.
-fn refusal(status: u16, code: Option<&str>, message: Option<&str>) -> SendError {
-    let message = message.map_or_else(|| format!("SNS answered HTTP {status}"), str::to_owned);
-    let code = code.map_or_else(|| status.to_string(), str::to_owned);
-    // Every 401 or 403 from SNS is about the account (keys, signature, permissions), whatever
-    // code, if any, the body names.
-    let account = matches!(status, 401 | 403)
-        || matches!(
-            code.as_str(),
-            "AuthorizationError"
-                | "AccessDenied"
-                | "AccessDeniedException"
-                | "InvalidClientTokenId"
-                | "UnrecognizedClientException"
-                | "SignatureDoesNotMatch"
-                | "IncompleteSignature"
-                | "MissingAuthenticationToken"
-                | "InvalidAccessKeyId"
-                | "ExpiredToken"
-                | "ExpiredTokenException"
-                | "RequestExpired"
-                | "OptInRequired"
-        );
-    if account {
-        return SendError::Transient {
-            code: ACCOUNT_PROBLEM.into(),
-            message: format!("{code}: {message}"),
-            retry_after: None,
-        };
-    }
-    let transient = status == 429
-        || status >= 500
-        || matches!(
-            code.as_str(),
-            "Throttling"
-                | "ThrottlingException"
-                | "ThrottledException"
-                | "RequestLimitExceeded"
-                | "KMSThrottling"
-                | "InternalError"
-                | "InternalFailure"
-                | "ServiceUnavailable"
-        );
-    if transient {
-        SendError::Transient {
-            code,
-            message,
-            retry_after: None,
-        }
-    } else {
-        SendError::Permanent { code, message }
     }
 }
 
@@ -463,64 +317,6 @@ mod tests {
 
     async fn sns(config: SnsConfig) -> Sns {
         Sns::new(config.with_keys("AKID", "secret")).await
-    }
-
-    #[test]
-    fn bad_requests_fail_for_good() {
-        for code in ["InvalidParameter", "InvalidParameterValue"] {
-            assert!(
-                matches!(refusal(400, Some(code), Some("m")), SendError::Permanent { code: c, .. } if c == code)
-            );
-        }
-    }
-
-    #[test]
-    fn account_problems_are_retried_under_one_code() {
-        for (status, code) in [
-            (403, "AuthorizationError"),
-            (403, "InvalidClientTokenId"),
-            (403, "SignatureDoesNotMatch"),
-            (400, "UnrecognizedClientException"),
-        ] {
-            match refusal(status, Some(code), Some("no")) {
-                SendError::Transient {
-                    code: c, message, ..
-                } => {
-                    assert_eq!(c, ACCOUNT_PROBLEM);
-                    assert!(message.starts_with(code), "{message}");
-                }
-                other => panic!("{code}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn throttling_and_server_errors_are_transient() {
-        for (status, code) in [
-            (400, Some("Throttling")),
-            (400, Some("KMSThrottling")),
-            (500, Some("InternalError")),
-            (503, None),
-            (429, None),
-        ] {
-            assert!(
-                matches!(refusal(status, code, None), SendError::Transient { .. }),
-                "{status} {code:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn an_error_code_is_found_in_any_xml_nesting() {
-        let body = "<?xml version=\"1.0\"?><ErrorResponse><Errors><Error>\
-            <Code>SignatureDoesNotMatch</Code><Message>no</Message></Error></Errors></ErrorResponse>";
-        assert_eq!(
-            xml_text(body, "Code").as_deref(),
-            Some("SignatureDoesNotMatch")
-        );
-        assert_eq!(xml_text(body, "Message").as_deref(), Some("no"));
-        assert_eq!(xml_text(body, "Type"), None);
-        assert_eq!(xml_text("<Code><b>x</b></Code>", "Code"), None);
     }
 
     #[tokio::test]
@@ -549,6 +345,11 @@ mod tests {
                 ),
             ]
         );
+        let short_code = sns.attributes(&outbound(MessageType::Transactional, Some("24365")));
+        assert_eq!(
+            short_code[1],
+            ("AWS.MM.SMS.OriginationNumber", "String", "24365".to_owned())
+        );
         let plain = self::sns(SnsConfig::new("eu-west-1")).await;
         assert_eq!(
             plain.attributes(&outbound(MessageType::Transactional, None)),
@@ -565,6 +366,46 @@ mod tests {
             to: "+447700900123".into(),
         };
         assert_eq!(sns.lookup(&query).await, Ok(Lookup::Unsupported));
+    }
+
+    /// A credential source that has nothing, like the default chain on a machine without AWS
+    /// configuration.
+    #[derive(Debug)]
+    struct NoCredentials;
+
+    impl aws_sdk_sns::config::ProvideCredentials for NoCredentials {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "no credentials here",
+                ),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_without_credentials_never_leaves_and_is_retried() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut config = SnsConfig::new("eu-west-1");
+        config.endpoint_url = Some(format!("http://{}", listener.local_addr().unwrap()));
+        let builder = aws_sdk_sns::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(NoCredentials);
+        let sns = Sns::with_sdk_config(config, builder);
+        match sns.send(&outbound(MessageType::Transactional, None)).await {
+            Err(SendError::Transient { code, message, .. }) => {
+                assert_eq!(code, "not_sent");
+                assert!(message.contains("no credentials here"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(listener.accept().is_err(), "nothing reached the endpoint");
     }
 
     #[test]
