@@ -365,6 +365,7 @@ impl Dispatcher {
             body: message.body.clone(),
             encoding: message.encoding,
             segments: message.segments,
+            kind: message.kind,
             attempt: message.attempt,
         };
         let answer = tokio::time::timeout(self.config.send_timeout, provider.send(&outbound)).await;

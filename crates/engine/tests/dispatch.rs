@@ -428,6 +428,7 @@ async fn a_dispatcher_that_dies_after_the_provider_took_the_message_never_sends_
         body: message.body.clone(),
         encoding: message.encoding,
         segments: message.segments,
+        kind: message.kind,
         attempt: message.attempt,
     };
     w.engine.simulator.send(&outbound).await.unwrap();

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald_domain::encoding::Encoding;
+use herald_domain::message::MessageType;
 use herald_domain::money::Amount;
 use herald_domain::status::ReportedStatus;
 use herald_store::{ProviderReport, ReportOutcome};
@@ -21,6 +22,8 @@ pub struct Outbound {
     pub body: String,
     pub encoding: Encoding,
     pub segments: u32,
+    /// Some providers price, route or filter by it (SNS's `SMSType`).
+    pub kind: MessageType,
     /// 1 for the first attempt.
     pub attempt: u32,
 }

@@ -457,6 +457,7 @@ mod tests {
     use super::*;
     use crate::SinkError;
     use herald_domain::encoding::Encoding;
+    use herald_domain::message::MessageType;
     use herald_store::ReportOutcome;
 
     #[derive(Default)]
@@ -482,6 +483,7 @@ mod tests {
             body: "Hi".into(),
             encoding: Encoding::Gsm7,
             segments: 1,
+            kind: MessageType::Transactional,
             attempt: 1,
         }
     }
