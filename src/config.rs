@@ -87,6 +87,7 @@ pub struct FileConfig {
     /// callbacks are addressed to it and their signatures checked against it.
     pub public_url: Option<String>,
     pub twilio: Option<TwilioFile>,
+    pub sns: Option<SnsFile>,
     #[serde(default)]
     pub sqlite: SqliteFile,
     #[serde(default)]
@@ -150,6 +151,49 @@ impl std::fmt::Debug for TwilioFile {
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
+}
+
+/// An AWS SNS account for live traffic. Each key can also come from `HERALD_SNS_<KEY>`, which
+/// takes precedence. Without keys the AWS credential chain is used (environment, profile, role).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnsFile {
+    pub region: Option<String>,
+    /// A different endpoint, e.g. a local SNS implementation.
+    pub endpoint_url: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `AWS.SNS.SMS.SenderID` for messages that name no sender.
+    pub sender_id: Option<String>,
+    /// `AWS.SNS.SMS.MaxPrice`, USD per message.
+    pub max_price: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// The secret forwarded delivery status logs are signed with (`/hooks/sns/status`).
+    pub webhook_secret: Option<String>,
+}
+
+impl std::fmt::Debug for SnsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnsFile")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "****"),
+            )
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| "****"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SNS account and the secret its forwarded logs are signed with.
+pub struct SnsSetup {
+    pub config: herald_providers::sns::SnsConfig,
+    pub webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,6 +384,60 @@ impl FileConfig {
             config.validity_period = Some(seconds);
         }
         Ok(Some(config))
+    }
+
+    /// The SNS account, if one is configured (file, then `HERALD_SNS_*` overrides).
+    pub fn sns(&self) -> Result<Option<SnsSetup>> {
+        let file = self.sns.as_ref();
+        let pick = |key: &str, from_file: Option<&String>| {
+            std::env::var(format!("HERALD_SNS_{key}"))
+                .ok()
+                .or_else(|| from_file.cloned())
+        };
+        let Some(region) = pick("REGION", file.and_then(|s| s.region.as_ref())) else {
+            if file.is_some() {
+                bail!("sns needs a region");
+            }
+            return Ok(None);
+        };
+        let mut config = herald_providers::sns::SnsConfig::new(region);
+        config.endpoint_url = pick("ENDPOINT_URL", file.and_then(|s| s.endpoint_url.as_ref()));
+        let key_id = pick("ACCESS_KEY_ID", file.and_then(|s| s.access_key_id.as_ref()));
+        let secret = pick(
+            "SECRET_ACCESS_KEY",
+            file.and_then(|s| s.secret_access_key.as_ref()),
+        );
+        match (key_id, secret) {
+            (Some(id), Some(secret)) => {
+                config.keys = Some(herald_providers::sns::SnsKeys {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                })
+            }
+            (None, None) => {}
+            _ => bail!("sns needs both access_key_id and secret_access_key, or neither"),
+        }
+        config.sender_id = pick("SENDER_ID", file.and_then(|s| s.sender_id.as_ref()));
+        if let Some(price) = pick("MAX_PRICE", file.and_then(|s| s.max_price.as_ref())) {
+            config.max_price = Some(
+                Amount::parse(&price)
+                    .with_context(|| format!("sns.max_price {price:?} is not a decimal amount"))?,
+            );
+        }
+        if let Some(ms) = file.and_then(|s| s.timeout_ms) {
+            config.timeout = Duration::from_millis(ms);
+        }
+        let webhook_secret = pick(
+            "WEBHOOK_SECRET",
+            file.and_then(|s| s.webhook_secret.as_ref()),
+        );
+        if webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!("sns.webhook_secret must be at least 16 characters");
+        }
+        Ok(Some(SnsSetup {
+            config,
+            webhook_secret,
+        }))
     }
 
     fn routing(&self) -> Result<herald_engine::RoutingConfig> {

@@ -56,27 +56,30 @@ pub async fn serve(
         commands::print_organization(&first);
     }
 
-    let (live, twilio_hook) = twilio(file, public_url.as_deref())?;
-    let provider = if live.is_some() {
-        "twilio"
+    let (twilio, twilio_hook) = twilio(file, public_url.as_deref())?;
+    let mut live: Vec<Arc<dyn herald_providers::Provider>> = twilio.into_iter().collect();
+    let mut sns_hook = None;
+    if let Some(sns) = file.sns()? {
+        sns_hook = sns
+            .webhook_secret
+            .map(|secret| Arc::new(herald_web::hooks::SnsHook::new(secret.into_bytes())));
+        live.push(Arc::new(herald_providers::sns::Sns::new(sns.config).await));
+    }
+    let providers = if live.is_empty() {
+        "simulator".to_owned()
     } else {
-        "simulator"
+        live.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     };
     let engine = Arc::new(
-        Engine::with_providers(
-            store.clone(),
-            Arc::new(SystemClock),
-            file.engine()?,
-            live.into_iter().collect(),
-        )
-        .context("the [routing] configuration is not valid")?,
+        Engine::with_providers(store.clone(), Arc::new(SystemClock), file.engine()?, live)
+            .context("the [routing] configuration is not valid")?,
     );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!("Herald is listening on http://{address} (API docs at http://{address}/docs)");
-    tracing::info!(%address, provider, "serving");
+    tracing::info!(%address, providers, "serving");
 
     let shutdown = CancellationToken::new();
     let mut workers = engine.start(shutdown.clone());
@@ -84,6 +87,7 @@ pub async fn serve(
     let app = herald_web::app(AppState {
         engine: engine.clone(),
         twilio: twilio_hook,
+        sns: sns_hook,
     });
     let served = herald_web::serve(listener, app, shutdown.clone()).await;
     // However the server stopped, let the workers return claimed work before exiting.

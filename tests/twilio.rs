@@ -3,107 +3,12 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
 use herald_providers::twilio::signature;
 use serde_json::{Value, json};
+use support::fake_twilio::{FakeTwilio, start_fake};
 use support::{Backend, TestServer};
 
 const TOKEN: &str = "twilio-test-token";
-
-/// What the fake Twilio received.
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    authorization: Option<String>,
-    form: Vec<(String, String)>,
-    sid: Option<String>,
-}
-
-/// An HTTP status and Twilio's error body.
-type Refusal = (StatusCode, Value);
-
-#[derive(Clone, Default)]
-struct FakeTwilio {
-    received: Arc<Mutex<Vec<Received>>>,
-    /// Refusals to answer, in order, for sends to a recipient before accepting them.
-    script: Arc<Mutex<HashMap<String, Vec<Refusal>>>>,
-}
-
-impl FakeTwilio {
-    /// Refuse the next sends to `to` with Twilio's error `code` under HTTP `status`.
-    fn refuse(&self, to: &str, status: u16, code: i64) {
-        let body = json!({"code": code, "message": format!("error {code}"), "more_info": format!("https://www.twilio.com/docs/errors/{code}"), "status": status});
-        self.script
-            .lock()
-            .unwrap()
-            .entry(to.to_owned())
-            .or_default()
-            .push((StatusCode::from_u16(status).unwrap(), body));
-    }
-
-    /// The next scripted refusal for `to`, consuming it.
-    fn next_refusal(&self, to: &str) -> Option<Refusal> {
-        let mut script = self.script.lock().unwrap();
-        let answers = script.get_mut(to)?;
-        (!answers.is_empty()).then(|| answers.remove(0))
-    }
-}
-
-async fn messages(
-    State(fake): State<FakeTwilio>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Response {
-    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap();
-    let to = form
-        .iter()
-        .find(|(k, _)| k == "To")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let mut received = Received {
-        path: uri.path().to_owned(),
-        authorization: headers
-            .get("authorization")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        form,
-        sid: None,
-    };
-    let response = if let Some((status, error)) = fake.next_refusal(&to) {
-        (status, Json(error)).into_response()
-    } else {
-        let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
-        received.sid = Some(sid.clone());
-        (
-            StatusCode::CREATED,
-            Json(json!({"sid": sid, "status": "queued", "to": to})),
-        )
-            .into_response()
-    };
-    fake.received.lock().unwrap().push(received);
-    response
-}
-
-async fn start_fake() -> (FakeTwilio, String) {
-    let fake = FakeTwilio::default();
-    let app = Router::new()
-        .route(
-            "/2010-04-01/Accounts/{sid}/Messages.json",
-            axum::routing::post(messages),
-        )
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (fake, base)
-}
 
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()

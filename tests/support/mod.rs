@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake_twilio;
+pub mod moto;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +94,18 @@ impl TestServer {
         config: EngineConfig,
         twilio: Option<(String, String)>,
     ) -> Option<TestServer> {
+        TestServer::start_with_providers(backend, config, twilio, None).await
+    }
+
+    /// A server whose live traffic goes to Twilio at `twilio` (base URL, auth token) and/or
+    /// to SNS with `sns` (its configuration, and the secret its forwarded logs are signed
+    /// with), routed by `config.routing`.
+    pub async fn start_with_providers(
+        backend: Backend,
+        config: EngineConfig,
+        twilio: Option<(String, String)>,
+        sns: Option<(herald_providers::sns::SnsConfig, String)>,
+    ) -> Option<TestServer> {
         let (store, guard): (Arc<dyn Store>, Guard) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -111,30 +126,39 @@ impl TestServer {
         store.migrate().await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let (live, hook) = match twilio {
+        let mut live: Vec<Arc<dyn Provider>> = Vec::new();
+        let hook = match twilio {
             Some((twilio_base, auth_token)) => {
                 let mut twilio = TwilioConfig::new("ACtest00000000000000000000000000", &auth_token);
                 twilio.base_url = twilio_base;
                 twilio.from = Some("+15005550006".into());
                 twilio.status_callback = Some(format!("{base}/hooks/twilio/status"));
-                let live: Arc<dyn Provider> = Arc::new(Twilio::new(twilio).unwrap());
-                (
-                    Some(live),
-                    Some(TwilioHook {
-                        auth_token,
-                        public_url: base.clone(),
-                    }),
-                )
+                live.push(Arc::new(Twilio::new(twilio).unwrap()));
+                Some(TwilioHook {
+                    auth_token,
+                    public_url: base.clone(),
+                })
             }
-            None => (None, None),
+            None => None,
         };
-        let engine = Arc::new(Engine::new(store, Arc::new(SystemClock), config, live));
+        let sns_hook = match sns {
+            Some((config, secret)) => {
+                live.push(Arc::new(herald_providers::sns::Sns::new(config).await));
+                Some(Arc::new(herald_web::hooks::SnsHook::new(
+                    secret.into_bytes(),
+                )))
+            }
+            None => None,
+        };
+        let engine =
+            Arc::new(Engine::with_providers(store, Arc::new(SystemClock), config, live).unwrap());
         let tenant = create_tenant(engine.store.as_ref(), "acme").await;
 
         let shutdown = CancellationToken::new();
         let workers = engine.start(shutdown.clone());
         let app = herald_web::app(AppState {
             twilio: hook,
+            sns: sns_hook,
             engine: engine.clone(),
         });
         let server = tokio::spawn(herald_web::serve(listener, app, shutdown.clone()));

@@ -91,6 +91,7 @@ fn outbound(from: Option<&str>, body: &str) -> Outbound {
         body: body.into(),
         encoding: Encoding::Gsm7,
         segments: 1,
+        kind: herald_domain::message::MessageType::Transactional,
         attempt: 1,
     }
 }

@@ -14,6 +14,12 @@ use crate::problem::{self, FieldProblem, Problem};
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// How much of a too-large body is read and thrown away before answering 413. The HTTP server
+/// closes a connection whose request body was not read; a client still writing its body then
+/// gets a reset instead of the answer. Reading a bounded amount lets ordinary clients see the
+/// 413; anything larger is cut off.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// A JSON request body, parsed strictly.
 pub struct ApiJson<T>(pub T);
 
@@ -50,6 +56,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse::<usize>().ok());
         if declared.is_some_and(|length| length > MAX_BODY) {
+            if declared.is_some_and(|length| length <= DRAIN_LIMIT) {
+                let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
+            }
             return Err(too_large());
         }
         // The router's body limit also stops chunked bodies that declare no length.

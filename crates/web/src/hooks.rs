@@ -1,4 +1,5 @@
-//! Provider callbacks under `/hooks/{provider}/…`. A callback is recorded only when its
+//! Provider callbacks under `/hooks/{provider}/…`: Twilio's status callbacks and forwarded
+//! AWS SNS delivery status logs. A callback is recorded only when its
 //! signature proves it came from the provider, and acknowledged only once it is durable, so a
 //! provider retrying a failed callback never loses a report and a forged one changes nothing.
 
@@ -7,6 +8,7 @@ use axum::extract::{OriginalUri, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use herald_providers::ReportSink;
+use herald_providers::sns;
 use herald_providers::twilio::{self, signature};
 use uuid::Uuid;
 
@@ -86,5 +88,119 @@ pub async fn twilio_status(
             Problem::new(&problem::UNAVAILABLE, "the report could not be recorded; retry")
         })?;
     }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// What verifying forwarded SNS delivery status logs needs: the webhook secret, and the
+/// signatures already seen while their timestamps are fresh, so a replayed request is refused.
+/// The replay memory is this process's; processes behind one load balancer each keep their own.
+pub struct SnsHook {
+    secret: Vec<u8>,
+    tolerance: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], jiff::Timestamp>>,
+}
+
+impl SnsHook {
+    pub fn new(secret: impl Into<Vec<u8>>) -> SnsHook {
+        SnsHook {
+            secret: secret.into(),
+            tolerance: sns::status::DEFAULT_TOLERANCE,
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Remember a verified request; `false` when it was seen before.
+    fn first_sighting(&self, verified: &sns::status::Verified, now: jiff::Timestamp) -> bool {
+        let mut seen = self.seen.lock().expect("replay memory lock");
+        // Forget what the timestamp check now refuses on its own.
+        seen.retain(|_, until| *until >= now);
+        seen.insert(verified.digest, verified.remember_until)
+            .is_none()
+    }
+
+    /// Forget a request that could not be recorded, so the forwarder's retry is taken.
+    fn forget(&self, verified: &sns::status::Verified) {
+        self.seen
+            .lock()
+            .expect("replay memory lock")
+            .remove(&verified.digest);
+    }
+}
+
+impl std::fmt::Debug for SnsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnsHook")
+            .field("tolerance", &self.tolerance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /hooks/sns/status`: SNS SMS delivery status logs, one object or an array, forwarded
+/// by the user's subscription (see the README), signed with the webhook secret:
+/// `X-Herald-Timestamp` (Unix seconds) and `X-Herald-Signature` (hex HMAC-SHA256 of
+/// `timestamp + "." + body`). A batch is recorded whole or not at all.
+pub async fn sns_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let Some(hook) = &state.sns else {
+        return Err(Problem::new(&problem::NOT_FOUND, "SNS is not configured"));
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+    };
+    let now = state.engine.clock.now();
+    let verified = sns::status::verify(
+        &hook.secret,
+        header(sns::status::TIMESTAMP_HEADER),
+        header(sns::status::SIGNATURE_HEADER),
+        &body,
+        now,
+        hook.tolerance,
+    )
+    .map_err(|error| {
+        tracing::warn!(route = "/hooks/sns/status", %error, "delivery status log refused");
+        Problem::new(
+            &problem::FORBIDDEN,
+            "missing, invalid or stale X-Herald-Signature / X-Herald-Timestamp",
+        )
+    })?;
+    let logs = sns::status::parse(&body).map_err(|error| {
+        Problem::field(
+            &problem::VALIDATION_FAILED,
+            "body",
+            "invalid_delivery_log",
+            error.to_string(),
+        )
+    })?;
+    // Remembered only once the body is known to be good, so a forwarder can fix and resend.
+    if !hook.first_sighting(&verified, now) {
+        tracing::warn!(
+            route = "/hooks/sns/status",
+            "replayed delivery status log refused"
+        );
+        return Err(Problem::new(
+            &problem::FORBIDDEN,
+            "this signed request was already received",
+        ));
+    }
+    let reports = logs.into_iter().map(|log| log.report).collect();
+    state
+        .engine
+        .recorder
+        .submit(reports)
+        .await
+        .map_err(|error| {
+            hook.forget(&verified);
+            tracing::error!(%error, "SNS delivery status logs could not be recorded");
+            Problem::new(
+                &problem::UNAVAILABLE,
+                "the logs could not be recorded; retry",
+            )
+        })?;
     Ok(StatusCode::OK.into_response())
 }

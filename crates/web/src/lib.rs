@@ -37,6 +37,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set when a Twilio account is configured: verifies its callbacks.
     pub twilio: Option<hooks::TwilioHook>,
+    /// Set when SNS delivery status logs are accepted: verifies them and refuses replays.
+    pub sns: Option<Arc<hooks::SnsHook>>,
 }
 
 #[derive(OpenApi)]
@@ -87,6 +89,7 @@ pub fn app(state: AppState) -> Router {
             "/hooks/twilio/status",
             axum::routing::post(hooks::twilio_status),
         )
+        .route("/hooks/sns/status", axum::routing::post(hooks::sns_status))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

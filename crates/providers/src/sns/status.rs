@@ -230,7 +230,9 @@ fn entry_log(entry: serde_json::Value) -> Result<DeliveryLog, String> {
             message_id: None,
             provider_message_id: raw.notification.message_id,
             status,
-            error_code: None,
+            // SNS gives no code, only `status` and a sentence; its status stands in as the
+            // code so the reason is kept with the failure.
+            error_code: error_message.as_ref().map(|_| raw.status.clone()),
             error_message,
             cost: price_usd,
         },
