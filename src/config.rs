@@ -114,6 +114,17 @@ pub struct RoutingFile {
     pub breaker_failures: Option<u32>,
     /// How long a provider rests before one message probes it.
     pub breaker_cool_down_seconds: Option<u64>,
+    /// Messages per second per provider, shared by every process on the database.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    pub per_second: f64,
+    /// The largest burst (default: one second's worth).
+    pub burst: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +353,19 @@ impl FileConfig {
 
         config.intake.prices = self.prices()?;
         config.routing = self.routing()?;
+        for (name, rate) in &self.routing.rate_limits {
+            if !(rate.per_second > 0.0 && rate.per_second.is_finite()) {
+                bail!("routing.rate_limits.{name}.per_second must be a positive number");
+            }
+            let mut limit = herald_store::rate::Rate::per_second(rate.per_second);
+            if let Some(burst) = rate.burst {
+                if !(burst >= 1.0 && burst.is_finite()) {
+                    bail!("routing.rate_limits.{name}.burst must be at least 1");
+                }
+                limit.burst = burst;
+            }
+            config.dispatcher.rate_limits.insert(name.clone(), limit);
+        }
         Ok(config)
     }
 
@@ -569,6 +593,7 @@ mod tests {
             default = ["twilio", "simulator"]
             breaker_failures = 3
             breaker_cool_down_seconds = 10
+            rate_limits = { twilio = { per_second = 10, burst = 20 } }
             [[routing.routes]]
             country = "GB"
             providers = ["simulator"]
@@ -579,7 +604,10 @@ mod tests {
             "#,
         )
         .unwrap();
-        let routing = file.engine().unwrap().routing;
+        let engine = file.engine().unwrap();
+        let limit = engine.dispatcher.rate_limits["twilio"];
+        assert_eq!((limit.per_second, limit.burst), (10.0, 20.0));
+        let routing = engine.routing;
         assert_eq!(routing.breaker.failures_to_open, 3);
         assert_eq!(routing.breaker.cool_down, Duration::from_secs(10));
         assert_eq!(
@@ -599,6 +627,8 @@ mod tests {
             "[[routing.routes]]\nprefix = \"+44\"\nproviders = [\"twilio\"]",
             "[[routing.routes]]\nproviders = [\"twilio\"]",
             "[[routing.routes]]\ncountry = \"GB\"\nproviders = []",
+            "[routing.rate_limits]\ntwilio = { per_second = 0 }",
+            "[routing.rate_limits]\ntwilio = { per_second = 5, burst = 0.5 }",
         ] {
             let file: FileConfig = toml::from_str(bad).unwrap();
             assert!(file.engine().is_err(), "{bad}");

@@ -8,12 +8,14 @@
 //! spent goes back to the queue unsent), so when a lease expires the call is certainly over and
 //! reconciliation can safely ask the provider what happened.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use herald_domain::message::Mode;
 use herald_providers::{Outbound, Provider, SendError};
+use herald_store::rate::Rate;
 use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, Semaphore};
@@ -21,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::limits::Limiter;
 use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
 use crate::routing::{self, Breaker, BreakerConfig, Breakers, Choice, Health, RouteTable};
@@ -43,6 +46,8 @@ pub struct DispatcherConfig {
     /// How long an idle dispatcher sleeps before looking again (it also wakes on new work).
     pub idle_poll: Duration,
     pub retry: RetryPolicy,
+    /// Messages per second per provider name, across every process sharing the database.
+    pub rate_limits: HashMap<String, Rate>,
 }
 
 impl Default for DispatcherConfig {
@@ -55,6 +60,7 @@ impl Default for DispatcherConfig {
             send_timeout: Duration::from_secs(15),
             idle_poll: Duration::from_millis(200),
             retry: RetryPolicy::default(),
+            rate_limits: HashMap::new(),
         }
     }
 }
@@ -72,9 +78,10 @@ pub struct Router {
 
 /// A route names a provider that is not configured.
 #[derive(Debug, thiserror::Error)]
-#[error("route for {destination} names provider {name:?}, which is not configured")]
+#[error("{place} names provider {name:?}, which is not configured")]
 pub struct UnknownProvider {
-    pub destination: String,
+    /// What names it: `the route for FR`, `a rate limit`.
+    pub place: String,
     pub name: String,
 }
 
@@ -91,7 +98,7 @@ impl Chosen {
         match outcome {
             SendOutcome::Accepted { .. } | SendOutcome::Failed { .. } => breaker.succeeded(),
             SendOutcome::Retry { .. } | SendOutcome::Unanswered { .. } => breaker.failed(now),
-            SendOutcome::Unclaimed => {}
+            SendOutcome::Unclaimed => breaker.abandon(now),
         }
     }
 }
@@ -142,7 +149,7 @@ impl Router {
         for (destination, providers) in destinations {
             if let Some(name) = providers.iter().find(|name| !known(name)) {
                 return Err(UnknownProvider {
-                    destination,
+                    place: format!("the route for {destination}"),
                     name: name.clone(),
                 });
             }
@@ -239,6 +246,7 @@ impl DispatchOutcome {
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     router: Arc<Router>,
+    limiter: Limiter,
     recorder: Recorder,
     clock: Arc<dyn Clock>,
     config: DispatcherConfig,
@@ -256,9 +264,11 @@ impl Dispatcher {
         counters: Arc<Counters>,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        let limiter = Limiter::new(store.clone(), clock.clone(), &config.rate_limits);
         Dispatcher {
             store,
             router,
+            limiter,
             recorder,
             clock,
             config,
@@ -326,24 +336,9 @@ impl Dispatcher {
             provider: provider.to_owned(),
             outcome,
         };
-        let permit = tokio::select! {
-            permit = self.in_flight.acquire() => permit,
-            _ = shutdown.cancelled() => return result(&default_provider, SendOutcome::Unclaimed),
-        };
-        let Ok(_permit) = permit else {
-            return result(&default_provider, SendOutcome::Unclaimed);
-        };
         if shutdown.is_cancelled() {
             return result(&default_provider, SendOutcome::Unclaimed);
         }
-        // Never start a call that could outlive the lease: once the lease ends, reconciliation
-        // must be able to trust that the call is over.
-        let deadline = self.clock.now()
-            + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
-        if deadline >= message.lease_expires_at {
-            return result(&default_provider, SendOutcome::Unclaimed);
-        }
-        // Chosen last, right before the call: a breaker's probe must always be answered.
         let chosen = match self.router.choose(&message, self.clock.now()) {
             Ok(chosen) => chosen,
             Err(until) => {
@@ -356,6 +351,32 @@ impl Dispatcher {
                 return result(&default_provider, outcome);
             }
         };
+        let name = chosen.provider.name().to_owned();
+        // From here every way out tells the breaker, so a probe is never left hanging.
+        let unclaimed = |chosen: &Chosen| {
+            chosen.settle(&SendOutcome::Unclaimed, self.clock.now());
+            result(&name, SendOutcome::Unclaimed)
+        };
+        if !self.limiter.acquire(&name, shutdown).await {
+            return unclaimed(&chosen);
+        }
+        let permit = tokio::select! {
+            permit = self.in_flight.acquire() => permit,
+            _ = shutdown.cancelled() => return unclaimed(&chosen),
+        };
+        let Ok(_permit) = permit else {
+            return unclaimed(&chosen);
+        };
+        if shutdown.is_cancelled() {
+            return unclaimed(&chosen);
+        }
+        // Never start a call that could outlive the lease: once the lease ends, reconciliation
+        // must be able to trust that the call is over.
+        let deadline = self.clock.now()
+            + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
+        if deadline >= message.lease_expires_at {
+            return unclaimed(&chosen);
+        }
         let provider = &chosen.provider;
 
         let outbound = Outbound {

@@ -4,6 +4,7 @@
 //! - [`acceptor`]: storing accepted messages with group commit.
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
 //! - [`routing`]: routes by destination, failover and circuit breakers.
+//! - [`limits`]: rate limits per provider, shared by every process on the database.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod intake;
 pub mod keys;
+pub mod limits;
 pub mod maintenance;
 pub mod recorder;
 pub mod retry;
@@ -110,6 +112,17 @@ impl Engine {
             config.routing.table.clone(),
             config.routing.breaker,
         )?);
+        if let Some(name) = config
+            .dispatcher
+            .rate_limits
+            .keys()
+            .find(|name| router.by_name(name).is_none())
+        {
+            return Err(UnknownProvider {
+                place: "a rate limit".into(),
+                name: name.clone(),
+            });
+        }
         let wake = Arc::new(Notify::new());
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),

@@ -156,6 +156,15 @@ impl Breaker {
         };
     }
 
+    /// A call that was chosen but not made (shutdown, a lease about to end): if it was the
+    /// probe, let the next caller probe instead.
+    pub fn abandon(&self, now: Timestamp) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if *state == State::Probing {
+            *state = State::Open { until: now };
+        }
+    }
+
     pub fn health(&self) -> Health {
         match *self.state.lock().expect("breaker lock") {
             State::Closed { .. } => Health::Closed,
@@ -311,6 +320,11 @@ mod tests {
             "a failed probe reopens it"
         );
         assert!(breaker.try_acquire(at(65)));
+        breaker.abandon(at(66));
+        assert!(
+            breaker.try_acquire(at(66)),
+            "an abandoned probe passes the turn on"
+        );
         breaker.succeeded();
         assert_eq!(breaker.health(), Health::Closed);
         assert!(breaker.try_acquire(at(66)));

@@ -348,6 +348,6 @@ async fn a_route_naming_an_unknown_provider_is_refused_at_start() {
     };
     assert_eq!(
         error.to_string(),
-        "route for FR names provider \"nope\", which is not configured"
+        "the route for FR names provider \"nope\", which is not configured"
     );
 }

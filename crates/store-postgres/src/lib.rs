@@ -97,11 +97,18 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator::with_migrations(vec![migration(
-        1,
-        "messages",
-        include_str!("../migrations/0001_messages.sql"),
-    )])
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "messages",
+            include_str!("../migrations/0001_messages.sql"),
+        ),
+        migration(
+            3,
+            "rate buckets",
+            include_str!("../migrations/0003_rate_buckets.sql"),
+        ),
+    ])
 }
 
 /// Commit `tx`, or roll it back by dropping it when `work` failed.
@@ -281,6 +288,48 @@ impl Store for PostgresStore {
 
     async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
         queue::release_due(&self.pool, now, limit).await
+    }
+
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: herald_store::rate::Rate,
+        wanted: u32,
+        now: Timestamp,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.begin().await?;
+        // Create the bucket if it is new, then lock its row: concurrent takers queue here.
+        sqlx::query(
+            "INSERT INTO rate_buckets (bucket, tokens, updated_us) VALUES ($1, $2, $3)
+             ON CONFLICT (bucket) DO NOTHING",
+        )
+        .bind(bucket)
+        .bind(rate.burst.max(1.0))
+        .bind(now.as_microsecond())
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to create a rate bucket")?;
+        let row: (f64, i64) = sqlx::query_as(
+            "SELECT tokens, updated_us FROM rate_buckets WHERE bucket = $1 FOR UPDATE",
+        )
+        .bind(bucket)
+        .fetch_one(&mut *tx)
+        .await
+        .ctx("failed to read a rate bucket")?;
+        let now_us = now.as_microsecond();
+        let (granted, tokens) = herald_store::rate::refill(Some(row), now_us, rate, wanted);
+        sqlx::query(
+            "UPDATE rate_buckets SET tokens = $2, updated_us = GREATEST(updated_us, $3)
+             WHERE bucket = $1",
+        )
+        .bind(bucket)
+        .bind(tokens)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to update a rate bucket")?;
+        tx.commit().await.ctx("failed to update a rate bucket")?;
+        Ok(granted)
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError> {

@@ -144,11 +144,18 @@ fn migrator() -> Migrator {
             false,
         )
     };
-    Migrator::with_migrations(vec![migration(
-        1,
-        "messages",
-        include_str!("../migrations/0001_messages.sql"),
-    )])
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "messages",
+            include_str!("../migrations/0001_messages.sql"),
+        ),
+        migration(
+            3,
+            "rate buckets",
+            include_str!("../migrations/0003_rate_buckets.sql"),
+        ),
+    ])
 }
 
 #[async_trait]
@@ -328,6 +335,38 @@ impl Store for SqliteStore {
             .await
             .ctx("failed to commit released messages")?;
         Ok(released)
+    }
+
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: herald_store::rate::Rate,
+        wanted: u32,
+        now: Timestamp,
+    ) -> Result<u32, StoreError> {
+        // The write transaction is the lock: SQLite has one writer.
+        let mut tx = self.write().await?;
+        let row: Option<(f64, i64)> =
+            sqlx::query_as("SELECT tokens, updated_us FROM rate_buckets WHERE bucket = ?1")
+                .bind(bucket)
+                .fetch_optional(&mut *tx)
+                .await
+                .ctx("failed to read a rate bucket")?;
+        let now_us = now.as_microsecond();
+        let (granted, tokens) = herald_store::rate::refill(row, now_us, rate, wanted);
+        sqlx::query(
+            "INSERT INTO rate_buckets (bucket, tokens, updated_us) VALUES (?1, ?2, ?3)
+             ON CONFLICT (bucket) DO UPDATE
+             SET tokens = excluded.tokens, updated_us = max(updated_us, excluded.updated_us)",
+        )
+        .bind(bucket)
+        .bind(tokens)
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to update a rate bucket")?;
+        tx.commit().await.ctx("failed to update a rate bucket")?;
+        Ok(granted)
     }
 
     async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError> {

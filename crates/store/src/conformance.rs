@@ -92,6 +92,7 @@ macro_rules! conformance_tests {
             results_and_reports_recorded_together_apply_in_order,
             a_batch_of_accepted_messages_honours_its_keys_in_order,
             a_retry_failed_over_is_named_by_the_provider_that_took_it,
+            token_buckets_refill_at_their_rate_and_concurrent_takers_share_them,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
@@ -1347,4 +1348,38 @@ pub async fn a_retry_failed_over_is_named_by_the_provider_that_took_it(subject: 
         ),
         (Some("beta"), Some("B-1"))
     );
+}
+
+pub async fn token_buckets_refill_at_their_rate_and_concurrent_takers_share_them(
+    subject: &Subject,
+) {
+    use crate::rate::Rate;
+    let store = subject.store.as_ref();
+    let rate = Rate {
+        per_second: 2.0,
+        burst: 5.0,
+    };
+    assert_eq!(store.take_tokens("a", rate, 3, at(0)).await.unwrap(), 3);
+    assert_eq!(store.take_tokens("a", rate, 3, at(0)).await.unwrap(), 2);
+    assert_eq!(store.take_tokens("a", rate, 3, at(0)).await.unwrap(), 0);
+    assert_eq!(
+        store.take_tokens("b", rate, 1, at(0)).await.unwrap(),
+        1,
+        "buckets are independent"
+    );
+    // One second at 2 a second: two more.
+    assert_eq!(store.take_tokens("a", rate, 5, at(1)).await.unwrap(), 2);
+
+    // Many takers at once, through separate connections, never get more than the bucket holds.
+    let shared = subject.reconnect().await;
+    let takers = (0..10).map(|i| {
+        let store = if i % 2 == 0 {
+            subject.store.clone()
+        } else {
+            shared.clone()
+        };
+        async move { store.take_tokens("c", rate, 1, at(0)).await.unwrap() }
+    });
+    let granted: u32 = futures::future::join_all(takers).await.into_iter().sum();
+    assert_eq!(granted, 5);
 }

@@ -9,6 +9,7 @@
 mod error;
 mod model;
 mod plan;
+pub mod rate;
 mod store;
 
 #[cfg(feature = "conformance")]

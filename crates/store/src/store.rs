@@ -113,6 +113,17 @@ pub trait Store: Send + Sync + 'static {
     /// Move scheduled messages whose time has come to `queued`; returns how many.
     async fn release_due(&self, now: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
+    /// Take up to `wanted` tokens from the token bucket `bucket` (created full on first use),
+    /// refilled at `rate` until `now`; answers how many were granted. One transaction with the
+    /// bucket's row locked, so processes sharing the database share the limit.
+    async fn take_tokens(
+        &self,
+        bucket: &str,
+        rate: crate::rate::Rate,
+        wanted: u32,
+        now: Timestamp,
+    ) -> Result<u32, StoreError>;
+
     /// The earliest `send_at` of a scheduled message, if any, so the scheduler can sleep until
     /// exactly then.
     async fn next_scheduled_at(&self) -> Result<Option<Timestamp>, StoreError>;
