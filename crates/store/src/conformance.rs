@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use crate::*;
 
+mod accounts;
+pub use accounts::*;
+
 /// A fresh database for one case.
 pub struct Subject {
     pub store: Arc<dyn Store>,
@@ -91,6 +94,12 @@ macro_rules! conformance_tests {
             status_counts_cover_every_message,
             results_and_reports_recorded_together_apply_in_order,
             a_batch_of_accepted_messages_honours_its_keys_in_order,
+            provider_accounts_read_back_only_in_their_organization,
+            provider_account_names_are_unique_per_organization,
+            an_update_keeps_the_sealed_credentials_unless_replaced,
+            listing_provider_accounts_walks_every_page_exactly_once,
+            routes_name_only_the_organizations_own_accounts,
+            an_account_named_by_a_route_cannot_be_deleted,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
