@@ -62,10 +62,16 @@ pub async fn serve(
     } else {
         "simulator"
     };
+    let config = file.engine()?;
+    if config.secret_key.is_none() {
+        tracing::info!(
+            "no secret key (--secret-key, HERALD_SECRET_KEY): provider accounts with credentials cannot be added"
+        );
+    }
     let engine = Arc::new(Engine::new(
         store.clone(),
         Arc::new(SystemClock),
-        file.engine()?,
+        config,
         live,
     ));
     let listener = tokio::net::TcpListener::bind(listen)
