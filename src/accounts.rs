@@ -208,16 +208,8 @@ pub async fn set_route(
         .await
         .map_err(|error| explain(error, "there is no such organization"))?;
     let ids: Vec<_> = route.accounts.iter().map(Uuid::to_string).collect();
-    println!("Route {} → {}", route_name(&route.key), ids.join(", "));
+    println!("Route {} → {}", route.key, ids.join(", "));
     Ok(())
-}
-
-fn route_name(key: &RouteKey) -> String {
-    match (&key.country, &key.prefix) {
-        (None, _) => "default".to_owned(),
-        (Some(country), None) => country.as_str().to_owned(),
-        (Some(country), Some(prefix)) => format!("{}/{prefix}", country.as_str()),
-    }
 }
 
 fn account_json(a: &ProviderAccount) -> serde_json::Value {
@@ -252,7 +244,7 @@ fn explain(error: AccountError, not_found: &str) -> anyhow::Error {
         AccountError::Invalid(errors) => fields(errors),
         AccountError::NotFound => anyhow::anyhow!("{not_found}"),
         AccountError::InUse(routes) => {
-            let names: Vec<_> = routes.iter().map(route_name).collect();
+            let names: Vec<_> = routes.iter().map(RouteKey::to_string).collect();
             anyhow::anyhow!(
                 "routes still use this provider account ({}); change or delete them first",
                 names.join(", ")

@@ -134,6 +134,17 @@ impl RouteKey {
     };
 }
 
+/// `default`, `US` or `US/1415`: how routes are named in the API's paths and in messages.
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.country, &self.prefix) {
+            (None, _) => f.write_str("default"),
+            (Some(country), None) => f.write_str(country.as_str()),
+            (Some(country), Some(prefix)) => write!(f, "{}/{prefix}", country.as_str()),
+        }
+    }
+}
+
 /// Ordered provider accounts for a destination: the first is tried first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
@@ -251,7 +262,9 @@ mod tests {
             prefix: Some("1415".into()),
         };
         let (country, prefix) = route_columns(&key);
-        assert_eq!(route_key(country, prefix), Some(key));
+        assert_eq!(route_key(country, prefix), Some(key.clone()));
+        assert_eq!(key.to_string(), "US/1415");
+        assert_eq!(RouteKey::DEFAULT.to_string(), "default");
         let (country, prefix) = route_columns(&RouteKey::DEFAULT);
         assert_eq!((country, prefix), ("", ""));
         assert_eq!(route_key("", ""), Some(RouteKey::DEFAULT));

@@ -115,14 +115,14 @@ async fn put(
     )
     .await
     .map_err(account_problem)?;
-    tracing::info!(org_id = %caller.org.id, route = %crate::providers::route_name(&route.key), "route set");
+    tracing::info!(org_id = %caller.org.id, route = %route.key, "route set");
     Ok(Json(RouteView::from(&route)))
 }
 
 async fn delete(state: AppState, caller: Caller, key: RouteKey) -> Result<StatusCode, Problem> {
     require_live(&caller)?;
     if state.engine.store.delete_route(caller.org.id, &key).await? {
-        tracing::info!(org_id = %caller.org.id, route = %crate::providers::route_name(&key), "route deleted");
+        tracing::info!(org_id = %caller.org.id, route = %key, "route deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Problem::new(&problem::NOT_FOUND, "no such route"))

@@ -226,15 +226,6 @@ pub(crate) fn field_problems(errors: Vec<FieldError>) -> Problem {
     )
 }
 
-/// `default`, `US` or `US/1415`: how a route is named in paths and problems.
-pub(crate) fn route_name(key: &RouteKey) -> String {
-    match (&key.country, &key.prefix) {
-        (None, _) => "default".to_owned(),
-        (Some(country), None) => country.as_str().to_owned(),
-        (Some(country), Some(prefix)) => format!("{}/{prefix}", country.as_str()),
-    }
-}
-
 pub(crate) fn account_problem(error: AccountError) -> Problem {
     match error {
         AccountError::Invalid(errors) => field_problems(errors),
@@ -254,7 +245,7 @@ pub(crate) fn account_problem(error: AccountError) -> Problem {
             &problem::PROVIDER_IN_USE,
             "routes still send through this provider account; take it out of them first",
         )
-        .with_routes(routes.iter().map(route_name).collect()),
+        .with_routes(routes.iter().map(RouteKey::to_string).collect()),
         AccountError::Store(error) => error.into(),
     }
 }
