@@ -16,6 +16,7 @@ on_both_stores!(
     test_keys_may_read_but_not_change_accounts_or_routes,
     routes_are_set_replaced_and_deleted_and_keep_their_accounts,
     lists_of_accounts_are_paginated,
+    an_idempotency_key_makes_adding_an_account_safe_to_retry,
 );
 
 const AUTH_TOKEN: &str = "tw1l10-S3CRET-auth-token";
@@ -725,6 +726,75 @@ async fn lists_of_accounts_are_paginated(s: &TestServer) {
         }
     }
     assert_eq!(seen, created, "in creation order, each exactly once");
+}
+
+async fn an_idempotency_key_makes_adding_an_account_safe_to_retry(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let post = |body: String, idempotency: &'static str| {
+        s.client
+            .post(s.url("/v1/providers"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idempotency)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let sid = account_sid();
+    let first = post(
+        format!(r#"{{"name":"a","kind":"twilio","credentials":{{"account_sid":"{sid}","auth_token":"{AUTH_TOKEN}"}}}}"#),
+        "add-a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status().as_u16(), 201);
+    let location = first.headers()["location"].clone();
+    let first_body = first.bytes().await.unwrap();
+
+    let replay = post(
+        format!(r#"{{ "credentials": {{"auth_token":"{AUTH_TOKEN}", "account_sid":"{sid}"}}, "kind":"twilio", "name":"a" }}"#),
+        "add-a",
+    )
+    .await
+    .unwrap();
+    assert_eq!(replay.status().as_u16(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.headers()["location"], location);
+    assert_eq!(
+        replay.bytes().await.unwrap(),
+        first_body,
+        "the original response"
+    );
+
+    let other = post(r#"{"name":"b","kind":"simulator"}"#.to_owned(), "add-a")
+        .await
+        .unwrap();
+    let (status, problem) = status_and_json(other).await;
+    assert_eq!(
+        (status, &problem["type"]),
+        (422, &json!("/problems/idempotency-key-reused"))
+    );
+    let message_key = s
+        .client
+        .post(s.url("/v1/messages"))
+        .bearer_auth(key)
+        .header("Idempotency-Key", "shared")
+        .json(&json!({"to": "+14155550100", "body": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(message_key.status().as_u16(), 201);
+    let (status, _) = status_and_json(
+        post(r#"{"name":"c","kind":"simulator"}"#.to_owned(), "shared")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422, "a message's key never replays as an account");
+    assert_eq!(
+        count(s, key).await,
+        1,
+        "only the first request added an account"
+    );
 }
 
 /// A server without a secret key refuses credentials with secrets, and still takes simulator

@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use herald_store::{
-    AccountRefusal, ProviderAccount, ProviderKind, Route, RouteKey, Store, StoreError,
+    AccountCreation, AccountRefusal, IdempotencyRecord, ProviderAccount, ProviderKind, Route,
+    RouteKey, Store, StoreError,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -237,6 +238,20 @@ pub enum CredentialsError {
     Store(#[from] StoreError),
 }
 
+/// A new account, validated and with its credentials sealed, ready to store.
+pub struct PreparedAccount {
+    pub account: ProviderAccount,
+    sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for PreparedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedAccount")
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Create an account for `org_id`.
 pub async fn create_account(
     store: &dyn Store,
@@ -245,6 +260,32 @@ pub async fn create_account(
     input: &AccountInput,
     now: Timestamp,
 ) -> Result<ProviderAccount, AccountError> {
+    let prepared = prepare_account(key, org_id, input, now)?;
+    store_account(store, &prepared, None, now).await?;
+    Ok(prepared.account)
+}
+
+/// Store a prepared account, honouring an idempotency key: a retry of the same request gets
+/// [`AccountCreation::Replayed`] and stores nothing.
+pub async fn store_account(
+    store: &dyn Store,
+    prepared: &PreparedAccount,
+    idempotency: Option<&IdempotencyRecord>,
+    now: Timestamp,
+) -> Result<AccountCreation, AccountError> {
+    store
+        .create_provider_account(&prepared.account, &prepared.sealed, idempotency, now)
+        .await?
+        .map_err(refused)
+}
+
+/// Validate `input` into a new account of `org_id` and seal its credentials.
+pub fn prepare_account(
+    key: Option<&SecretKey>,
+    org_id: Uuid,
+    input: &AccountInput,
+    now: Timestamp,
+) -> Result<PreparedAccount, AccountError> {
     let mut errors = Vec::new();
     let name = name(input.name.as_deref(), &mut errors);
     let kind = match input.kind.as_deref() {
@@ -291,10 +332,7 @@ pub async fn create_account(
         updated_at: now,
     };
     let sealed = seal(key, &account, &credentials)?;
-    match store.create_provider_account(&account, &sealed).await? {
-        Ok(()) => Ok(account),
-        Err(refusal) => Err(refused(refusal)),
-    }
+    Ok(PreparedAccount { account, sealed })
 }
 
 /// Change the fields `input` gives of an account of `org_id`.

@@ -8,11 +8,13 @@
 //! naming it, which waits for any route insert holding a key-share lock on it.
 
 use herald_store::*;
+use jiff::Timestamp;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::convert::{self, Ctx, col, ts};
+use crate::messages;
 
 /// Columns read into a [`ProviderAccount`], in the order [`account`] expects.
 macro_rules! columns {
@@ -22,7 +24,42 @@ macro_rules! columns {
     };
 }
 
+/// Insert the account, taking its idempotency key first so that a concurrent retry waits for
+/// this one; `conn` must be inside a transaction committed only on
+/// [`AccountCreation::Created`]. Accounts are live settings, so their keys sit with the live
+/// messages' keys.
 pub(crate) async fn create(
+    conn: &mut PgConnection,
+    account: &ProviderAccount,
+    sealed: &[u8],
+    idempotency: Option<&IdempotencyRecord>,
+    now: Timestamp,
+) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
+    if let Some(record) = idempotency {
+        let scope = Scope {
+            org_id: account.org_id,
+            mode: herald_domain::message::Mode::Live,
+        };
+        match messages::take_key(conn, scope, account.id, record, now).await? {
+            None => {}
+            Some(Insertion::Replayed {
+                message_id,
+                response,
+            }) => {
+                return Ok(Ok(AccountCreation::Replayed {
+                    id: message_id,
+                    response,
+                }));
+            }
+            Some(_) => return Ok(Ok(AccountCreation::KeyReused)),
+        }
+    }
+    Ok(insert(conn, account, sealed)
+        .await?
+        .map(|()| AccountCreation::Created))
+}
+
+async fn insert(
     conn: &mut PgConnection,
     account: &ProviderAccount,
     sealed: &[u8],

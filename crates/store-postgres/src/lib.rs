@@ -201,9 +201,18 @@ impl Store for PostgresStore {
         &self,
         account: &ProviderAccount,
         sealed_credentials: &[u8],
-    ) -> Result<Result<(), AccountRefusal>, StoreError> {
-        let mut conn = self.connection().await?;
-        accounts::create(&mut conn, account, sealed_credentials).await
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome =
+            accounts::create(&mut tx, account, sealed_credentials, idempotency, now).await?;
+        if outcome == Ok(AccountCreation::Created) {
+            tx.commit()
+                .await
+                .ctx("failed to commit the provider account")?;
+        }
+        Ok(outcome)
     }
 
     async fn get_provider_account(

@@ -3,17 +3,59 @@
 //! `provider_accounts (org_id, id)` backs that up in the schema.
 
 use herald_store::*;
+use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use crate::convert::{self, Ctx, micros};
+use crate::messages;
 
 /// Columns read into a [`ProviderAccount`], in the order [`account`] expects.
 const COLUMNS: &str = "id, org_id, name, kind, credentials_shown, senders, messages_per_second, \
      segments_per_second, sender_messages_per_second, enabled, created_at, updated_at";
 
+/// Accounts are live settings, so their idempotency keys sit with the live messages' keys.
+fn live(org_id: Uuid) -> Scope {
+    Scope {
+        org_id,
+        mode: herald_domain::message::Mode::Live,
+    }
+}
+
+/// Insert the account (and remember its idempotency key) inside the caller's write
+/// transaction, which must be committed only on [`AccountCreation::Created`].
 pub(crate) async fn create(
+    conn: &mut SqliteConnection,
+    account: &ProviderAccount,
+    sealed: &[u8],
+    idempotency: Option<&IdempotencyRecord>,
+    now: Timestamp,
+) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
+    if let Some(record) = idempotency
+        && let Some(previous) = messages::check_key(conn, live(account.org_id), record, now).await?
+    {
+        return Ok(Ok(match previous {
+            Insertion::Replayed {
+                message_id,
+                response,
+            } => AccountCreation::Replayed {
+                id: message_id,
+                response,
+            },
+            _ => AccountCreation::KeyReused,
+        }));
+    }
+    if let Err(refusal) = insert(conn, account, sealed).await? {
+        return Ok(Err(refusal));
+    }
+    if let Some(record) = idempotency {
+        messages::store_key(conn, live(account.org_id), account.id, record, now).await?;
+    }
+    Ok(Ok(AccountCreation::Created))
+}
+
+async fn insert(
     conn: &mut SqliteConnection,
     account: &ProviderAccount,
     sealed: &[u8],

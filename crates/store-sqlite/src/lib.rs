@@ -250,10 +250,13 @@ impl Store for SqliteStore {
         &self,
         account: &ProviderAccount,
         sealed_credentials: &[u8],
-    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
         let mut tx = self.write().await?;
-        let outcome = accounts::create(&mut tx, account, sealed_credentials).await?;
-        if outcome.is_ok() {
+        let outcome =
+            accounts::create(&mut tx, account, sealed_credentials, idempotency, now).await?;
+        if outcome == Ok(AccountCreation::Created) {
             tx.commit()
                 .await
                 .ctx("failed to commit the provider account")?;

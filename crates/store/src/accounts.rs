@@ -153,6 +153,20 @@ pub struct Route {
     pub updated_at: Timestamp,
 }
 
+/// What creating an account did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountCreation {
+    Created,
+    /// The `Idempotency-Key` was used before with the same request: here is the account it
+    /// created and the response given then.
+    Replayed {
+        id: Uuid,
+        response: Vec<u8>,
+    },
+    /// The key was used before with a different request; nothing was stored.
+    KeyReused,
+}
+
 /// Why a write to accounts or routes was refused; nothing was changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountRefusal {

@@ -100,6 +100,7 @@ macro_rules! conformance_tests {
             listing_provider_accounts_walks_every_page_exactly_once,
             routes_name_only_the_organizations_own_accounts,
             an_account_named_by_a_route_cannot_be_deleted,
+            an_idempotency_key_replays_an_account_creation,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {

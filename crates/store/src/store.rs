@@ -55,14 +55,17 @@ pub trait Store: Send + Sync + 'static {
 
     // --- provider accounts and routes ---------------------------------------------------------
 
-    /// Store a new account with its sealed credentials (empty when it has none). Refused with
-    /// [`AccountRefusal::NameTaken`], or [`AccountRefusal::NotFound`] when the organization
-    /// does not exist.
+    /// Store a new account with its sealed credentials (empty when it has none), honouring an
+    /// idempotency key (kept with the organization's live keys: accounts are live settings).
+    /// Refused with [`AccountRefusal::NameTaken`], or [`AccountRefusal::NotFound`] when the
+    /// organization does not exist.
     async fn create_provider_account(
         &self,
         account: &ProviderAccount,
         sealed_credentials: &[u8],
-    ) -> Result<Result<(), AccountRefusal>, StoreError>;
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError>;
 
     async fn get_provider_account(
         &self,

@@ -15,16 +15,17 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_domain::message::Mode;
 use herald_engine::accounts::{self, AccountError, AccountInput, FieldError};
-use herald_store::{ProviderAccount, RouteKey};
+use herald_store::{AccountCreation, IdempotencyRecord, ProviderAccount, RouteKey};
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
 use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 
 /// A provider account to create, or the fields of one to change. On a change, `credentials`
@@ -82,18 +83,26 @@ pub struct SenderBody {
 }
 
 /// Sending rates, each more than 0.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBody {
     /// Default 10.
     #[schema(example = 10.0)]
     pub messages_per_second: Option<f64>,
     /// `null` removes the limit.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<f64>)]
     pub segments_per_second: Option<Option<f64>>,
     /// For each sender number on its own; `null` removes the limit.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schema(value_type = Option<f64>, example = 1.0)]
     pub per_sender_messages_per_second: Option<Option<f64>>,
 }
@@ -164,6 +173,37 @@ pub struct ProviderPage {
     pub data: Vec<ProviderView>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// The same request, however its JSON was spelled or ordered, hashes the same; the route is
+/// part of it, so a key used to send a message never replays an account.
+fn request_hash(body: &ProviderBody) -> [u8; 32] {
+    let credentials: Option<BTreeMap<&String, &Value>> =
+        body.credentials.as_ref().map(|c| c.iter().collect());
+    let canonical = serde_json::json!({
+        "name": body.name, "kind": body.kind, "credentials": credentials,
+        "senders": body.senders, "rate_limit": body.rate_limit, "enabled": body.enabled,
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(b"POST /v1/providers\n");
+    hasher.update(canonical.to_string());
+    hasher.finalize().into()
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, id: Uuid) -> Response {
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/providers/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// The engine's input from a request body; credentials that are not strings are errors here.
@@ -273,44 +313,77 @@ fn account_id(raw: &str) -> Result<Uuid, Problem> {
 /// Add a provider account.
 ///
 /// Secrets are encrypted with the server's secret key before they are stored; a server without
-/// one refuses accounts that have secrets.
+/// one refuses accounts that have secrets. With an `Idempotency-Key`, repeating the same
+/// request within 24 hours returns the original response instead of adding another account.
 #[utoipa::path(
     post,
     path = "/v1/providers",
     tag = "providers",
     request_body = ProviderBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and request within 24 hours return the first response.")),
     responses(
         (status = 201, description = "Created", body = ProviderView),
         (status = 400, description = "Malformed JSON or unknown field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "A test key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name taken, or no secret key configured", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an idempotency key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
 pub async fn create_provider(
     State(state): State<AppState>,
     caller: Caller,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<ProviderBody>,
 ) -> Result<Response, Problem> {
     require_live(&caller)?;
     let engine = &state.engine;
-    let account = accounts::create_account(
-        engine.store.as_ref(),
+    let now = engine.clock.now();
+    let hash = request_hash(&body);
+    let prepared = accounts::prepare_account(
         engine.config.secret_key.as_ref(),
         caller.org.id,
         &input(body)?,
-        engine.clock.now(),
+        now,
     )
-    .await
     .map_err(account_problem)?;
-    tracing::info!(account_id = %account.id, org_id = %account.org_id, kind = account.kind.as_str(), "provider account created");
-    let mut response = (StatusCode::CREATED, Json(ProviderView::from(&account))).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/providers/{}", account.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
+    let account = &prepared.account;
+    let first_response = serde_json::to_vec(&ProviderView::from(account))
+        .map_err(|e| Problem::internal("failed to render a provider account", &e))?;
+    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
+        key,
+        request_hash: hash,
+        response: first_response.clone(),
+        expires_at: now + engine.config.intake.idempotency_ttl,
+    });
+    let stored =
+        accounts::store_account(engine.store.as_ref(), &prepared, idempotency.as_ref(), now)
+            .await
+            .map_err(account_problem)?;
+    match stored {
+        AccountCreation::Created => {
+            tracing::info!(account_id = %account.id, org_id = %account.org_id, kind = account.kind.as_str(), "provider account created");
+            Ok(json_response(
+                StatusCode::CREATED,
+                first_response,
+                account.id,
+            ))
+        }
+        AccountCreation::Replayed { id, response } => {
+            let mut response = json_response(StatusCode::CREATED, response, id);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        AccountCreation::KeyReused => Err(Problem::field(
+            &problem::IDEMPOTENCY_KEY_REUSED,
+            "Idempotency-Key",
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+        )),
     }
-    Ok(response)
 }
 
 /// Paging for listing provider accounts.

@@ -40,11 +40,11 @@ fn account(org_id: Uuid, name: &str) -> ProviderAccount {
 }
 
 async fn create(store: &dyn Store, account: &ProviderAccount, sealed: &[u8]) {
-    store
-        .create_provider_account(account, sealed)
+    let created = store
+        .create_provider_account(account, sealed, None, t0())
         .await
-        .unwrap()
-        .expect("the account is created");
+        .unwrap();
+    assert_eq!(created, Ok(AccountCreation::Created));
 }
 
 fn route(country: Option<&str>, prefix: Option<&str>, accounts: &[Uuid]) -> Route {
@@ -121,7 +121,10 @@ pub async fn provider_accounts_read_back_only_in_their_organization(subject: &Su
     let mut orphan = account(Uuid::now_v7(), "orphan");
     orphan.kind = ProviderKind::Simulator;
     assert_eq!(
-        store.create_provider_account(&orphan, b"").await.unwrap(),
+        store
+            .create_provider_account(&orphan, b"", None, t0())
+            .await
+            .unwrap(),
         Err(AccountRefusal::NotFound),
         "an account needs an organization"
     );
@@ -135,7 +138,7 @@ pub async fn provider_account_names_are_unique_per_organization(subject: &Subjec
     create(store, &first, b"a").await;
     assert_eq!(
         store
-            .create_provider_account(&account(acme, "primary"), b"b")
+            .create_provider_account(&account(acme, "primary"), b"b", None, t0())
             .await
             .unwrap(),
         Err(AccountRefusal::NameTaken)
@@ -322,5 +325,117 @@ pub async fn an_account_named_by_a_route_cannot_be_deleted(subject: &Subject) {
     assert_eq!(
         store.delete_provider_account(acme, a.id).await.unwrap(),
         Err(AccountRefusal::NotFound)
+    );
+}
+
+pub async fn an_idempotency_key_replays_an_account_creation(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let acme = organization(store, "acme").await.org_id;
+    let record = |key: &str, hash: u8, response: &[u8]| IdempotencyRecord {
+        key: key.to_owned(),
+        request_hash: [hash; 32],
+        response: response.to_vec(),
+        expires_at: at(3_600),
+    };
+    let first = account(acme, "primary");
+    let created = store
+        .create_provider_account(&first, b"s", Some(&record("k1", 1, b"first")), t0())
+        .await
+        .unwrap();
+    assert_eq!(created, Ok(AccountCreation::Created));
+
+    // A retry builds a new account (new id) from the same request.
+    let retry = account(acme, "primary");
+    assert_eq!(
+        store
+            .create_provider_account(&retry, b"s", Some(&record("k1", 1, b"other")), at(60))
+            .await
+            .unwrap(),
+        Ok(AccountCreation::Replayed {
+            id: first.id,
+            response: b"first".to_vec()
+        })
+    );
+    assert_eq!(
+        store
+            .create_provider_account(
+                &account(acme, "x"),
+                b"s",
+                Some(&record("k1", 2, b"")),
+                at(60)
+            )
+            .await
+            .unwrap(),
+        Ok(AccountCreation::KeyReused)
+    );
+    let page = store.list_provider_accounts(acme, None, 10).await.unwrap();
+    assert_eq!(
+        page.items.len(),
+        1,
+        "neither the replay nor the reuse stored an account"
+    );
+
+    // A key that a message used is live-mode too: an account request cannot replay it.
+    let scope = Scope {
+        org_id: acme,
+        mode: herald_domain::message::Mode::Live,
+    };
+    let mut message = super::message(scope, "+14155550100", t0());
+    message.id = Uuid::now_v7();
+    store
+        .insert_message(&message, Some(&record("k2", 3, b"message")), t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .create_provider_account(
+                &account(acme, "y"),
+                b"s",
+                Some(&record("k2", 4, b"")),
+                at(60)
+            )
+            .await
+            .unwrap(),
+        Ok(AccountCreation::KeyReused)
+    );
+
+    // A refused creation does not keep its key.
+    assert_eq!(
+        store
+            .create_provider_account(
+                &account(acme, "primary"),
+                b"s",
+                Some(&record("k3", 5, b"")),
+                at(60)
+            )
+            .await
+            .unwrap(),
+        Err(AccountRefusal::NameTaken)
+    );
+    assert_eq!(
+        store
+            .create_provider_account(
+                &account(acme, "second"),
+                b"s",
+                Some(&record("k3", 6, b"")),
+                at(60)
+            )
+            .await
+            .unwrap(),
+        Ok(AccountCreation::Created)
+    );
+
+    // An expired key is taken anew.
+    assert_eq!(
+        store
+            .create_provider_account(
+                &account(acme, "third"),
+                b"s",
+                Some(&record("k1", 7, b"")),
+                at(7_200)
+            )
+            .await
+            .unwrap(),
+        Ok(AccountCreation::Created)
     );
 }
