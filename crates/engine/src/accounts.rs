@@ -335,6 +335,10 @@ pub fn prepare_account(
     Ok(PreparedAccount { account, sealed })
 }
 
+/// Another writer may change the account between our read and our write; the write is
+/// conditional, and a lost race applies the change again to what is there now.
+const UPDATE_ATTEMPTS: usize = 5;
+
 /// Change the fields `input` gives of an account of `org_id`.
 pub async fn update_account(
     store: &dyn Store,
@@ -344,10 +348,31 @@ pub async fn update_account(
     input: &AccountInput,
     now: Timestamp,
 ) -> Result<ProviderAccount, AccountError> {
-    let current = store
-        .get_provider_account(org_id, id)
-        .await?
-        .ok_or(AccountError::NotFound)?;
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = store
+            .get_provider_account(org_id, id)
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        let (account, sealed) = apply(key, &current, input, now)?;
+        match store
+            .update_provider_account(&account, sealed.as_deref(), current.updated_at)
+            .await?
+        {
+            Ok(()) => return Ok(account),
+            Err(AccountRefusal::Stale) => continue,
+            Err(refusal) => return Err(refused(refusal)),
+        }
+    }
+    Err(refused(AccountRefusal::Stale))
+}
+
+/// `current` with the changes `input` asks for, and newly sealed credentials if it gives any.
+fn apply(
+    key: Option<&SecretKey>,
+    current: &ProviderAccount,
+    input: &AccountInput,
+    now: Timestamp,
+) -> Result<(ProviderAccount, Option<Vec<u8>>), AccountError> {
     let mut errors = Vec::new();
     let mut account = current.clone();
     if input.name.is_some()
@@ -386,13 +411,7 @@ pub async fn update_account(
         None => None,
     };
     account.updated_at = now;
-    match store
-        .update_provider_account(&account, sealed.as_deref())
-        .await?
-    {
-        Ok(()) => Ok(account),
-        Err(refusal) => Err(refused(refusal)),
-    }
+    Ok((account, sealed))
 }
 
 /// Delete an account that no route names.
@@ -491,6 +510,9 @@ fn refused(refusal: AccountRefusal) -> AccountError {
         AccountRefusal::NameTaken => AccountError::NameTaken,
         AccountRefusal::InUse(routes) => AccountError::InUse(routes),
         AccountRefusal::UnknownAccounts(_) => AccountError::NotFound,
+        AccountRefusal::Stale => AccountError::Store(StoreError::Conflict(
+            "the provider account kept changing while it was being updated".into(),
+        )),
     }
 }
 

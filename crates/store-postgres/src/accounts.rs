@@ -172,13 +172,14 @@ pub(crate) async fn update(
     pool: &PgPool,
     account: &ProviderAccount,
     sealed: Option<&[u8]>,
+    read_at: Timestamp,
 ) -> Result<Result<(), AccountRefusal>, StoreError> {
     let result = sqlx::query(
         "UPDATE provider_accounts SET name = $3, credentials_shown = $4, \
          sealed_credentials = coalesce($5, sealed_credentials), senders = $6, \
          messages_per_second = $7, segments_per_second = $8, sender_messages_per_second = $9, \
          enabled = $10, updated_at = $11 \
-         WHERE id = $1 AND org_id = $2",
+         WHERE id = $1 AND org_id = $2 AND updated_at = $12",
     )
     .bind(account.id)
     .bind(account.org_id)
@@ -191,10 +192,24 @@ pub(crate) async fn update(
     .bind(account.limits.sender_messages_per_second)
     .bind(account.enabled)
     .bind(ts(account.updated_at))
+    .bind(ts(read_at))
     .execute(pool)
     .await;
     match result {
-        Ok(done) if done.rows_affected() == 0 => Ok(Err(AccountRefusal::NotFound)),
+        Ok(done) if done.rows_affected() == 0 => {
+            let exists: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM provider_accounts WHERE id = $1 AND org_id = $2")
+                    .bind(account.id)
+                    .bind(account.org_id)
+                    .fetch_optional(pool)
+                    .await
+                    .ctx("failed to read the provider account")?;
+            Ok(Err(if exists.is_some() {
+                AccountRefusal::Stale
+            } else {
+                AccountRefusal::NotFound
+            }))
+        }
         Ok(_) => Ok(Ok(())),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             Ok(Err(AccountRefusal::NameTaken))

@@ -248,8 +248,9 @@ impl Store for PostgresStore {
         &self,
         account: &ProviderAccount,
         sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
     ) -> Result<Result<(), AccountRefusal>, StoreError> {
-        accounts::update(&self.pool, account, sealed_credentials).await
+        accounts::update(&self.pool, account, sealed_credentials, read_at).await
     }
 
     async fn delete_provider_account(

@@ -297,9 +297,10 @@ impl Store for SqliteStore {
         &self,
         account: &ProviderAccount,
         sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
     ) -> Result<Result<(), AccountRefusal>, StoreError> {
         let mut tx = self.write().await?;
-        let outcome = accounts::update(&mut tx, account, sealed_credentials).await?;
+        let outcome = accounts::update(&mut tx, account, sealed_credentials, read_at).await?;
         if outcome.is_ok() {
             tx.commit()
                 .await

@@ -178,6 +178,8 @@ pub enum AccountRefusal {
     InUse(Vec<RouteKey>),
     /// These ids are not accounts of the organization.
     UnknownAccounts(Vec<Uuid>),
+    /// The account changed since the caller read it.
+    Stale,
 }
 
 /// Route keys are stored with `''` for "any": NULLs would not collide in a primary key.

@@ -96,7 +96,7 @@ macro_rules! conformance_tests {
             a_batch_of_accepted_messages_honours_its_keys_in_order,
             provider_accounts_read_back_only_in_their_organization,
             provider_account_names_are_unique_per_organization,
-            an_update_keeps_the_sealed_credentials_unless_replaced,
+            updates_keep_sealed_credentials_unless_replaced_and_refuse_stale_reads,
             listing_provider_accounts_walks_every_page_exactly_once,
             routes_name_only_the_organizations_own_accounts,
             an_account_named_by_a_route_cannot_be_deleted,

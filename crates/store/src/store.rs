@@ -93,11 +93,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page<ProviderAccount>, StoreError>;
 
     /// Replace everything but the id, organization, kind and creation time; the credentials
-    /// too when `sealed_credentials` is given.
+    /// too when `sealed_credentials` is given. Only while the stored `updated_at` is still
+    /// `read_at`, so a concurrent change is never overwritten unseen:
+    /// [`AccountRefusal::Stale`] otherwise.
     async fn update_provider_account(
         &self,
         account: &ProviderAccount,
         sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
     ) -> Result<Result<(), AccountRefusal>, StoreError>;
 
     /// Delete an account no route names; otherwise [`AccountRefusal::InUse`] with the routes.

@@ -100,7 +100,7 @@ pub async fn provider_accounts_read_back_only_in_their_organization(subject: &Su
     stolen.name = "mine now".into();
     assert_eq!(
         store
-            .update_provider_account(&stolen, Some(&b"x"[..]))
+            .update_provider_account(&stolen, Some(&b"x"[..]), t0())
             .await
             .unwrap(),
         Err(AccountRefusal::NotFound)
@@ -150,7 +150,10 @@ pub async fn provider_account_names_are_unique_per_organization(subject: &Subjec
     let mut renamed = second.clone();
     renamed.name = "primary".into();
     assert_eq!(
-        store.update_provider_account(&renamed, None).await.unwrap(),
+        store
+            .update_provider_account(&renamed, None, t0())
+            .await
+            .unwrap(),
         Err(AccountRefusal::NameTaken)
     );
     assert_eq!(
@@ -161,7 +164,9 @@ pub async fn provider_account_names_are_unique_per_organization(subject: &Subjec
     assert_eq!(page.items.len(), 2);
 }
 
-pub async fn an_update_keeps_the_sealed_credentials_unless_replaced(subject: &Subject) {
+pub async fn updates_keep_sealed_credentials_unless_replaced_and_refuse_stale_reads(
+    subject: &Subject,
+) {
     let store = subject.store.as_ref();
     let acme = organization(store, "acme").await.org_id;
     let original = account(acme, "primary");
@@ -181,7 +186,7 @@ pub async fn an_update_keeps_the_sealed_credentials_unless_replaced(subject: &Su
     };
     changed.updated_at = at(60);
     store
-        .update_provider_account(&changed, None)
+        .update_provider_account(&changed, None, t0())
         .await
         .unwrap()
         .unwrap();
@@ -195,9 +200,22 @@ pub async fn an_update_keeps_the_sealed_credentials_unless_replaced(subject: &Su
         (changed.clone(), &b"first secret"[..])
     );
 
+    let mut stale = changed.clone();
+    stale.name = "lost update".into();
+    stale.updated_at = at(90);
+    assert_eq!(
+        store
+            .update_provider_account(&stale, Some(&b"lost"[..]), t0())
+            .await
+            .unwrap(),
+        Err(AccountRefusal::Stale),
+        "written from a read older than the last change"
+    );
+
     changed.credentials_shown = vec![("account_sid".into(), "AC9999".into())];
+    changed.updated_at = at(120);
     store
-        .update_provider_account(&changed, Some(&b"rotated"[..]))
+        .update_provider_account(&changed, Some(&b"rotated"[..]), at(60))
         .await
         .unwrap()
         .unwrap();
