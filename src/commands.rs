@@ -41,7 +41,7 @@ pub async fn open_store(file: &FileConfig, url: &DatabaseUrl) -> Result<Arc<dyn 
 }
 
 /// Open and migrate: every command works on an up-to-date schema.
-async fn ready_store(file: &FileConfig, url: &DatabaseUrl) -> Result<Arc<dyn Store>> {
+pub async fn ready_store(file: &FileConfig, url: &DatabaseUrl) -> Result<Arc<dyn Store>> {
     let store = open_store(file, url).await?;
     store
         .migrate()

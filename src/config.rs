@@ -70,6 +70,36 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
+/// The server's secret key as configured (64 hex digits or base64), never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretKeyText(String);
+
+impl SecretKeyText {
+    pub fn parse(&self) -> Result<herald_engine::secrets::SecretKey> {
+        herald_engine::secrets::SecretKey::parse(&self.0).context("invalid secret key")
+    }
+}
+
+impl std::str::FromStr for SecretKeyText {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(SecretKeyText(text.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKeyText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(SecretKeyText)
+    }
+}
+
+impl std::fmt::Debug for SecretKeyText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKeyText(****)")
+    }
+}
+
 /// The optional TOML file. Every key is optional; unknown keys are an error, so a typo is
 /// caught at start-up rather than silently ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -86,6 +116,9 @@ pub struct FileConfig {
     /// Herald's base URL as providers reach it (`https://herald.example.com`): provider
     /// callbacks are addressed to it and their signatures checked against it.
     pub public_url: Option<String>,
+    /// Encrypts provider credentials at rest (`--secret-key` and `HERALD_SECRET_KEY` take
+    /// precedence). Without one, accounts with secrets cannot be added.
+    pub secret_key: Option<SecretKeyText>,
     pub twilio: Option<TwilioFile>,
     pub sns: Option<SnsFile>,
     #[serde(default)]
@@ -287,6 +320,14 @@ impl FileConfig {
         }
     }
 
+    /// The key that seals provider credentials, if one is configured.
+    pub fn secret_key(&self) -> Result<Option<herald_engine::secrets::SecretKey>> {
+        self.secret_key
+            .as_ref()
+            .map(SecretKeyText::parse)
+            .transpose()
+    }
+
     /// The engine's settings: defaults with the file's overrides.
     pub fn engine(&self) -> Result<EngineConfig> {
         let mut config = EngineConfig::default();
@@ -366,6 +407,7 @@ impl FileConfig {
             }
             config.dispatcher.rate_limits.insert(name.clone(), limit);
         }
+        config.secret_key = self.secret_key()?;
         Ok(config)
     }
 
@@ -554,6 +596,17 @@ mod tests {
             DatabaseUrl::new("sqlite://herald.db").to_string(),
             "sqlite://herald.db"
         );
+    }
+
+    #[test]
+    fn secret_keys_never_print_and_must_be_32_bytes() {
+        let file: FileConfig =
+            toml::from_str(&format!("secret_key = \"{}\"", "ab".repeat(32))).unwrap();
+        assert!(!format!("{file:?}").contains("abab"));
+        assert!(file.engine().unwrap().secret_key.is_some());
+        let short: FileConfig = toml::from_str("secret_key = \"abcd\"").unwrap();
+        assert!(short.engine().is_err());
+        assert!(FileConfig::default().engine().unwrap().secret_key.is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! dispatcher and the scheduler in one process; the other commands administer the same
 //! database and work while a server is running.
 
+mod accounts;
 mod commands;
 mod config;
 mod serve;
@@ -35,6 +36,11 @@ struct Cli {
     )]
     database_url: Option<config::DatabaseUrl>,
 
+    /// Encrypts provider credentials at rest: 32 bytes as 64 hex digits or base64
+    /// (`openssl rand -base64 32`).
+    #[arg(long, env = "HERALD_SECRET_KEY", global = true, hide_env_values = true)]
+    secret_key: Option<config::SecretKeyText>,
+
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -62,8 +68,47 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage an organization's provider accounts.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+    /// Manage an organization's routes: which provider accounts serve which destinations.
+    #[command(subcommand)]
+    Route(RouteCommand),
     /// Run a benchmark scenario on a fresh database and print what it measured.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProviderCommand {
+    /// Add a provider account (its secrets are encrypted with the server's secret key).
+    Add(Box<accounts::AddArgs>),
+    /// List an organization's provider accounts (never their secrets).
+    List {
+        #[arg(long)]
+        org: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a provider account that no route uses.
+    Remove { id: uuid::Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCommand {
+    /// Create or replace a route.
+    Set {
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// ISO 3166-1 alpha-2 code, or `default` for the default route.
+        #[arg(long)]
+        country: String,
+        /// E.164 digits the number starts with, e.g. 1415.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Provider account ids, in the order to try them.
+        #[arg(long, value_delimiter = ',', required = true)]
+        providers: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,7 +208,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = config::FileConfig::load(cli.config.as_deref())?;
+    let mut file = config::FileConfig::load(cli.config.as_deref())?;
+    if let Some(key) = cli.secret_key {
+        file.secret_key = Some(key);
+    }
     let cli_database_url = cli.database_url.as_ref().map(|url| url.expose().to_owned());
     let database_url = cli
         .database_url
@@ -195,6 +243,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => commands::create_key(&file, &database_url, org, test, name, json).await,
         Command::Key(KeyCommand::Revoke { key_id }) => {
             commands::revoke_key(&file, &database_url, key_id).await
+        }
+        Command::Provider(ProviderCommand::Add(args)) => {
+            accounts::add(&file, &database_url, *args).await
+        }
+        Command::Provider(ProviderCommand::List { org, json }) => {
+            accounts::list(&file, &database_url, org, json).await
+        }
+        Command::Provider(ProviderCommand::Remove { id }) => {
+            accounts::remove(&file, &database_url, id).await
+        }
+        Command::Route(RouteCommand::Set {
+            org,
+            country,
+            prefix,
+            providers,
+        }) => {
+            accounts::set_route(
+                &file,
+                &database_url,
+                org,
+                &country,
+                prefix.as_deref(),
+                &providers,
+            )
+            .await
         }
         Command::Bench(args) => bench(args, cli_database_url).await,
         Command::Key(KeyCommand::List { org, json }) => {

@@ -70,8 +70,14 @@ pub async fn serve(
     } else {
         live.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     };
+    let config = file.engine()?;
+    if config.secret_key.is_none() {
+        tracing::info!(
+            "no secret key (--secret-key, HERALD_SECRET_KEY): provider accounts with credentials cannot be added"
+        );
+    }
     let engine = Arc::new(
-        Engine::with_providers(store.clone(), Arc::new(SystemClock), file.engine()?, live)
+        Engine::with_providers(store.clone(), Arc::new(SystemClock), config, live)
             .context("the [routing] configuration is not valid")?,
     );
     let listener = tokio::net::TcpListener::bind(listen)

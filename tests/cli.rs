@@ -223,6 +223,187 @@ async fn keys_are_created_and_revoked_while_a_server_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_accounts_and_routes_are_managed_while_a_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite:herald.db";
+    let secret_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let token = "cli-S3CRET-auth-token";
+    let sid = format!("AC{}", "4d".repeat(16));
+    let org = run_json(herald(dir.path(), url).args(["org", "create", "Acme", "--json"]));
+    let org_id = org["org_id"].as_str().unwrap().to_owned();
+    let server = Server::start(dir.path(), url);
+
+    let add_twilio = |name: &str| {
+        let mut command = herald(dir.path(), url);
+        command.env("HERALD_PROVIDER_AUTH_TOKEN", token).args([
+            "provider",
+            "add",
+            "--org",
+            &org_id,
+            "--kind",
+            "twilio",
+            "--name",
+            name,
+            "--account-sid",
+            &sid,
+            "--sender",
+            "+14155550100",
+            "--sender",
+            "ACME",
+            "--json",
+        ]);
+        command
+    };
+    let refused = add_twilio("no-key").output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("secret key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let twilio = run_json(add_twilio("twilio-us").env("HERALD_SECRET_KEY", secret_key));
+    assert_eq!(
+        twilio["credentials"],
+        json!({"account_sid": sid, "auth_token": "set"})
+    );
+    assert_eq!(
+        twilio["senders"][1],
+        json!({"type": "alphanumeric_id", "value": "ACME"})
+    );
+    let simulator = run_json(herald(dir.path(), url).args([
+        "provider",
+        "add",
+        "--org",
+        &org_id,
+        "--kind",
+        "simulator",
+        "--name",
+        "sim",
+        "--json",
+    ]));
+    let bad = herald(dir.path(), url)
+        .args([
+            "provider",
+            "add",
+            "--org",
+            &org_id,
+            "--kind",
+            "simulator",
+            "--name",
+            "x",
+            "--sender",
+            "+1555",
+            "--messages-per-second",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("senders[0]") && stderr.contains("rate_limit.messages_per_second"),
+        "{stderr}"
+    );
+
+    let listed =
+        run_json(herald(dir.path(), url).args(["provider", "list", "--org", &org_id, "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(
+        !listed.to_string().contains(token),
+        "listing never shows secrets"
+    );
+
+    let (tw, sim) = (
+        twilio["id"].as_str().unwrap().to_owned(),
+        simulator["id"].as_str().unwrap().to_owned(),
+    );
+    let set = herald(dir.path(), url)
+        .args([
+            "route",
+            "set",
+            "--org",
+            &org_id,
+            "--country",
+            "US",
+            "--prefix",
+            "1415",
+            "--providers",
+            &format!("{tw},{sim}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    let client = reqwest::Client::new();
+    let live = org["live_key"].as_str().unwrap();
+    let get = |path: &str| {
+        client
+            .get(format!("{}{path}", server.base))
+            .bearer_auth(live)
+            .send()
+    };
+    let (status, routes) = status_and_json(get("/v1/routes").await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(routes["data"][0]["country"], "US");
+    assert_eq!(routes["data"][0]["prefix"], "1415");
+    assert_eq!(routes["data"][0]["providers"], json!([tw, sim]));
+    let (_, accounts) = status_and_json(get("/v1/providers").await.unwrap()).await;
+    assert_eq!(
+        accounts["data"].as_array().unwrap().len(),
+        2,
+        "the server sees them at once"
+    );
+
+    let in_use = herald(dir.path(), url)
+        .args(["provider", "remove", &sim])
+        .output()
+        .unwrap();
+    assert!(!in_use.status.success());
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("US/1415"));
+    let set = herald(dir.path(), url)
+        .args([
+            "route",
+            "set",
+            "--org",
+            &org_id,
+            "--country",
+            "US",
+            "--prefix",
+            "1415",
+            "--providers",
+            &tw,
+        ])
+        .output()
+        .unwrap();
+    assert!(set.status.success());
+    let removed = herald(dir.path(), url)
+        .args(["provider", "remove", &sim])
+        .output()
+        .unwrap();
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let (_, accounts) = status_and_json(get("/v1/providers").await.unwrap()).await;
+    assert_eq!(accounts["data"].as_array().unwrap().len(), 1);
+    server.stop();
+
+    for file in ["herald.db", "herald.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(file)) {
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "the auth token is not stored in clear"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_works_on_postgresql_too() {
     let Some(database) = herald_store_postgres::test_support::fresh_database().await else {
         return;

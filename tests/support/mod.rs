@@ -46,6 +46,8 @@ pub struct Tenant {
 
 pub struct TestServer {
     pub base: String,
+    /// The database the server runs on, for tests that look at raw rows.
+    pub database_url: String,
     pub client: reqwest::Client,
     pub engine: Arc<Engine>,
     pub tenant: Tenant,
@@ -60,8 +62,13 @@ pub fn test_config() -> EngineConfig {
     config.simulator.delivery_delay = Duration::from_millis(20);
     config.maintenance.interval = Duration::from_millis(100);
     config.dispatcher.idle_poll = Duration::from_millis(50);
+    config.secret_key = Some(herald_engine::secrets::SecretKey::parse(TEST_SECRET_KEY).unwrap());
     config
 }
+
+/// The secret key test servers seal provider credentials with.
+pub const TEST_SECRET_KEY: &str =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 impl TestServer {
     /// A running server, or `None` when the backend is unavailable (PostgreSQL not running and
@@ -106,21 +113,22 @@ impl TestServer {
         twilio: Option<(String, String)>,
         sns: Option<(herald_providers::sns::SnsConfig, String)>,
     ) -> Option<TestServer> {
-        let (store, guard): (Arc<dyn Store>, Guard) = match backend {
+        let (store, guard, database_url): (Arc<dyn Store>, Guard, String) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("herald.db").display());
                 let store = SqliteStore::connect(&url, &SqliteConfig::default())
                     .await
                     .unwrap();
-                (Arc::new(store), Guard::Dir(dir))
+                (Arc::new(store), Guard::Dir(dir), url)
             }
             Backend::Postgres => {
                 let database = fresh_database().await?;
                 let store = PostgresStore::connect(database.url(), &PostgresConfig::default())
                     .await
                     .unwrap();
-                (Arc::new(store), Guard::Database(Box::new(database)))
+                let url = database.url().to_owned();
+                (Arc::new(store), Guard::Database(Box::new(database)), url)
             }
         };
         store.migrate().await.unwrap();
@@ -164,6 +172,7 @@ impl TestServer {
         let server = tokio::spawn(herald_web::serve(listener, app, shutdown.clone()));
         Some(TestServer {
             base,
+            database_url,
             client: reqwest::Client::new(),
             engine,
             tenant,

@@ -56,6 +56,15 @@ impl Region {
         self.0.as_ref()
     }
 
+    /// The country calling code of the region (`1` for US and CA, `44` for GB and GG): routes
+    /// by number prefix must start with it to ever match a number of the region.
+    pub fn calling_code(&self) -> u16 {
+        // `parse` only admits regions the metadata has, so the lookup cannot miss.
+        DATABASE
+            .by_id(self.as_str())
+            .map_or(0, |meta| meta.country_code())
+    }
+
     fn id(self) -> country::Id {
         self.0
     }

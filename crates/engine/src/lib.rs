@@ -8,10 +8,13 @@
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
+//! - [`accounts`]: organizations' provider accounts and routes; [`secrets`] seals their
+//!   credentials with the server's key, and [`routing`] picks the route for a recipient.
 //!
 //! [`Engine`] wires these together over one [`Store`]; the web layer and the CLI use it.
 
 pub mod acceptor;
+pub mod accounts;
 pub mod clock;
 pub mod dispatcher;
 pub mod intake;
@@ -21,6 +24,7 @@ pub mod maintenance;
 pub mod recorder;
 pub mod retry;
 pub mod routing;
+pub mod secrets;
 pub mod stats;
 
 use std::sync::Arc;
@@ -51,6 +55,8 @@ pub struct EngineConfig {
     pub maintenance: MaintenanceConfig,
     pub simulator: SimulatorConfig,
     pub routing: RoutingConfig,
+    /// Seals provider credentials at rest; without it, accounts with secrets are refused.
+    pub secret_key: Option<secrets::SecretKey>,
 }
 
 /// Routes for live traffic and the circuit breakers' settings.
@@ -170,6 +176,24 @@ impl Engine {
             request,
             self.clock.now(),
         )
+    }
+
+    /// An account of `org_id` with its decrypted credentials, for building its provider client.
+    pub async fn provider_credentials(
+        &self,
+        org_id: Uuid,
+        account_id: Uuid,
+    ) -> Result<
+        Option<(herald_store::ProviderAccount, accounts::Credentials)>,
+        accounts::CredentialsError,
+    > {
+        accounts::open_credentials(
+            self.store.as_ref(),
+            self.config.secret_key.as_ref(),
+            org_id,
+            account_id,
+        )
+        .await
     }
 
     /// Store a prepared message durably and wake the dispatcher if it can go now.

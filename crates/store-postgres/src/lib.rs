@@ -7,6 +7,7 @@
 //! migrations serialize on advisory locks, and idempotency keys are written before the message
 //! so a duplicate request waits on the first. See `queue.rs` for the queue's statements.
 
+mod accounts;
 mod convert;
 mod messages;
 mod orgs;
@@ -104,6 +105,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0001_messages.sql"),
         ),
         migration(
+            2,
+            "provider accounts",
+            include_str!("../migrations/0002_provider_accounts.sql"),
+        ),
+        migration(
             3,
             "rate buckets",
             include_str!("../migrations/0003_rate_buckets.sql"),
@@ -194,6 +200,97 @@ impl Store for PostgresStore {
 
     async fn touch_api_key(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError> {
         orgs::touch_key(&self.pool, id, at).await
+    }
+
+    async fn create_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: &[u8],
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome =
+            accounts::create(&mut tx, account, sealed_credentials, idempotency, now).await?;
+        if outcome == Ok(AccountCreation::Created) {
+            tx.commit()
+                .await
+                .ctx("failed to commit the provider account")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn get_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<ProviderAccount>, StoreError> {
+        accounts::get(&self.pool, Some(org_id), id).await
+    }
+
+    async fn find_provider_account(&self, id: Uuid) -> Result<Option<ProviderAccount>, StoreError> {
+        accounts::get(&self.pool, None, id).await
+    }
+
+    async fn provider_account_credentials(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(ProviderAccount, Vec<u8>)>, StoreError> {
+        accounts::with_credentials(&self.pool, org_id, id).await
+    }
+
+    async fn list_provider_accounts(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<ProviderAccount>, StoreError> {
+        accounts::list(&self.pool, org_id, after, limit).await
+    }
+
+    async fn update_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        accounts::update(&self.pool, account, sealed_credentials, read_at).await
+    }
+
+    async fn delete_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome = accounts::delete(&mut tx, org_id, id).await?;
+        if outcome.is_ok() {
+            tx.commit().await.ctx("failed to commit the deletion")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError> {
+        accounts::list_routes(&self.pool, org_id).await
+    }
+
+    async fn set_route(
+        &self,
+        org_id: Uuid,
+        route: &Route,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome = accounts::set_route(&mut tx, org_id, route).await?;
+        if outcome.is_ok() {
+            tx.commit().await.ctx("failed to commit the route")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_route(&self, org_id: Uuid, key: &RouteKey) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        accounts::delete_route(&mut conn, org_id, key).await
     }
 
     async fn accept_messages(

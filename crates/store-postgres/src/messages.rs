@@ -34,7 +34,7 @@ pub(crate) async fn insert(
     now: Timestamp,
 ) -> Result<Insertion, StoreError> {
     if let Some(record) = idempotency
-        && let Some(previous) = take_key(conn, new, record, now).await?
+        && let Some(previous) = take_key(conn, new.scope, new.id, record, now).await?
     {
         return Ok(previous);
     }
@@ -167,11 +167,13 @@ pub(crate) async fn insert_many(
     Ok(())
 }
 
-/// Make the idempotency key ours: insert it, or replace it if it has expired. When another live
-/// request holds it, return what that request's retry gets instead.
-async fn take_key(
+/// Make the idempotency key ours for the resource `id` (a message, or another resource whose
+/// creation takes a key): insert it, or replace it if it has expired. When another live request
+/// holds it, return what that request's retry gets instead.
+pub(crate) async fn take_key(
     conn: &mut PgConnection,
-    new: &NewMessage,
+    scope: Scope,
+    id: Uuid,
     record: &IdempotencyRecord,
     now: Timestamp,
 ) -> Result<Option<Insertion>, StoreError> {
@@ -188,11 +190,11 @@ async fn take_key(
              WHERE idempotency_keys.expires_at <= excluded.created_at
          RETURNING 1",
     )
-    .bind(new.scope.org_id)
-    .bind(new.scope.mode.as_str())
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
     .bind(&record.key)
     .bind(&record.request_hash[..])
-    .bind(new.id)
+    .bind(id)
     .bind(&record.response)
     .bind(ts(now))
     .bind(ts(record.expires_at))
@@ -207,8 +209,8 @@ async fn take_key(
         "SELECT request_hash, message_id, response FROM idempotency_keys
          WHERE org_id = $1 AND mode = $2 AND key = $3",
     )
-    .bind(new.scope.org_id)
-    .bind(new.scope.mode.as_str())
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
     .bind(&record.key)
     .fetch_optional(&mut *conn)
     .await

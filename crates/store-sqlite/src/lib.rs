@@ -6,6 +6,7 @@
 //! up to the busy timeout. Reads use a separate pool of read-only connections, which WAL lets
 //! run alongside the writer.
 
+mod accounts;
 mod bulk;
 mod convert;
 mod messages;
@@ -151,6 +152,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0001_messages.sql"),
         ),
         migration(
+            2,
+            "provider accounts",
+            include_str!("../migrations/0002_provider_accounts.sql"),
+        ),
+        migration(
             3,
             "rate buckets",
             include_str!("../migrations/0003_rate_buckets.sql"),
@@ -243,6 +249,108 @@ impl Store for SqliteStore {
             .await
             .ctx("failed to record API key use")?;
         tx.commit().await.ctx("failed to record API key use")
+    }
+
+    async fn create_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: &[u8],
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcome =
+            accounts::create(&mut tx, account, sealed_credentials, idempotency, now).await?;
+        if outcome == Ok(AccountCreation::Created) {
+            tx.commit()
+                .await
+                .ctx("failed to commit the provider account")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn get_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<ProviderAccount>, StoreError> {
+        accounts::get(&self.reader, Some(org_id), id).await
+    }
+
+    async fn find_provider_account(&self, id: Uuid) -> Result<Option<ProviderAccount>, StoreError> {
+        accounts::get(&self.reader, None, id).await
+    }
+
+    async fn provider_account_credentials(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(ProviderAccount, Vec<u8>)>, StoreError> {
+        accounts::with_credentials(&self.reader, org_id, id).await
+    }
+
+    async fn list_provider_accounts(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<ProviderAccount>, StoreError> {
+        accounts::list(&self.reader, org_id, after, limit).await
+    }
+
+    async fn update_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcome = accounts::update(&mut tx, account, sealed_credentials, read_at).await?;
+        if outcome.is_ok() {
+            tx.commit()
+                .await
+                .ctx("failed to commit the provider account")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcome = accounts::delete(&mut tx, org_id, id).await?;
+        if outcome.is_ok() {
+            tx.commit().await.ctx("failed to commit the deletion")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError> {
+        accounts::list_routes(&self.reader, org_id).await
+    }
+
+    async fn set_route(
+        &self,
+        org_id: Uuid,
+        route: &Route,
+    ) -> Result<Result<(), AccountRefusal>, StoreError> {
+        let mut tx = self.write().await?;
+        let outcome = accounts::set_route(&mut tx, org_id, route).await?;
+        if outcome.is_ok() {
+            tx.commit().await.ctx("failed to commit the route")?;
+        }
+        Ok(outcome)
+    }
+
+    async fn delete_route(&self, org_id: Uuid, key: &RouteKey) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let deleted = accounts::delete_route(&mut tx, org_id, key).await?;
+        tx.commit()
+            .await
+            .ctx("failed to commit the route deletion")?;
+        Ok(deleted)
     }
 
     async fn accept_messages(

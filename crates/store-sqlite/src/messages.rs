@@ -31,66 +31,90 @@ pub(crate) async fn insert(
     idempotency: Option<&IdempotencyRecord>,
     now: Timestamp,
 ) -> Result<Insertion, StoreError> {
-    if let Some(record) = idempotency {
-        let previous = sqlx::query(
-            "SELECT request_hash, message_id, response, expires_at FROM idempotency_keys
-             WHERE org_id = ?1 AND mode = ?2 AND key = ?3",
-        )
-        .bind(new.scope.org_id)
-        .bind(new.scope.mode.as_str())
-        .bind(&record.key)
-        .fetch_optional(&mut *tx)
-        .await
-        .ctx("failed to look up the idempotency key")?;
-        if let Some(row) = previous {
-            let expires_at: i64 = row.get(3);
-            if expires_at > micros(now) {
-                let hash: Vec<u8> = row.get(0);
-                return Ok(if hash == record.request_hash {
-                    Insertion::Replayed {
-                        message_id: row.get(1),
-                        response: row.get(2),
-                    }
-                } else {
-                    Insertion::KeyReused
-                });
-            }
-            sqlx::query(
-                "DELETE FROM idempotency_keys WHERE org_id = ?1 AND mode = ?2 AND key = ?3",
-            )
-            .bind(new.scope.org_id)
-            .bind(new.scope.mode.as_str())
-            .bind(&record.key)
-            .execute(&mut *tx)
-            .await
-            .ctx("failed to replace an expired idempotency key")?;
-        }
+    if let Some(record) = idempotency
+        && let Some(previous) = check_key(tx, new.scope, record, now).await?
+    {
+        return Ok(previous);
     }
-
     insert_row(tx, new).await?;
-
     if let Some(record) = idempotency {
-        sqlx::query(
-            "INSERT INTO idempotency_keys
-                 (org_id, mode, key, request_hash, message_id, response, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(new.scope.org_id)
-        .bind(new.scope.mode.as_str())
-        .bind(&record.key)
-        .bind(&record.request_hash[..])
-        .bind(new.id)
-        .bind(&record.response)
-        .bind(micros(now))
-        .bind(micros(record.expires_at))
-        .execute(&mut *tx)
-        .await
-        .ctx("failed to store the idempotency key")?;
+        store_key(tx, new.scope, new.id, record, now).await?;
     }
 
     // The row is exactly what was asked for (the conformance suite holds both backends to it),
     // so there is nothing to read back.
     Ok(Insertion::Created(Box::new(new.initial_record())))
+}
+
+/// What a live idempotency key already answers: a replay of its first response, or a refusal
+/// when the request differs. An expired key is deleted so the caller can take it anew.
+pub(crate) async fn check_key(
+    tx: &mut SqliteConnection,
+    scope: Scope,
+    record: &IdempotencyRecord,
+    now: Timestamp,
+) -> Result<Option<Insertion>, StoreError> {
+    let previous = sqlx::query(
+        "SELECT request_hash, message_id, response, expires_at FROM idempotency_keys
+         WHERE org_id = ?1 AND mode = ?2 AND key = ?3",
+    )
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
+    .bind(&record.key)
+    .fetch_optional(&mut *tx)
+    .await
+    .ctx("failed to look up the idempotency key")?;
+    let Some(row) = previous else {
+        return Ok(None);
+    };
+    let expires_at: i64 = row.get(3);
+    if expires_at > micros(now) {
+        let hash: Vec<u8> = row.get(0);
+        return Ok(Some(if hash == record.request_hash {
+            Insertion::Replayed {
+                message_id: row.get(1),
+                response: row.get(2),
+            }
+        } else {
+            Insertion::KeyReused
+        }));
+    }
+    sqlx::query("DELETE FROM idempotency_keys WHERE org_id = ?1 AND mode = ?2 AND key = ?3")
+        .bind(scope.org_id)
+        .bind(scope.mode.as_str())
+        .bind(&record.key)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to replace an expired idempotency key")?;
+    Ok(None)
+}
+
+/// Remember `record` as the key that created `id` (a message, or another resource whose
+/// creation takes a key).
+pub(crate) async fn store_key(
+    tx: &mut SqliteConnection,
+    scope: Scope,
+    id: Uuid,
+    record: &IdempotencyRecord,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys
+             (org_id, mode, key, request_hash, message_id, response, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(scope.org_id)
+    .bind(scope.mode.as_str())
+    .bind(&record.key)
+    .bind(&record.request_hash[..])
+    .bind(id)
+    .bind(&record.response)
+    .bind(micros(now))
+    .bind(micros(record.expires_at))
+    .execute(&mut *tx)
+    .await
+    .ctx("failed to store the idempotency key")?;
+    Ok(())
 }
 
 /// Insert a new message and its first history entry.

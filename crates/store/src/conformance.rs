@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use crate::*;
 
+mod accounts;
+pub use accounts::*;
+
 /// A fresh database for one case.
 pub struct Subject {
     pub store: Arc<dyn Store>,
@@ -93,6 +96,13 @@ macro_rules! conformance_tests {
             a_batch_of_accepted_messages_honours_its_keys_in_order,
             a_retry_failed_over_is_named_by_the_provider_that_took_it,
             token_buckets_refill_at_their_rate_and_concurrent_takers_share_them,
+            provider_accounts_read_back_only_in_their_organization,
+            provider_account_names_are_unique_per_organization,
+            updates_keep_sealed_credentials_unless_replaced_and_refuse_stale_reads,
+            listing_provider_accounts_walks_every_page_exactly_once,
+            routes_name_only_the_organizations_own_accounts,
+            an_account_named_by_a_route_cannot_be_deleted,
+            an_idempotency_key_replays_an_account_creation,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {

@@ -6,6 +6,7 @@
 //! which makes it impossible to fetch another organization's data by forgetting a `WHERE`.
 //! Time is always passed in, never read from the clock here, so tests control it exactly.
 
+mod accounts;
 mod error;
 mod model;
 mod plan;
@@ -15,6 +16,7 @@ mod store;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use accounts::*;
 pub use error::StoreError;
 pub use model::*;
 pub use plan::{Batch, Change, NewEvent, QueueState, plan_change};

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use herald_domain::status::MessageStatus;
 
+use crate::accounts::*;
 use crate::model::*;
 
 /// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
@@ -51,6 +52,77 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<(ApiKey, Organization)>, StoreError>;
 
     async fn touch_api_key(&self, id: Uuid, at: Timestamp) -> Result<(), StoreError>;
+
+    // --- provider accounts and routes ---------------------------------------------------------
+
+    /// Store a new account with its sealed credentials (empty when it has none), honouring an
+    /// idempotency key (kept with the organization's live keys: accounts are live settings).
+    /// Refused with [`AccountRefusal::NameTaken`], or [`AccountRefusal::NotFound`] when the
+    /// organization does not exist.
+    async fn create_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: &[u8],
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AccountCreation, AccountRefusal>, StoreError>;
+
+    async fn get_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<ProviderAccount>, StoreError>;
+
+    /// An account of any organization, for operators (`herald provider remove ID`).
+    async fn find_provider_account(&self, id: Uuid) -> Result<Option<ProviderAccount>, StoreError>;
+
+    /// An account with its sealed credentials: only for building a provider client.
+    async fn provider_account_credentials(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<(ProviderAccount, Vec<u8>)>, StoreError>;
+
+    /// An organization's accounts in the order they were created. `after` is the last id of
+    /// the previous page.
+    async fn list_provider_accounts(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<ProviderAccount>, StoreError>;
+
+    /// Replace everything but the id, organization, kind and creation time; the credentials
+    /// too when `sealed_credentials` is given. Only while the stored `updated_at` is still
+    /// `read_at`, so a concurrent change is never overwritten unseen:
+    /// [`AccountRefusal::Stale`] otherwise.
+    async fn update_provider_account(
+        &self,
+        account: &ProviderAccount,
+        sealed_credentials: Option<&[u8]>,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AccountRefusal>, StoreError>;
+
+    /// Delete an account no route names; otherwise [`AccountRefusal::InUse`] with the routes.
+    async fn delete_provider_account(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+    ) -> Result<Result<(), AccountRefusal>, StoreError>;
+
+    /// Every route of an organization: the default route first, then by country and prefix.
+    async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError>;
+
+    /// Create or replace the route for `route.key`. Refused with
+    /// [`AccountRefusal::UnknownAccounts`] when an id is not one of the organization's accounts.
+    async fn set_route(
+        &self,
+        org_id: Uuid,
+        route: &Route,
+    ) -> Result<Result<(), AccountRefusal>, StoreError>;
+
+    /// Remove a route; returns whether there was one.
+    async fn delete_route(&self, org_id: Uuid, key: &RouteKey) -> Result<bool, StoreError>;
 
     // --- accepting and reading messages -------------------------------------------------------
 

@@ -10,6 +10,8 @@ pub mod extract;
 pub mod hooks;
 pub mod messages;
 pub mod problem;
+pub mod provider_routes;
+pub mod providers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,11 @@ pub struct AppState {
                        `application/problem+json` (RFC 9457); lists are cursor-paginated."
     ),
     modifiers(&BearerKeys),
-    tags((name = "messages", description = "Send and track SMS"), (name = "operations", description = "Health")),
+    tags(
+        (name = "messages", description = "Send and track SMS"),
+        (name = "providers", description = "Provider accounts and the routes that choose between them"),
+        (name = "operations", description = "Health"),
+    ),
     components(schemas(problem::ProblemBody, problem::FieldProblem))
 )]
 struct ApiDoc;
@@ -72,6 +78,24 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::create_message, messages::list_messages))
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::cancel_message))
+        .routes(routes!(
+            providers::create_provider,
+            providers::list_providers
+        ))
+        .routes(routes!(
+            providers::get_provider,
+            providers::update_provider,
+            providers::delete_provider
+        ))
+        .routes(routes!(provider_routes::list_routes))
+        .routes(routes!(
+            provider_routes::put_country_route,
+            provider_routes::delete_country_route
+        ))
+        .routes(routes!(
+            provider_routes::put_prefix_route,
+            provider_routes::delete_prefix_route
+        ))
         .routes(routes!(health))
         .split_for_parts()
 }

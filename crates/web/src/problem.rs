@@ -48,6 +48,14 @@ kinds! {
         "This resource does not support the request's HTTP method.");
     NOT_CANCELABLE = ("not-cancelable", CONFLICT, "Message can no longer be canceled",
         "Only scheduled or queued messages can be canceled; this one has already been handed to a provider or has ended.");
+    LIVE_KEY_REQUIRED = ("live-key-required", FORBIDDEN, "Live key required",
+        "Provider accounts and routes configure live traffic: a test key may read them, but only a live key may change them. Nothing was changed.");
+    NAME_TAKEN = ("name-taken", CONFLICT, "Name already used",
+        "The organization already has a provider account with this name. Nothing was changed.");
+    PROVIDER_IN_USE = ("provider-in-use", CONFLICT, "Provider account in use",
+        "Routes still send through this provider account (`routes` lists them). Remove it from those routes, or delete them, before deleting the account. Nothing was changed.");
+    SECRET_KEY_MISSING = ("secret-key-missing", CONFLICT, "No secret key configured",
+        "This server has no secret key (`HERALD_SECRET_KEY`, `secret_key` or `--secret-key`), so it cannot encrypt provider credentials and will not store them. Configure a key and restart the server. Nothing was changed.");
     PAYLOAD_TOO_LARGE = ("payload-too-large", PAYLOAD_TOO_LARGE, "Request body too large",
         "Request bodies are limited to 64 KiB.");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type",
@@ -82,6 +90,9 @@ pub struct ProblemBody {
     /// For `not-cancelable`: the message's current status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_status: Option<String>,
+    /// For `provider-in-use`: the routes naming the account (`default`, `US`, `US/1415`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<String>>,
 }
 
 /// An error on its way to the client. Boxed: it travels in every handler's `Result`, and the
@@ -106,6 +117,7 @@ impl Problem {
                 detail: detail.into(),
                 errors: Vec::new(),
                 current_status: None,
+                routes: None,
             },
             status: kind.status,
             headers: Vec::new(),
@@ -129,6 +141,11 @@ impl Problem {
 
     pub fn with_current_status(mut self, status: &str) -> Problem {
         self.0.body.current_status = Some(status.to_owned());
+        self
+    }
+
+    pub fn with_routes(mut self, routes: Vec<String>) -> Problem {
+        self.0.body.routes = Some(routes);
         self
     }
 
