@@ -70,7 +70,8 @@ pub async fn serve(
     } else {
         live.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     };
-    let config = file.engine()?;
+    let mut config = file.engine()?;
+    config.public_url = public_url.clone();
     if config.secret_key.is_none() {
         tracing::info!(
             "no secret key (--secret-key, HERALD_SECRET_KEY): provider accounts with credentials cannot be added"

@@ -158,6 +158,8 @@ impl TestServer {
             }
             None => None,
         };
+        let mut config = config;
+        config.public_url = Some(base.clone());
         let engine =
             Arc::new(Engine::with_providers(store, Arc::new(SystemClock), config, live).unwrap());
         let tenant = create_tenant(engine.store.as_ref(), "acme").await;

@@ -21,8 +21,10 @@ use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::directory::{Candidates, Directory};
 use crate::limits::Limiter;
 use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
@@ -74,6 +76,8 @@ pub struct Router {
     live: Vec<Arc<dyn Provider>>,
     table: RouteTable,
     breakers: Breakers,
+    /// Organizations' own accounts and routes, which take precedence over `table`.
+    directory: Option<Arc<Directory>>,
 }
 
 /// A route names a provider that is not configured.
@@ -89,6 +93,8 @@ pub struct UnknownProvider {
 pub struct Chosen {
     pub provider: Arc<dyn Provider>,
     breaker: Option<Arc<Breaker>>,
+    /// The account's own rate limit, for organizations' accounts.
+    pub rate: Option<Rate>,
 }
 
 impl Chosen {
@@ -165,6 +171,7 @@ impl Router {
             live,
             table,
             breakers,
+            directory: None,
         })
     }
 
@@ -176,7 +183,13 @@ impl Router {
         }
     }
 
-    /// The provider a message was recorded against, for reconciliation.
+    /// Send organizations' live traffic through their own accounts where they have routes.
+    pub fn with_directory(mut self, directory: Arc<Directory>) -> Router {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// One of the server's providers by name.
     pub fn by_name(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.live
             .iter()
@@ -184,14 +197,54 @@ impl Router {
             .find(|p| p.name() == name)
     }
 
+    /// The provider a message of `org_id` was recorded against, for reconciliation: one of the
+    /// server's, or one of the organization's accounts.
+    pub async fn provider_named(&self, org_id: Uuid, name: &str) -> Option<Arc<dyn Provider>> {
+        if let Some(provider) = self.by_name(name) {
+            return Some(provider.clone());
+        }
+        self.directory.as_ref()?.provider_named(org_id, name).await
+    }
+
     /// The provider for this attempt at `message`, or the time to try again when every
-    /// provider of its route is resting behind an open breaker.
-    pub fn choose(&self, message: &Claimed, now: Timestamp) -> Result<Chosen, Timestamp> {
+    /// provider of its route is resting behind an open breaker (or none is usable).
+    pub async fn choose(&self, message: &Claimed, now: Timestamp) -> Result<Chosen, Timestamp> {
         if message.scope.mode == Mode::Test {
             return Ok(Chosen {
                 provider: self.simulator.clone(),
                 breaker: None,
+                rate: None,
             });
+        }
+        if let Some(directory) = &self.directory {
+            match directory
+                .candidates(message.scope.org_id, &message.to, message.country)
+                .await
+            {
+                Candidates::NoRoute => {}
+                Candidates::Accounts(accounts) => {
+                    // The organization routes this recipient through its own accounts: never
+                    // fall back to the server's, whose owner did not agree to carry it.
+                    let names: Vec<String> = accounts
+                        .iter()
+                        .map(|a| a.provider.name().to_owned())
+                        .collect();
+                    if names.is_empty() {
+                        return Err(now + SignedDuration::from_secs(60));
+                    }
+                    return match routing::choose(&self.breakers, &names, message.attempt, now) {
+                        Choice::Send(index) => {
+                            let account = &accounts[index];
+                            Ok(Chosen {
+                                breaker: Some(self.breakers.get_or_create(&names[index])),
+                                provider: account.provider.clone(),
+                                rate: Some(account.rate),
+                            })
+                        }
+                        Choice::Wait(until) => Err(until),
+                    };
+                }
+            }
         }
         let candidates = self.table.candidates(&message.to, message.country);
         match routing::choose(&self.breakers, candidates, message.attempt, now) {
@@ -201,8 +254,12 @@ impl Router {
                     .and_then(|name| self.by_name(name))
                     .unwrap_or(&self.live[0])
                     .clone();
-                let breaker = self.breakers.get(provider.name()).cloned();
-                Ok(Chosen { provider, breaker })
+                let breaker = Some(self.breakers.get_or_create(provider.name()));
+                Ok(Chosen {
+                    provider,
+                    breaker,
+                    rate: None,
+                })
             }
             Choice::Wait(until) => Err(until),
         }
@@ -339,13 +396,15 @@ impl Dispatcher {
         if shutdown.is_cancelled() {
             return result(&default_provider, SendOutcome::Unclaimed);
         }
-        let chosen = match self.router.choose(&message, self.clock.now()) {
+        let chosen = match self.router.choose(&message, self.clock.now()).await {
             Ok(chosen) => chosen,
             Err(until) => {
                 let outcome = self.transient(
                     &message,
                     "providers_resting".into(),
-                    "every provider for this destination is paused by its circuit breaker".into(),
+                    "no provider for this destination can take it now (circuit breakers open, or \
+                     the organization's accounts disabled)"
+                        .into(),
                     until,
                 );
                 return result(&default_provider, outcome);
@@ -357,7 +416,7 @@ impl Dispatcher {
             chosen.settle(&SendOutcome::Unclaimed, self.clock.now());
             result(&name, SendOutcome::Unclaimed)
         };
-        if !self.limiter.acquire(&name, shutdown).await {
+        if !self.limiter.acquire(&name, chosen.rate, shutdown).await {
             return unclaimed(&chosen);
         }
         let permit = tokio::select! {

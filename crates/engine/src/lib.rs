@@ -4,6 +4,7 @@
 //! - [`acceptor`]: storing accepted messages with group commit.
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
 //! - [`routing`]: routes by destination, failover and circuit breakers.
+//! - [`directory`]: organizations' own provider accounts and routes, as live providers.
 //! - [`limits`]: rate limits per provider, shared by every process on the database.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
@@ -16,6 +17,7 @@
 pub mod acceptor;
 pub mod accounts;
 pub mod clock;
+pub mod directory;
 pub mod dispatcher;
 pub mod intake;
 pub mod keys;
@@ -57,6 +59,9 @@ pub struct EngineConfig {
     pub routing: RoutingConfig,
     /// Seals provider credentials at rest; without it, accounts with secrets are refused.
     pub secret_key: Option<secrets::SecretKey>,
+    /// Herald's base URL as providers reach it, for the status callbacks of organizations'
+    /// Twilio accounts.
+    pub public_url: Option<String>,
 }
 
 /// Routes for live traffic and the circuit breakers' settings.
@@ -112,12 +117,21 @@ impl Engine {
         let recorder = Recorder::spawn(store.clone(), clock.clone(), counters.clone());
         let acceptor = Acceptor::spawn(store.clone(), clock.clone());
         let simulator = Simulator::new(config.simulator.clone(), Arc::new(recorder.clone()));
-        let router = Arc::new(Router::with_routes(
+        let directory = Arc::new(directory::Directory::new(
+            store.clone(),
+            config.secret_key.clone(),
+            config.public_url.clone(),
             Arc::new(simulator.clone()),
-            live,
-            config.routing.table.clone(),
-            config.routing.breaker,
-        )?);
+        ));
+        let router = Arc::new(
+            Router::with_routes(
+                Arc::new(simulator.clone()),
+                live,
+                config.routing.table.clone(),
+                config.routing.breaker,
+            )?
+            .with_directory(directory),
+        );
         if let Some(name) = config
             .dispatcher
             .rate_limits

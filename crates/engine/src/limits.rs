@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 
+/// One shared bucket and this process's tokens from it.
 struct Bucket {
     key: String,
     rate: Rate,
@@ -23,11 +24,25 @@ struct Bucket {
     reservoir: Mutex<u32>,
 }
 
+impl Bucket {
+    fn new(provider: &str, rate: Rate) -> Bucket {
+        Bucket {
+            key: format!("provider:{provider}"),
+            rate,
+            reservoir: Mutex::new(0),
+        }
+    }
+}
+
 /// The rate limits of every limited provider.
 pub struct Limiter {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// The server's providers, limited by configuration.
     buckets: HashMap<String, Arc<Bucket>>,
+    /// Organizations' accounts, limited by their own settings; created on first use and
+    /// replaced when the rate changes.
+    accounts: std::sync::Mutex<HashMap<String, Arc<Bucket>>>,
 }
 
 impl Limiter {
@@ -40,26 +55,40 @@ impl Limiter {
         let buckets = limits
             .iter()
             .filter(|(_, rate)| rate.per_second > 0.0)
-            .map(|(name, rate)| {
-                let bucket = Bucket {
-                    key: format!("provider:{name}"),
-                    rate: *rate,
-                    reservoir: Mutex::new(0),
-                };
-                (name.clone(), Arc::new(bucket))
-            })
+            .map(|(name, rate)| (name.clone(), Arc::new(Bucket::new(name, *rate))))
             .collect();
         Limiter {
             store,
             clock,
             buckets,
+            accounts: std::sync::Mutex::default(),
         }
     }
 
-    /// Wait for a token to send one message through `provider`; `false` when `shutdown` came
+    fn bucket(&self, provider: &str, rate: Option<Rate>) -> Option<Arc<Bucket>> {
+        let Some(rate) = rate.filter(|r| r.per_second > 0.0) else {
+            return self.buckets.get(provider).cloned();
+        };
+        let mut accounts = self.accounts.lock().expect("limiter lock");
+        let bucket = accounts
+            .entry(provider.to_owned())
+            .or_insert_with(|| Arc::new(Bucket::new(provider, rate)));
+        if bucket.rate != rate {
+            *bucket = Arc::new(Bucket::new(provider, rate));
+        }
+        Some(bucket.clone())
+    }
+
+    /// Wait for a token to send one message through `provider` — limited by `rate` when given
+    /// (an organization's account), else by the configuration; `false` when `shutdown` came
     /// first.
-    pub async fn acquire(&self, provider: &str, shutdown: &CancellationToken) -> bool {
-        let Some(bucket) = self.buckets.get(provider) else {
+    pub async fn acquire(
+        &self,
+        provider: &str,
+        rate: Option<Rate>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Some(bucket) = self.bucket(provider, rate) else {
             return true;
         };
         let mut reservoir = tokio::select! {

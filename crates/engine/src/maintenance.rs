@@ -111,11 +111,17 @@ impl Maintenance {
             now + SignedDuration::try_from(self.config.reconcile_retry).unwrap_or_default();
         let mut settlements = Vec::with_capacity(unsettled.len());
         for message in unsettled {
-            let provider = message
-                .provider
-                .as_deref()
-                .and_then(|name| self.router.by_name(name))
-                .unwrap_or_else(|| self.router.route(message.scope.mode));
+            // A message names the provider that may have it; asking any other could answer
+            // "not found" and send it twice, so a provider that cannot be found now waits.
+            let provider = match message.provider.as_deref() {
+                Some(name) => self.router.provider_named(message.scope.org_id, name).await,
+                None => Some(self.router.route(message.scope.mode).clone()),
+            };
+            let Some(provider) = provider else {
+                outcome.undecided += 1;
+                settlements.push((message.id, Settlement::Undecided { retry_at }));
+                continue;
+            };
             let query = LookupQuery {
                 message_id: message.id,
                 provider_message_id: message.provider_message_id.clone(),

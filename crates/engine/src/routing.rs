@@ -213,22 +213,39 @@ impl Breaker {
 #[derive(Debug, Default)]
 pub struct Breakers {
     config: BreakerConfig,
-    by_name: HashMap<String, Arc<Breaker>>,
+    /// Grows as organizations' accounts are first used.
+    by_name: Mutex<HashMap<String, Arc<Breaker>>>,
 }
 
 impl Breakers {
     pub fn new<'a>(config: BreakerConfig, names: impl IntoIterator<Item = &'a str>) -> Breakers {
         Breakers {
             config,
-            by_name: names
-                .into_iter()
-                .map(|name| (name.to_owned(), Arc::new(Breaker::new(config))))
-                .collect(),
+            by_name: Mutex::new(
+                names
+                    .into_iter()
+                    .map(|name| (name.to_owned(), Arc::new(Breaker::new(config))))
+                    .collect(),
+            ),
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Breaker>> {
-        self.by_name.get(name)
+    pub fn get(&self, name: &str) -> Option<Arc<Breaker>> {
+        self.by_name
+            .lock()
+            .expect("breakers lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// The breaker of `name`, created closed on first use.
+    pub fn get_or_create(&self, name: &str) -> Arc<Breaker> {
+        self.by_name
+            .lock()
+            .expect("breakers lock")
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::new(self.config)))
+            .clone()
     }
 
     pub fn config(&self) -> BreakerConfig {
@@ -258,9 +275,7 @@ pub fn choose(breakers: &Breakers, candidates: &[String], attempt: u32, now: Tim
     let mut reopens: Option<Timestamp> = None;
     for step in 0..candidates.len() {
         let index = (start + step) % candidates.len();
-        let Some(breaker) = breakers.get(&candidates[index]) else {
-            return Choice::Send(index);
-        };
+        let breaker = breakers.get_or_create(&candidates[index]);
         if breaker.try_acquire(now) {
             return Choice::Send(index);
         }
@@ -391,6 +406,7 @@ mod tests {
 
     #[test]
     fn a_lone_provider_is_used_whatever_its_breaker_says() {
+        // (and a provider first seen gets a closed breaker)
         let breakers = Breakers::new(
             BreakerConfig {
                 failures_to_open: 1,

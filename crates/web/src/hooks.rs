@@ -4,12 +4,15 @@
 //! provider retrying a failed callback never loses a report and a forged one changes nothing.
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_domain::message::Mode;
+use herald_engine::accounts::{Credentials, open_credentials};
 use herald_providers::ReportSink;
 use herald_providers::sns;
 use herald_providers::twilio::{self, signature};
+use herald_store::{ProviderKind, Scope};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -32,7 +35,7 @@ impl std::fmt::Debug for TwilioHook {
     }
 }
 
-/// `POST /hooks/twilio/status`: a message status callback.
+/// `POST /hooks/twilio/status`: a message status callback for the server's Twilio account.
 pub async fn twilio_status(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
@@ -45,14 +48,96 @@ pub async fn twilio_status(
             "Twilio is not configured",
         ));
     };
-    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).map_err(|_| {
+    let params = verified_twilio_form(&uri, &headers, &body, &hook.auth_token, &hook.public_url)?;
+    if let Some(report) = twilio::status_report(&params, callback_message_id(&uri)) {
+        record_twilio_report(&state, report).await?;
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `POST /hooks/twilio/accounts/{account_id}/status`: a status callback for a message sent
+/// through an organization's own Twilio account, signed with that account's auth token.
+pub async fn twilio_account_status(
+    State(state): State<AppState>,
+    Path(account_id): Path<Uuid>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let engine = &state.engine;
+    let not_found = || Problem::new(&problem::NOT_FOUND, "no such Twilio account");
+    let Some(public_url) = engine.config.public_url.as_deref() else {
+        return Err(not_found());
+    };
+    let account = engine
+        .store
+        .find_provider_account(account_id)
+        .await?
+        .filter(|account| account.kind == ProviderKind::Twilio)
+        .ok_or_else(not_found)?;
+    let credentials = open_credentials(
+        engine.store.as_ref(),
+        engine.config.secret_key.as_ref(),
+        account.org_id,
+        account.id,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, %account_id, "cannot open a Twilio account to verify its callback");
+        Problem::new(
+            &problem::UNAVAILABLE,
+            "the callback cannot be verified now; retry",
+        )
+    })?;
+    let Some((_, Credentials::Twilio { auth_token, .. })) = credentials else {
+        return Err(not_found());
+    };
+    let public_url = public_url.trim_end_matches('/');
+    let params = verified_twilio_form(&uri, &headers, &body, auth_token.expose(), public_url)?;
+    let Some(mut report) = twilio::status_report(&params, callback_message_id(&uri)) else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let name = format!("{}/{}", ProviderKind::Twilio.as_str(), account.id);
+    // Only a message this account sent, of this account's organization: a valid signature
+    // from one account must not move another's messages.
+    let scope = Scope {
+        org_id: account.org_id,
+        mode: Mode::Live,
+    };
+    let Some(id) = report.message_id else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let ours = engine
+        .store
+        .get_message(scope, id)
+        .await?
+        .is_some_and(|message| message.provider.as_deref() == Some(name.as_str()));
+    if !ours {
+        tracing::warn!(%account_id, message_id = %id, "callback for a message this account did not send ignored");
+        return Ok(StatusCode::OK.into_response());
+    }
+    report.provider = name;
+    record_twilio_report(&state, report).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// The form of a Twilio callback whose `X-Twilio-Signature` holds for `auth_token` and the URL
+/// Twilio called (rebuilt from `public_url`); 403 otherwise.
+fn verified_twilio_form(
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    auth_token: &str,
+    public_url: &str,
+) -> Result<Vec<(String, String)>, Problem> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
         Problem::new(
             &problem::MALFORMED_REQUEST,
             "the callback body is not a form",
         )
     })?;
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let url = format!("{}{path}", hook.public_url.trim_end_matches('/'));
+    let url = format!("{}{path}", public_url.trim_end_matches('/'));
     let settings = headers
         .get(signature::SETTINGS_HEADER)
         .map(|value| value.to_str().unwrap_or_default());
@@ -61,12 +146,12 @@ pub async fn twilio_status(
             .get("x-twilio-signature")
             .and_then(|value| value.to_str().ok())
             .is_some_and(|given| {
-                signature::is_valid_with(algorithm, &hook.auth_token, &url, &params, given)
+                signature::is_valid_with(algorithm, auth_token, &url, &params, given)
             })
     });
     if !signed {
         tracing::warn!(
-            route = "/hooks/twilio/status",
+            route = uri.path(),
             "callback with a missing or wrong signature refused"
         );
         return Err(Problem::new(
@@ -74,21 +159,34 @@ pub async fn twilio_status(
             "missing or invalid X-Twilio-Signature",
         ));
     }
+    Ok(params)
+}
 
-    let message_id = uri.query().and_then(|query| {
+/// Herald's message id, carried in the callback URL (`?m=…`).
+fn callback_message_id(uri: &axum::http::Uri) -> Option<Uuid> {
+    uri.query().and_then(|query| {
         serde_urlencoded::from_str::<Vec<(String, String)>>(query)
             .ok()?
             .into_iter()
             .find(|(k, _)| k == "m")
             .and_then(|(_, v)| Uuid::parse_str(&v).ok())
-    });
-    if let Some(report) = twilio::status_report(&params, message_id) {
-        state.engine.recorder.submit(vec![report]).await.map_err(|error| {
+    })
+}
+
+async fn record_twilio_report(
+    state: &AppState,
+    report: herald_store::ProviderReport,
+) -> Result<(), Problem> {
+    state
+        .engine
+        .recorder
+        .submit(vec![report])
+        .await
+        .map(|_| ())
+        .map_err(|error| {
             tracing::error!(%error, "a Twilio status callback could not be recorded; Twilio will retry");
             Problem::new(&problem::UNAVAILABLE, "the report could not be recorded; retry")
-        })?;
-    }
-    Ok(StatusCode::OK.into_response())
+        })
 }
 
 /// What verifying forwarded SNS delivery status logs needs: the webhook secret, and the

@@ -113,6 +113,10 @@ pub fn app(state: AppState) -> Router {
             "/hooks/twilio/status",
             axum::routing::post(hooks::twilio_status),
         )
+        .route(
+            "/hooks/twilio/accounts/{account_id}/status",
+            axum::routing::post(hooks::twilio_account_status),
+        )
         .route("/hooks/sns/status", axum::routing::post(hooks::sns_status))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(problem::not_found)

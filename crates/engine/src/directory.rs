@@ -1,0 +1,251 @@
+//! Organizations' own provider accounts as live providers.
+//!
+//! An organization that has set routes sends its live traffic through its own accounts: the
+//! route for a recipient (see [`crate::routing::resolve`]) names accounts in order, and each
+//! becomes a provider client built from its decrypted credentials. Routes and clients are
+//! cached for a few seconds, so a send does not read them from the database, and a change made
+//! through the API or the CLI (in any process) takes effect within that time; a client is
+//! rebuilt only when its account changed, so its connections to the provider are kept.
+//!
+//! Each account's provider is named `{kind}/{account id}` on the messages it sends, so
+//! reports, reconciliation, circuit breakers and rate limits all keep accounts apart.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use herald_domain::phone::Region;
+use herald_providers::sns::{Sns, SnsConfig, SnsKeys};
+use herald_providers::twilio::{Twilio, TwilioConfig};
+use herald_providers::{Accepted, Lookup, LookupQuery, Outbound, Provider, SendError};
+use herald_store::rate::Rate;
+use herald_store::{ProviderAccount, Route, SenderKind, Store};
+use jiff::Timestamp;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::accounts::{Credentials, open_credentials};
+use crate::routing::resolve;
+use crate::secrets::SecretKey;
+
+/// How long routes and accounts are used before they are read again.
+const FRESH: Duration = Duration::from_secs(5);
+
+/// One account, ready to send.
+#[derive(Clone)]
+pub struct AccountProvider {
+    pub provider: Arc<dyn Provider>,
+    pub rate: Rate,
+    pub enabled: bool,
+    updated_at: Timestamp,
+    fetched: Instant,
+}
+
+/// What the organization's routes say for one recipient.
+pub enum Candidates {
+    /// The organization has no route for this recipient: the server's providers carry it.
+    NoRoute,
+    /// The accounts of its route, in order, those that are enabled and could be opened.
+    Accounts(Vec<AccountProvider>),
+}
+
+/// An organization's routes and when they were read.
+type CachedRoutes = (Instant, Arc<Vec<Route>>);
+
+/// The accounts and routes of every organization, read through a short cache.
+pub struct Directory {
+    store: Arc<dyn Store>,
+    key: Option<SecretKey>,
+    /// Herald's public base URL, for the status callbacks of Twilio accounts.
+    public_url: Option<String>,
+    simulator: Arc<dyn Provider>,
+    routes: Mutex<HashMap<Uuid, CachedRoutes>>,
+    accounts: Mutex<HashMap<Uuid, AccountProvider>>,
+}
+
+impl Directory {
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: Option<SecretKey>,
+        public_url: Option<String>,
+        simulator: Arc<dyn Provider>,
+    ) -> Directory {
+        Directory {
+            store,
+            key,
+            public_url: public_url.map(|url| url.trim_end_matches('/').to_owned()),
+            simulator,
+            routes: Mutex::default(),
+            accounts: Mutex::default(),
+        }
+    }
+
+    /// The accounts to try for a live message from `org_id` to `to`.
+    pub async fn candidates(&self, org_id: Uuid, to: &str, country: Option<Region>) -> Candidates {
+        let routes = match self.routes(org_id).await {
+            Ok(routes) => routes,
+            Err(error) => {
+                tracing::warn!(%error, %org_id, "cannot read the organization's routes");
+                return Candidates::Accounts(Vec::new());
+            }
+        };
+        let Some(route) = resolve(&routes, to, country) else {
+            return Candidates::NoRoute;
+        };
+        let mut accounts = Vec::with_capacity(route.accounts.len());
+        for id in &route.accounts {
+            if let Some(account) = self.account(org_id, *id).await
+                && account.enabled
+            {
+                accounts.push(account);
+            }
+        }
+        Candidates::Accounts(accounts)
+    }
+
+    /// The provider a message was recorded against, when it is one of `org_id`'s accounts.
+    pub async fn provider_named(&self, org_id: Uuid, name: &str) -> Option<Arc<dyn Provider>> {
+        let (_, id) = name.split_once('/')?;
+        let id = Uuid::parse_str(id).ok()?;
+        Some(self.account(org_id, id).await?.provider)
+    }
+
+    async fn routes(&self, org_id: Uuid) -> Result<Arc<Vec<Route>>, herald_store::StoreError> {
+        let mut cache = self.routes.lock().await;
+        if let Some((fetched, routes)) = cache.get(&org_id)
+            && fetched.elapsed() < FRESH
+        {
+            return Ok(routes.clone());
+        }
+        let routes = Arc::new(self.store.list_routes(org_id).await?);
+        cache.insert(org_id, (Instant::now(), routes.clone()));
+        Ok(routes)
+    }
+
+    /// One account of `org_id`, from the cache while fresh; rebuilt only when it changed.
+    async fn account(&self, org_id: Uuid, id: Uuid) -> Option<AccountProvider> {
+        let mut cache = self.accounts.lock().await;
+        let cached = cache.get(&id).cloned();
+        if let Some(cached) = &cached
+            && cached.fetched.elapsed() < FRESH
+        {
+            return Some(cached.clone());
+        }
+        let current = match self.store.get_provider_account(org_id, id).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                cache.remove(&id);
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, account_id = %id, "cannot read a provider account");
+                return cached;
+            }
+        };
+        let provider = match cached {
+            Some(cached) if cached.updated_at == current.updated_at => cached.provider,
+            _ => self.build(org_id, id).await?,
+        };
+        let entry = AccountProvider {
+            provider,
+            rate: Rate::per_second(current.limits.messages_per_second),
+            enabled: current.enabled,
+            updated_at: current.updated_at,
+            fetched: Instant::now(),
+        };
+        cache.insert(id, entry.clone());
+        Some(entry)
+    }
+
+    async fn build(&self, org_id: Uuid, id: Uuid) -> Option<Arc<dyn Provider>> {
+        let (account, credentials) = match open_credentials(
+            self.store.as_ref(),
+            self.key.as_ref(),
+            org_id,
+            id,
+        )
+        .await
+        {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::error!(%error, account_id = %id, "cannot open a provider account's credentials");
+                return None;
+            }
+        };
+        let name = format!("{}/{}", account.kind.as_str(), account.id);
+        let inner: Arc<dyn Provider> = match credentials {
+            Credentials::Twilio {
+                account_sid,
+                auth_token,
+                base_url,
+            } => {
+                let mut config = TwilioConfig::new(account_sid, auth_token.expose());
+                if let Some(base_url) = base_url {
+                    config.base_url = base_url;
+                }
+                config.from = sender(&account, SenderKind::PhoneNumber);
+                config.messaging_service_sid = sender(&account, SenderKind::MessagingServiceSid);
+                config.status_callback = self
+                    .public_url
+                    .as_ref()
+                    .map(|url| format!("{url}/hooks/twilio/accounts/{}/status", account.id));
+                match Twilio::new(config) {
+                    Ok(twilio) => Arc::new(twilio),
+                    Err(error) => {
+                        tracing::error!(%error, account_id = %id, "cannot set up a Twilio account");
+                        return None;
+                    }
+                }
+            }
+            Credentials::Sns {
+                region,
+                access_key_id,
+                secret_access_key,
+                endpoint,
+            } => {
+                let mut config = SnsConfig::new(region);
+                config.endpoint_url = endpoint;
+                config.keys = Some(SnsKeys {
+                    access_key_id,
+                    secret_access_key: secret_access_key.expose().to_owned(),
+                });
+                config.sender_id = sender(&account, SenderKind::AlphanumericId);
+                Arc::new(Sns::new(config).await)
+            }
+            Credentials::Simulator => self.simulator.clone(),
+        };
+        Some(Arc::new(Named { name, inner }))
+    }
+}
+
+/// The account's first sender of `kind`.
+fn sender(account: &ProviderAccount, kind: SenderKind) -> Option<String> {
+    account
+        .senders
+        .iter()
+        .find(|s| s.kind == kind)
+        .map(|s| s.value.clone())
+}
+
+/// A provider under an account's name.
+struct Named {
+    name: String,
+    inner: Arc<dyn Provider>,
+}
+
+#[async_trait]
+impl Provider for Named {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, message: &Outbound) -> Result<Accepted, SendError> {
+        self.inner.send(message).await
+    }
+
+    async fn lookup(&self, query: &LookupQuery) -> Result<Lookup, SendError> {
+        self.inner.lookup(query).await
+    }
+}
