@@ -43,6 +43,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     an_organizations_twilio_account_sends_and_its_callbacks_settle,
     callbacks_must_be_signed_by_the_account_that_sent,
+    inbound_messages_are_kept_once_for_the_accounts_organization,
 );
 
 async fn json_request(
@@ -222,4 +223,69 @@ async fn callbacks_must_be_signed_by_the_account_that_sent(
 
     assert_eq!(callback(s, &url, &delivered, TOKEN).await, 200);
     s.wait_for(key, id, "delivered").await;
+}
+
+async fn inbound_messages_are_kept_once_for_the_accounts_organization(
+    s: &TestServer,
+    _: &FakeTwilio,
+    base: &str,
+) {
+    let key = &s.tenant.live_key;
+    let account = own_twilio(s, key, base).await;
+    let url = s.url(&format!("/hooks/twilio/accounts/{account}/inbound"));
+    let inbound = [
+        ("MessageSid", "SMinbound0000000000000000000000001"),
+        ("AccountSid", SID),
+        ("From", "+14155550199"),
+        ("To", "+15005550006"),
+        ("Body", "Réservé — see you then"),
+        ("NumMedia", "0"),
+    ];
+    let post = |token: Option<&'static str>| {
+        let params: Vec<(String, String)> = inbound
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut request = s.client.post(&url).form(&params);
+        if let Some(token) = token {
+            request = request.header(
+                "X-Twilio-Signature",
+                signature::compute(token, &url, &params),
+            );
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let list = |key: String| async move {
+        let (status, page) = s.get(&key, "/v1/inbound").await;
+        assert_eq!(status, 200, "{page}");
+        page["data"].as_array().unwrap().clone()
+    };
+
+    assert_eq!(post(None).await.status().as_u16(), 403);
+    assert_eq!(post(Some("wrong-token")).await.status().as_u16(), 403);
+    assert!(list(key.clone()).await.is_empty());
+
+    let answer = post(Some(TOKEN)).await;
+    assert_eq!(answer.status().as_u16(), 200);
+    assert!(
+        answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/xml")
+    );
+    let twiml = answer.text().await.unwrap();
+    assert!(twiml.ends_with("<Response/>"), "{twiml}");
+    // Twilio retries a webhook it thinks failed: the same message is kept once.
+    assert_eq!(post(Some(TOKEN)).await.status().as_u16(), 200);
+
+    let received = list(key.clone()).await;
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0]["from"], "+14155550199");
+    assert_eq!(received[0]["to"], "+15005550006");
+    assert_eq!(received[0]["body"], "Réservé — see you then");
+    assert_eq!(received[0]["provider"], format!("twilio/{account}"));
+    // Another organization and test keys see none of it.
+    let other = s.other_tenant("globex").await;
+    assert!(list(other.live_key.clone()).await.is_empty());
+    assert!(list(s.tenant.test_key.clone()).await.is_empty());
 }

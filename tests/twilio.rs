@@ -79,6 +79,7 @@ on_both_stores_with_twilio!(
     sha256_signatures_count_only_when_the_settings_header_names_them,
     twilio_refusals_fail_or_retry_as_their_codes_say,
     test_keys_still_reach_only_the_simulator,
+    inbound_messages_reach_the_organization_that_lists_the_number,
 );
 
 async fn live_messages_reach_twilio_and_signed_callbacks_deliver_them(
@@ -305,4 +306,58 @@ async fn test_keys_still_reach_only_the_simulator(s: &TestServer, fake: &FakeTwi
         fake.received.lock().unwrap().is_empty(),
         "nothing reached Twilio"
     );
+}
+
+async fn inbound_messages_reach_the_organization_that_lists_the_number(
+    s: &TestServer,
+    _: &FakeTwilio,
+) {
+    let url = s.url("/hooks/twilio/inbound");
+    let post = |to: &'static str, sid: &'static str| {
+        let params: Vec<(String, String)> = [
+            ("MessageSid", sid),
+            ("From", "+14155550199"),
+            ("To", to),
+            ("Body", "Hello back"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let request = s
+            .client
+            .post(&url)
+            .header(
+                "X-Twilio-Signature",
+                signature::compute(TOKEN, &url, &params),
+            )
+            .form(&params);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // No organization lists the number yet: refused, so Twilio reports the failure.
+    assert_eq!(post("+15005550006", "SMin1").await, 404);
+
+    // The organization names the number as a sender of one of its Twilio accounts.
+    let other = s.other_tenant("globex").await;
+    let account = json!({
+        "name": "numbers",
+        "kind": "twilio",
+        "credentials": {"account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": "0123456789abcdef0123456789abcdef"},
+        "senders": [{"type": "phone_number", "value": "+15005550006"}],
+    });
+    let response = s
+        .client
+        .post(s.url("/v1/providers"))
+        .bearer_auth(&other.live_key)
+        .json(&account)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    assert_eq!(post("+15005550006", "SMin2").await, 200);
+
+    let (_, theirs) = s.get(&other.live_key, "/v1/inbound").await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 1, "{theirs}");
+    assert_eq!(theirs["data"][0]["provider"], "twilio");
+    let (_, ours) = s.get(&s.tenant.live_key, "/v1/inbound").await;
+    assert!(ours["data"].as_array().unwrap().is_empty());
 }

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod convert;
+mod inbound;
 mod messages;
 mod orgs;
 mod queue;
@@ -113,6 +114,11 @@ fn migrator() -> Migrator {
             3,
             "rate buckets",
             include_str!("../migrations/0003_rate_buckets.sql"),
+        ),
+        migration(
+            4,
+            "inbound messages",
+            include_str!("../migrations/0004_inbound.sql"),
         ),
     ])
 }
@@ -269,6 +275,27 @@ impl Store for PostgresStore {
             tx.commit().await.ctx("failed to commit the deletion")?;
         }
         Ok(outcome)
+    }
+
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {
+        inbound::insert(&self.pool, message).await
+    }
+
+    async fn list_inbound(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<InboundMessage>, StoreError> {
+        inbound::list(&self.pool, org_id, after, limit).await
+    }
+
+    async fn find_number_owner(
+        &self,
+        kind: ProviderKind,
+        number: &str,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        inbound::number_owner(&self.pool, kind, number).await
     }
 
     async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError> {

@@ -9,6 +9,7 @@
 mod accounts;
 mod bulk;
 mod convert;
+mod inbound;
 mod messages;
 mod orgs;
 mod queue;
@@ -160,6 +161,11 @@ fn migrator() -> Migrator {
             3,
             "rate buckets",
             include_str!("../migrations/0003_rate_buckets.sql"),
+        ),
+        migration(
+            4,
+            "inbound messages",
+            include_str!("../migrations/0004_inbound.sql"),
         ),
     ])
 }
@@ -325,6 +331,32 @@ impl Store for SqliteStore {
             tx.commit().await.ctx("failed to commit the deletion")?;
         }
         Ok(outcome)
+    }
+
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let inserted = inbound::insert(&mut tx, message).await?;
+        tx.commit()
+            .await
+            .ctx("failed to store an inbound message")?;
+        Ok(inserted)
+    }
+
+    async fn list_inbound(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<InboundMessage>, StoreError> {
+        inbound::list(&self.reader, org_id, after, limit).await
+    }
+
+    async fn find_number_owner(
+        &self,
+        kind: ProviderKind,
+        number: &str,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        inbound::number_owner(&self.reader, kind, number).await
     }
 
     async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError> {

@@ -103,6 +103,7 @@ macro_rules! conformance_tests {
             routes_name_only_the_organizations_own_accounts,
             an_account_named_by_a_route_cannot_be_deleted,
             an_idempotency_key_replays_an_account_creation,
+            inbound_messages_are_stored_once_per_provider_id_and_only_for_their_organization,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {

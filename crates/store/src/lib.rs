@@ -8,6 +8,7 @@
 
 mod accounts;
 mod error;
+mod inbound;
 mod model;
 mod plan;
 pub mod rate;
@@ -18,6 +19,7 @@ pub mod conformance;
 
 pub use accounts::*;
 pub use error::StoreError;
+pub use inbound::InboundMessage;
 pub use model::*;
 pub use plan::{Batch, Change, NewEvent, QueueState, plan_change};
 pub use store::Store;

@@ -8,6 +8,7 @@ use crate::error::StoreError;
 use herald_domain::status::MessageStatus;
 
 use crate::accounts::*;
+use crate::inbound::InboundMessage;
 use crate::model::*;
 
 /// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
@@ -109,6 +110,27 @@ pub trait Store: Send + Sync + 'static {
         org_id: Uuid,
         id: Uuid,
     ) -> Result<Result<(), AccountRefusal>, StoreError>;
+
+    /// Store an inbound message; `false` when the provider delivered it before (nothing new
+    /// is written).
+    async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError>;
+
+    /// An organization's inbound messages, newest first; `after` is the last id of the
+    /// previous page.
+    async fn list_inbound(
+        &self,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<InboundMessage>, StoreError>;
+
+    /// The organization and account whose senders include the phone number `number`, among
+    /// accounts of `kind`: who owns a number an inbound message was sent to.
+    async fn find_number_owner(
+        &self,
+        kind: ProviderKind,
+        number: &str,
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError>;
 
     /// Every route of an organization: the default route first, then by country and prefix.
     async fn list_routes(&self, org_id: Uuid) -> Result<Vec<Route>, StoreError>;

@@ -65,35 +65,8 @@ pub async fn twilio_account_status(
     body: Bytes,
 ) -> Result<Response, Problem> {
     let engine = &state.engine;
-    let not_found = || Problem::new(&problem::NOT_FOUND, "no such Twilio account");
-    let Some(public_url) = engine.config.public_url.as_deref() else {
-        return Err(not_found());
-    };
-    let account = engine
-        .store
-        .find_provider_account(account_id)
-        .await?
-        .filter(|account| account.kind == ProviderKind::Twilio)
-        .ok_or_else(not_found)?;
-    let credentials = open_credentials(
-        engine.store.as_ref(),
-        engine.config.secret_key.as_ref(),
-        account.org_id,
-        account.id,
-    )
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, %account_id, "cannot open a Twilio account to verify its callback");
-        Problem::new(
-            &problem::UNAVAILABLE,
-            "the callback cannot be verified now; retry",
-        )
-    })?;
-    let Some((_, Credentials::Twilio { auth_token, .. })) = credentials else {
-        return Err(not_found());
-    };
-    let public_url = public_url.trim_end_matches('/');
-    let params = verified_twilio_form(&uri, &headers, &body, auth_token.expose(), public_url)?;
+    let (account, auth_token, public_url) = twilio_account(&state, account_id).await?;
+    let params = verified_twilio_form(&uri, &headers, &body, &auth_token, &public_url)?;
     let Some(mut report) = twilio::status_report(&params, callback_message_id(&uri)) else {
         return Ok(StatusCode::OK.into_response());
     };
@@ -119,6 +92,146 @@ pub async fn twilio_account_status(
     report.provider = name;
     record_twilio_report(&state, report).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+/// An empty TwiML answer: the message is taken, nothing is sent back.
+const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+fn twiml(document: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        document,
+    )
+        .into_response()
+}
+
+/// `POST /hooks/twilio/inbound`: a message sent to a number of the server's Twilio account,
+/// stored for the organization whose provider account lists that number as a sender.
+pub async fn twilio_inbound(
+    State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let Some(hook) = &state.twilio else {
+        return Err(Problem::new(
+            &problem::NOT_FOUND,
+            "Twilio is not configured",
+        ));
+    };
+    let params = verified_twilio_form(&uri, &headers, &body, &hook.auth_token, &hook.public_url)?;
+    let to = form_value(&params, "To").unwrap_or_default();
+    let Some((org_id, _)) = state
+        .engine
+        .store
+        .find_number_owner(ProviderKind::Twilio, to)
+        .await?
+    else {
+        // Refused rather than dropped: Twilio shows the failed webhook to the number's owner.
+        tracing::warn!(
+            to = %herald_domain::phone::mask_phone(to),
+            "inbound message to a number no organization lists"
+        );
+        return Err(Problem::new(
+            &problem::NOT_FOUND,
+            "no organization lists this number as a sender",
+        ));
+    };
+    store_twilio_inbound(&state, org_id, twilio::NAME.to_owned(), &params).await
+}
+
+/// `POST /hooks/twilio/accounts/{account_id}/inbound`: a message sent to a number of an
+/// organization's own Twilio account, signed with that account's auth token.
+pub async fn twilio_account_inbound(
+    State(state): State<AppState>,
+    Path(account_id): Path<Uuid>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let (account, auth_token, public_url) = twilio_account(&state, account_id).await?;
+    let params = verified_twilio_form(&uri, &headers, &body, &auth_token, &public_url)?;
+    let name = format!("{}/{}", ProviderKind::Twilio.as_str(), account.id);
+    store_twilio_inbound(&state, account.org_id, name, &params).await
+}
+
+async fn store_twilio_inbound(
+    state: &AppState,
+    org_id: Uuid,
+    provider: String,
+    params: &[(String, String)],
+) -> Result<Response, Problem> {
+    let Some(sid) = form_value(params, "MessageSid").or_else(|| form_value(params, "SmsSid"))
+    else {
+        return Err(Problem::field(
+            &problem::VALIDATION_FAILED,
+            "MessageSid",
+            "missing",
+            "an inbound message needs its MessageSid",
+        ));
+    };
+    let message = herald_store::InboundMessage {
+        id: Uuid::now_v7(),
+        org_id,
+        provider,
+        provider_message_id: sid.to_owned(),
+        from: form_value(params, "From").unwrap_or_default().to_owned(),
+        to: form_value(params, "To").unwrap_or_default().to_owned(),
+        body: form_value(params, "Body").unwrap_or_default().to_owned(),
+        received_at: state.engine.clock.now(),
+    };
+    // A repeat delivery (Twilio retries when it saw no answer) is stored once, answered alike.
+    state.engine.store.insert_inbound(&message).await?;
+    Ok(twiml(TWIML_EMPTY))
+}
+
+fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An organization's Twilio account with its auth token and the public URL its callbacks are
+/// signed against; 404 when there is no such account or no public URL.
+async fn twilio_account(
+    state: &AppState,
+    account_id: Uuid,
+) -> Result<(herald_store::ProviderAccount, String, String), Problem> {
+    let engine = &state.engine;
+    let not_found = || Problem::new(&problem::NOT_FOUND, "no such Twilio account");
+    let Some(public_url) = engine.config.public_url.as_deref() else {
+        return Err(not_found());
+    };
+    let account = engine
+        .store
+        .find_provider_account(account_id)
+        .await?
+        .filter(|account| account.kind == ProviderKind::Twilio)
+        .ok_or_else(not_found)?;
+    let credentials = open_credentials(
+        engine.store.as_ref(),
+        engine.config.secret_key.as_ref(),
+        account.org_id,
+        account.id,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, %account_id, "cannot open a Twilio account to verify its callback");
+        Problem::new(
+            &problem::UNAVAILABLE,
+            "the callback cannot be verified now; retry",
+        )
+    })?;
+    let Some((account, Credentials::Twilio { auth_token, .. })) = credentials else {
+        return Err(not_found());
+    };
+    Ok((
+        account,
+        auth_token.expose().to_owned(),
+        public_url.trim_end_matches('/').to_owned(),
+    ))
 }
 
 /// The form of a Twilio callback whose `X-Twilio-Signature` holds for `auth_token` and the URL

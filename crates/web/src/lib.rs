@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod extract;
 pub mod hooks;
+pub mod inbound;
 pub mod messages;
 pub mod problem;
 pub mod provider_routes;
@@ -78,6 +79,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::create_message, messages::list_messages))
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::cancel_message))
+        .routes(routes!(inbound::list_inbound))
         .routes(routes!(
             providers::create_provider,
             providers::list_providers
@@ -116,6 +118,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/hooks/twilio/accounts/{account_id}/status",
             axum::routing::post(hooks::twilio_account_status),
+        )
+        .route(
+            "/hooks/twilio/inbound",
+            axum::routing::post(hooks::twilio_inbound),
+        )
+        .route(
+            "/hooks/twilio/accounts/{account_id}/inbound",
+            axum::routing::post(hooks::twilio_account_inbound),
         )
         .route("/hooks/sns/status", axum::routing::post(hooks::sns_status))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))

@@ -386,7 +386,7 @@ pub async fn create_provider(
     }
 }
 
-/// Paging for listing provider accounts.
+/// Paging for lists (provider accounts, inbound messages).
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -397,25 +397,9 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// List provider accounts, in the order they were created.
-#[utoipa::path(
-    get,
-    path = "/v1/providers",
-    tag = "providers",
-    params(ListQuery),
-    responses(
-        (status = 200, body = ProviderPage),
-        (status = 400, description = "Unknown query parameter", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
-    ),
-    security(("api_key" = []))
-)]
-pub async fn list_providers(
-    State(state): State<AppState>,
-    caller: Caller,
-    ApiQuery(query): ApiQuery<ListQuery>,
-) -> Result<Json<ProviderPage>, Problem> {
+/// The page size and position a [`ListQuery`] asks for: every list in the API pages the same
+/// way, with ids as opaque cursors.
+pub(crate) fn page_params(query: &ListQuery) -> Result<(u32, Option<Uuid>), Problem> {
     let mut errors = Vec::new();
     let limit = match query.limit.as_deref().map(str::parse::<u32>) {
         None => 20,
@@ -449,6 +433,29 @@ pub async fn list_providers(
     if !errors.is_empty() {
         return Err(field_problems(errors));
     }
+    Ok((limit, after))
+}
+
+/// List provider accounts, in the order they were created.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "providers",
+    params(ListQuery),
+    responses(
+        (status = 200, body = ProviderPage),
+        (status = 400, description = "Unknown query parameter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_providers(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<ProviderPage>, Problem> {
+    let (limit, after) = page_params(&query)?;
     let page = state
         .engine
         .store

@@ -1,6 +1,6 @@
 //! Conformance cases for provider accounts and routes: tenancy, unique names, sealed
 //! credentials kept as given, paging, and routes that can only name the organization's own
-//! accounts.
+//! accounts; inbound messages and who owns the number they were sent to.
 
 use herald_domain::phone::Region;
 use uuid::Uuid;
@@ -456,4 +456,72 @@ pub async fn an_idempotency_key_replays_an_account_creation(subject: &Subject) {
             .unwrap(),
         Ok(AccountCreation::Created)
     );
+}
+
+pub async fn inbound_messages_are_stored_once_per_provider_id_and_only_for_their_organization(
+    subject: &Subject,
+) {
+    let store = subject.store.as_ref();
+    let a = organization(store, "acme").await;
+    let b = organization(store, "globex").await;
+    let inbound = |n: u32| InboundMessage {
+        id: Uuid::now_v7(),
+        org_id: a.org_id,
+        provider: "twilio".into(),
+        provider_message_id: format!("SM{n}"),
+        from: "+14155550199".into(),
+        to: "+14155550100".into(),
+        body: format!("reply {n}"),
+        received_at: t0(),
+    };
+    let first = inbound(1);
+    assert!(store.insert_inbound(&first).await.unwrap());
+    let again = InboundMessage {
+        id: Uuid::now_v7(),
+        ..first.clone()
+    };
+    assert!(
+        !store.insert_inbound(&again).await.unwrap(),
+        "the provider delivered it twice; it is stored once"
+    );
+    assert!(store.insert_inbound(&inbound(2)).await.unwrap());
+    assert!(store.insert_inbound(&inbound(3)).await.unwrap());
+
+    let page = store.list_inbound(a.org_id, None, 2).await.unwrap();
+    let bodies: Vec<&str> = page.items.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["reply 3", "reply 2"], "newest first");
+    let rest = store.list_inbound(a.org_id, page.next, 2).await.unwrap();
+    assert_eq!(rest.items, vec![first]);
+    assert_eq!(rest.next, None);
+    assert!(
+        store
+            .list_inbound(b.org_id, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // Who owns a number: the account listing it as a phone-number sender, exactly.
+    let account = account(a.org_id, "main");
+    create(store, &account, b"sealed").await;
+    assert_eq!(
+        store
+            .find_number_owner(ProviderKind::Twilio, "+14155550100")
+            .await
+            .unwrap(),
+        Some((a.org_id, account.id))
+    );
+    for (kind, number) in [
+        (ProviderKind::Twilio, "+1415555010"),
+        (ProviderKind::Twilio, "+141555501000"),
+        (ProviderKind::Sns, "+14155550100"),
+        (ProviderKind::Twilio, "MG0123"),
+    ] {
+        assert_eq!(
+            store.find_number_owner(kind, number).await.unwrap(),
+            None,
+            "{kind:?} {number}"
+        );
+    }
 }

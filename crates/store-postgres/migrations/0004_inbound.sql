@@ -1,0 +1,13 @@
+-- Messages received on organizations' numbers.
+CREATE TABLE inbound_messages (
+    id                  UUID PRIMARY KEY,
+    org_id              UUID NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    provider            TEXT NOT NULL,
+    provider_message_id TEXT NOT NULL,
+    from_number         TEXT NOT NULL,
+    to_number           TEXT NOT NULL,
+    body                TEXT NOT NULL,
+    received_at         TIMESTAMPTZ NOT NULL,
+    UNIQUE (provider, provider_message_id)
+);
+CREATE INDEX inbound_messages_by_org ON inbound_messages (org_id, id);
