@@ -185,6 +185,10 @@ pub struct TwilioFile {
     pub max_price: Option<String>,
     /// `ValidityPeriod`: seconds Twilio may keep trying to deliver, 1 to 36000.
     pub validity_period: Option<u32>,
+    /// Estimate costs with Twilio's Pricing API (default true).
+    pub fetch_prices: Option<bool>,
+    /// Where the Pricing API is (default `https://pricing.twilio.com`).
+    pub pricing_base_url: Option<String>,
 }
 
 impl std::fmt::Debug for TwilioFile {
@@ -450,6 +454,30 @@ impl FileConfig {
             config.validity_period = Some(seconds);
         }
         Ok(Some(config))
+    }
+
+    /// Twilio's Pricing API for the configured account, unless turned off.
+    pub fn twilio_pricing(
+        &self,
+    ) -> Result<Option<herald_providers::twilio::pricing::TwilioPricing>> {
+        let Some(config) = self.twilio()? else {
+            return Ok(None);
+        };
+        let file = self.twilio.as_ref();
+        if file.and_then(|t| t.fetch_prices) == Some(false) {
+            return Ok(None);
+        }
+        let base = std::env::var("HERALD_TWILIO_PRICING_BASE_URL")
+            .ok()
+            .or_else(|| file.and_then(|t| t.pricing_base_url.clone()))
+            .unwrap_or_else(|| herald_providers::twilio::pricing::DEFAULT_BASE_URL.to_owned());
+        let pricing = herald_providers::twilio::pricing::TwilioPricing::new(
+            &base,
+            &config.account_sid,
+            &config.auth_token,
+        )
+        .context("cannot set up the Twilio Pricing API client")?;
+        Ok(Some(pricing))
     }
 
     /// The SNS account, if one is configured (file, then `HERALD_SNS_*` overrides).

@@ -77,10 +77,12 @@ pub async fn serve(
             "no secret key (--secret-key, HERALD_SECRET_KEY): provider accounts with credentials cannot be added"
         );
     }
-    let engine = Arc::new(
-        Engine::with_providers(store.clone(), Arc::new(SystemClock), config, live)
-            .context("the [routing] configuration is not valid")?,
-    );
+    let mut engine = Engine::with_providers(store.clone(), Arc::new(SystemClock), config, live)
+        .context("the [routing] configuration is not valid")?;
+    if let Some(pricing) = file.twilio_pricing()? {
+        engine = engine.with_price_source(Arc::new(pricing)).await;
+    }
+    let engine = Arc::new(engine);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

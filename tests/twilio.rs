@@ -80,6 +80,7 @@ on_both_stores_with_twilio!(
     twilio_refusals_fail_or_retry_as_their_codes_say,
     test_keys_still_reach_only_the_simulator,
     inbound_messages_reach_the_organization_that_lists_the_number,
+    estimates_use_twilios_prices_and_settled_messages_record_what_twilio_charged,
 );
 
 async fn live_messages_reach_twilio_and_signed_callbacks_deliver_them(
@@ -360,4 +361,94 @@ async fn inbound_messages_reach_the_organization_that_lists_the_number(
     assert_eq!(theirs["data"][0]["provider"], "twilio");
     let (_, ours) = s.get(&s.tenant.live_key, "/v1/inbound").await;
     assert!(ours["data"].as_array().unwrap().is_empty());
+}
+
+async fn estimates_use_twilios_prices_and_settled_messages_record_what_twilio_charged(
+    s: &TestServer,
+    fake: &FakeTwilio,
+) {
+    let key = &s.tenant.live_key;
+    let configured = s
+        .engine
+        .config
+        .intake
+        .prices
+        .estimate(
+            herald_domain::phone::Region::parse("FR").ok(),
+            herald_domain::message::MessageType::Transactional,
+            1,
+        )
+        .to_string();
+    fake.set_price("FR", "0.0800");
+
+    // The first message to France is estimated with the configured price while Twilio's is
+    // fetched in the background; later ones use Twilio's (the highest of its carriers').
+    let (_, first) = s
+        .send(key, json!({"to": "+33612345678", "body": "Bonjour"}))
+        .await;
+    assert_eq!(first["estimated_cost"], configured.as_str());
+    let mut learned = None;
+    for _ in 0..200 {
+        let (_, next) = s
+            .send(key, json!({"to": "+33612345679", "body": "Bonjour"}))
+            .await;
+        if next["estimated_cost"] == "0.08" {
+            learned = Some(next);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let learned = learned.expect("Twilio's price was never used");
+    // Kept in the store for the next start.
+    let cached = s.engine.store.cached_prices("twilio").await.unwrap();
+    assert!(
+        cached
+            .iter()
+            .any(|(region, price, _)| region.to_string() == "FR" && price.to_string() == "0.08"),
+        "{cached:?}"
+    );
+
+    // A failing Pricing API leaves the configured prices in force.
+    fake.set_pricing_down(true);
+    let (status, germany) = s
+        .send(key, json!({"to": "+4915112345678", "body": "Hallo"}))
+        .await;
+    assert_eq!(status, 201, "{germany}");
+    assert_ne!(germany["estimated_cost"], "0.08");
+
+    // Once delivered, what Twilio charged becomes the message's actual cost: from the
+    // message resource, asked a little after the final status...
+    let id = learned["id"].as_str().unwrap();
+    let sent = s.wait_for(key, id, "sent").await;
+    let sid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    fake.set_charge(&sid, "-0.07900");
+    let url = s.url(&format!("/hooks/twilio/status?m={id}"));
+    let delivered = [("MessageSid", sid.as_str()), ("MessageStatus", "delivered")];
+    assert_eq!(callback(s, &url, &delivered, Some(TOKEN)).await.0, 200);
+    let mut charged = Value::Null;
+    for _ in 0..200 {
+        let (_, message) = s.get(key, &format!("/v1/messages/{id}")).await;
+        if !message["actual_cost"].is_null() {
+            charged = message;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(charged["actual_cost"], "0.079", "{charged}");
+    assert_eq!(charged["status"], "delivered");
+
+    // ...or from the callback itself when it carries the price.
+    let other = first["id"].as_str().unwrap();
+    let sent = s.wait_for(key, other, "sent").await;
+    let sid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let url = s.url(&format!("/hooks/twilio/status?m={other}"));
+    let priced = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "delivered"),
+        ("Price", "-0.0750"),
+        ("PriceUnit", "USD"),
+    ];
+    assert_eq!(callback(s, &url, &priced, Some(TOKEN)).await.0, 200);
+    let message = s.wait_for(key, other, "delivered").await;
+    assert_eq!(message["actual_cost"], "0.075");
 }

@@ -31,6 +31,11 @@ pub struct FakeTwilio {
     script: Arc<Mutex<HashMap<String, Vec<Refusal>>>>,
     /// While set, every send is answered 503, as during an outage.
     down: Arc<AtomicBool>,
+    /// Pricing API: outbound price by ISO country; answered 500 while `pricing_down`.
+    prices: Arc<Mutex<HashMap<String, String>>>,
+    pricing_down: Arc<AtomicBool>,
+    /// What each message (by sid) was charged, once set: the message resource's `price`.
+    charges: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl FakeTwilio {
@@ -48,6 +53,26 @@ impl FakeTwilio {
     /// Answer every send with 503 (`true`) or as scripted (`false`).
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// List `price` (e.g. `"0.0800"`) as the outbound SMS price to `country`.
+    pub fn set_price(&self, country: &str, price: &str) {
+        self.prices
+            .lock()
+            .unwrap()
+            .insert(country.to_owned(), price.to_owned());
+    }
+
+    pub fn set_pricing_down(&self, down: bool) {
+        self.pricing_down.store(down, Ordering::SeqCst);
+    }
+
+    /// Let the message resource of `sid` say it cost `price` (Twilio writes `"-0.0832"`).
+    pub fn set_charge(&self, sid: &str, price: &str) {
+        self.charges
+            .lock()
+            .unwrap()
+            .insert(sid.to_owned(), price.to_owned());
     }
 
     /// How many sends were answered 201.
@@ -109,12 +134,60 @@ async fn messages(
     response
 }
 
+/// `GET /v2/Messaging/Countries/{iso}`: the Pricing API's answer, shaped as Twilio's.
+async fn country_prices(
+    State(fake): State<FakeTwilio>,
+    axum::extract::Path(iso): axum::extract::Path<String>,
+) -> Response {
+    if fake.pricing_down.load(Ordering::SeqCst) {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let Some(price) = fake.prices.lock().unwrap().get(&iso).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    Json(json!({
+        "country": iso,
+        "iso_country": iso,
+        "price_unit": "USD",
+        "outbound_sms_prices": [
+            {"carrier": "Cheap", "mcc": "208", "mnc": "01", "prices": [
+                {"number_type": "local", "base_price": "0.0100", "current_price": "0.0100"}
+            ]},
+            {"carrier": "Dear", "mcc": "208", "mnc": "10", "prices": [
+                {"number_type": "local", "base_price": price, "current_price": price}
+            ]}
+        ],
+        "inbound_sms_prices": [],
+        "url": format!("https://pricing.twilio.com/v2/Messaging/Countries/{iso}")
+    }))
+    .into_response()
+}
+
+/// `GET …/Messages/{sid}.json`: the message resource, with its price once set.
+async fn message_resource(
+    State(fake): State<FakeTwilio>,
+    axum::extract::Path((_, file)): axum::extract::Path<(String, String)>,
+) -> Response {
+    let sid = file.trim_end_matches(".json");
+    let price = fake.charges.lock().unwrap().get(sid).cloned();
+    Json(json!({"sid": sid, "status": "delivered", "error_code": null, "price": price, "price_unit": "USD"}))
+        .into_response()
+}
+
 pub async fn start_fake() -> (FakeTwilio, String) {
     let fake = FakeTwilio::default();
     let app = Router::new()
         .route(
             "/2010-04-01/Accounts/{sid}/Messages.json",
             axum::routing::post(messages),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/Messages/{file}",
+            axum::routing::get(message_resource),
+        )
+        .route(
+            "/v2/Messaging/Countries/{iso}",
+            axum::routing::get(country_prices),
         )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -57,12 +57,18 @@ pub struct TestServer {
     guard: Guard,
 }
 
+/// The Twilio account of test servers with Twilio.
+pub const TWILIO_TEST_SID: &str = "ACtest00000000000000000000000000";
+
 pub fn test_config() -> EngineConfig {
-    let mut config = EngineConfig::default();
+    let mut config = EngineConfig {
+        charge_delay: Duration::from_millis(50),
+        secret_key: Some(herald_engine::secrets::SecretKey::parse(TEST_SECRET_KEY).unwrap()),
+        ..EngineConfig::default()
+    };
     config.simulator.delivery_delay = Duration::from_millis(20);
     config.maintenance.interval = Duration::from_millis(100);
     config.dispatcher.idle_poll = Duration::from_millis(50);
-    config.secret_key = Some(herald_engine::secrets::SecretKey::parse(TEST_SECRET_KEY).unwrap());
     config
 }
 
@@ -135,9 +141,10 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut live: Vec<Arc<dyn Provider>> = Vec::new();
+        let twilio_base = twilio.as_ref().map(|(base, _)| base.clone());
         let hook = match twilio {
             Some((twilio_base, auth_token)) => {
-                let mut twilio = TwilioConfig::new("ACtest00000000000000000000000000", &auth_token);
+                let mut twilio = TwilioConfig::new(TWILIO_TEST_SID, &auth_token);
                 twilio.base_url = twilio_base;
                 twilio.from = Some("+15005550006".into());
                 twilio.status_callback = Some(format!("{base}/hooks/twilio/status"));
@@ -160,8 +167,16 @@ impl TestServer {
         };
         let mut config = config;
         config.public_url = Some(base.clone());
-        let engine =
-            Arc::new(Engine::with_providers(store, Arc::new(SystemClock), config, live).unwrap());
+        let pricing = twilio_base.as_deref().map(|base| {
+            herald_providers::twilio::pricing::TwilioPricing::new(base, TWILIO_TEST_SID, "token")
+                .unwrap()
+        });
+        let mut engine =
+            Engine::with_providers(store, Arc::new(SystemClock), config, live).unwrap();
+        if let Some(pricing) = pricing {
+            engine = engine.with_price_source(Arc::new(pricing)).await;
+        }
+        let engine = Arc::new(engine);
         let tenant = create_tenant(engine.store.as_ref(), "acme").await;
 
         let shutdown = CancellationToken::new();

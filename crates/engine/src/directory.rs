@@ -248,4 +248,11 @@ impl Provider for Named {
     async fn lookup(&self, query: &LookupQuery) -> Result<Lookup, SendError> {
         self.inner.lookup(query).await
     }
+
+    async fn charged(
+        &self,
+        provider_message_id: &str,
+    ) -> Result<Option<herald_domain::money::Amount>, SendError> {
+        self.inner.charged(provider_message_id).await
+    }
 }

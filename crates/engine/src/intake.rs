@@ -11,6 +11,8 @@ use herald_store::{NewMessage, Organization, Scope};
 use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 
+use crate::pricing::SegmentPrices;
+
 /// Limits and prices applied to incoming messages.
 #[derive(Clone, Debug)]
 pub struct IntakeConfig {
@@ -77,6 +79,7 @@ impl FieldError {
 /// Validate and price `request`; on success the message is ready for [`herald_store::Store::insert_message`].
 pub fn prepare(
     config: &IntakeConfig,
+    prices: &dyn SegmentPrices,
     org: &Organization,
     scope: Scope,
     api_key_id: Option<Uuid>,
@@ -182,10 +185,8 @@ pub fn prepare(
         to: to.e164().to_owned(),
         country,
         sender,
-        estimated_cost: config
-            .prices
-            .estimate(country, request.kind, body.info.segments),
-        currency: config.prices.currency(),
+        estimated_cost: prices.estimate(country, request.kind, body.info.segments),
+        currency: prices.currency(),
         encoding: body.info.encoding,
         segments: body.info.segments,
         body: body.text,
@@ -263,7 +264,8 @@ mod tests {
             org_id: org.id,
             mode: Mode::Live,
         };
-        prepare(&IntakeConfig::default(), &org, scope, None, request, now())
+        let config = IntakeConfig::default();
+        prepare(&config, &config.prices, &org, scope, None, request, now())
     }
 
     fn codes(result: Result<NewMessage, Vec<FieldError>>) -> Vec<(&'static str, &'static str)> {

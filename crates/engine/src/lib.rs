@@ -6,6 +6,7 @@
 //! - [`routing`]: routes by destination, failover and circuit breakers.
 //! - [`directory`]: organizations' own provider accounts and routes, as live providers.
 //! - [`limits`]: rate limits per provider, shared by every process on the database.
+//! - [`pricing`]: segment prices, configured and learned from a provider's pricing API.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
@@ -23,6 +24,7 @@ pub mod intake;
 pub mod keys;
 pub mod limits;
 pub mod maintenance;
+pub mod pricing;
 pub mod recorder;
 pub mod retry;
 pub mod routing;
@@ -50,7 +52,7 @@ use maintenance::{Maintenance, MaintenanceConfig};
 use recorder::Recorder;
 
 /// Everything the engine can be tuned by.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub intake: IntakeConfig,
     pub dispatcher: DispatcherConfig,
@@ -62,6 +64,24 @@ pub struct EngineConfig {
     /// Herald's base URL as providers reach it, for the status callbacks of organizations'
     /// Twilio accounts.
     pub public_url: Option<String>,
+    /// How long after a message's final status to ask its provider what it charged (Twilio
+    /// prices a message a little after delivery); asked again at 3× and 10× this.
+    pub charge_delay: std::time::Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            intake: IntakeConfig::default(),
+            dispatcher: DispatcherConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+            simulator: SimulatorConfig::default(),
+            routing: RoutingConfig::default(),
+            secret_key: None,
+            public_url: None,
+            charge_delay: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// Routes for live traffic and the circuit breakers' settings.
@@ -78,6 +98,8 @@ pub struct Engine {
     pub config: EngineConfig,
     pub simulator: Simulator,
     pub router: Arc<Router>,
+    /// Segment prices for estimates.
+    pub prices: Arc<pricing::PriceBook>,
     pub recorder: Recorder,
     pub acceptor: Acceptor,
     pub dispatcher: Arc<Dispatcher>,
@@ -159,7 +181,14 @@ impl Engine {
             config.maintenance.clone(),
             wake.clone(),
         ));
+        let prices = Arc::new(pricing::PriceBook::new(
+            config.intake.prices.clone(),
+            None,
+            store.clone(),
+            clock.clone(),
+        ));
         Ok(Engine {
+            prices,
             store,
             clock,
             config,
@@ -174,6 +203,64 @@ impl Engine {
         })
     }
 
+    /// Refine the configured prices with `source`'s pricing API, starting from the prices it
+    /// gave before (kept in the store).
+    pub async fn with_price_source(mut self, source: Arc<dyn pricing::PriceSource>) -> Engine {
+        let book = pricing::PriceBook::new(
+            self.config.intake.prices.clone(),
+            Some(source),
+            self.store.clone(),
+            self.clock.clone(),
+        );
+        book.load().await;
+        self.prices = Arc::new(book);
+        self
+    }
+
+    /// After a provider reported a message's final status without its price, ask the provider
+    /// what it charged (in the background, a few times, spaced out) and record it as the
+    /// message's actual cost. `org_id` finds an organization's own account by its name.
+    pub fn collect_charge(&self, org_id: Uuid, report: herald_store::ProviderReport) {
+        use herald_domain::status::ReportedStatus;
+        let settled = matches!(
+            report.status,
+            ReportedStatus::Delivered | ReportedStatus::Undelivered | ReportedStatus::Failed
+        );
+        if !settled || report.cost.is_some() {
+            return;
+        }
+        let router = self.router.clone();
+        let recorder = self.recorder.clone();
+        let delay = self.config.charge_delay;
+        tokio::spawn(async move {
+            let Some(provider) = router.provider_named(org_id, &report.provider).await else {
+                return;
+            };
+            let mut waited = std::time::Duration::ZERO;
+            for factor in [1, 3, 10] {
+                let until = delay * factor;
+                tokio::time::sleep(until.saturating_sub(waited)).await;
+                waited = until;
+                match provider.charged(&report.provider_message_id).await {
+                    Ok(Some(cost)) => {
+                        let priced = herald_store::ProviderReport {
+                            cost: Some(cost),
+                            ..report
+                        };
+                        if let Err(error) =
+                            herald_providers::ReportSink::submit(&recorder, vec![priced]).await
+                        {
+                            tracing::warn!(%error, "cannot record what a message cost");
+                        }
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::debug!(?error, "cannot ask what a message cost yet"),
+                }
+            }
+        });
+    }
+
     /// Validate and price a send request for `org`.
     pub fn prepare(
         &self,
@@ -184,6 +271,7 @@ impl Engine {
     ) -> Result<NewMessage, Vec<FieldError>> {
         intake::prepare(
             &self.config.intake,
+            &self.prices,
             org,
             scope,
             api_key_id,

@@ -87,6 +87,12 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Ask the provider whether it has a message whose fate Herald did not record.
     async fn lookup(&self, query: &LookupQuery) -> Result<Lookup, SendError>;
+
+    /// What the provider charged for a message it has settled, when it says (`None` until it
+    /// knows, or for providers that never do).
+    async fn charged(&self, _provider_message_id: &str) -> Result<Option<Amount>, SendError> {
+        Ok(None)
+    }
 }
 
 /// The sink could not take the reports (e.g. the database is down); the sender should retry,

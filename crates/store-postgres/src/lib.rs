@@ -120,6 +120,11 @@ fn migrator() -> Migrator {
             "inbound messages",
             include_str!("../migrations/0004_inbound.sql"),
         ),
+        migration(
+            5,
+            "provider prices",
+            include_str!("../migrations/0005_prices.sql"),
+        ),
     ])
 }
 
@@ -275,6 +280,59 @@ impl Store for PostgresStore {
             tx.commit().await.ctx("failed to commit the deletion")?;
         }
         Ok(outcome)
+    }
+
+    async fn cache_price(
+        &self,
+        source: &str,
+        country: herald_domain::phone::Region,
+        price: herald_domain::money::Amount,
+        fetched_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO provider_prices (source, country, price_micros, fetched_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (source, country) DO UPDATE \
+             SET price_micros = excluded.price_micros, fetched_at = excluded.fetched_at",
+        )
+        .bind(source)
+        .bind(country.to_string())
+        .bind(price.micros())
+        .bind(convert::ts(fetched_at))
+        .execute(&self.pool)
+        .await
+        .ctx("failed to store a price")?;
+        Ok(())
+    }
+
+    async fn cached_prices(
+        &self,
+        source: &str,
+    ) -> Result<
+        Vec<(
+            herald_domain::phone::Region,
+            herald_domain::money::Amount,
+            Timestamp,
+        )>,
+        StoreError,
+    > {
+        let rows: Vec<(String, i64, jiff_sqlx::Timestamp)> = sqlx::query_as(
+            "SELECT country, price_micros, fetched_at FROM provider_prices WHERE source = $1",
+        )
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("failed to read stored prices")?;
+        rows.into_iter()
+            .map(|(country, micros, at)| {
+                let region = herald_domain::phone::Region::parse(&country)
+                    .map_err(|_| StoreError::Corrupt(format!("price country {country:?}")))?;
+                Ok((
+                    region,
+                    herald_domain::money::Amount::from_micros(micros),
+                    at.to_jiff(),
+                ))
+            })
+            .collect()
     }
 
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {

@@ -167,6 +167,11 @@ fn migrator() -> Migrator {
             "inbound messages",
             include_str!("../migrations/0004_inbound.sql"),
         ),
+        migration(
+            5,
+            "provider prices",
+            include_str!("../migrations/0005_prices.sql"),
+        ),
     ])
 }
 
@@ -331,6 +336,60 @@ impl Store for SqliteStore {
             tx.commit().await.ctx("failed to commit the deletion")?;
         }
         Ok(outcome)
+    }
+
+    async fn cache_price(
+        &self,
+        source: &str,
+        country: herald_domain::phone::Region,
+        price: herald_domain::money::Amount,
+        fetched_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO provider_prices (source, country, price_micros, fetched_at) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (source, country) DO UPDATE \
+             SET price_micros = excluded.price_micros, fetched_at = excluded.fetched_at",
+        )
+        .bind(source)
+        .bind(country.to_string())
+        .bind(price.micros())
+        .bind(fetched_at.as_microsecond())
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to store a price")?;
+        tx.commit().await.ctx("failed to store a price")
+    }
+
+    async fn cached_prices(
+        &self,
+        source: &str,
+    ) -> Result<
+        Vec<(
+            herald_domain::phone::Region,
+            herald_domain::money::Amount,
+            Timestamp,
+        )>,
+        StoreError,
+    > {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT country, price_micros, fetched_at FROM provider_prices WHERE source = ?1",
+        )
+        .bind(source)
+        .fetch_all(&self.reader)
+        .await
+        .ctx("failed to read stored prices")?;
+        rows.into_iter()
+            .map(|(country, micros, at)| {
+                let region = herald_domain::phone::Region::parse(&country)
+                    .map_err(|_| StoreError::Corrupt(format!("price country {country:?}")))?;
+                Ok((
+                    region,
+                    herald_domain::money::Amount::from_micros(micros),
+                    convert::timestamp(at)?,
+                ))
+            })
+            .collect()
     }
 
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {

@@ -111,6 +111,28 @@ pub trait Store: Send + Sync + 'static {
         id: Uuid,
     ) -> Result<Result<(), AccountRefusal>, StoreError>;
 
+    /// Keep a segment price learned from `source`'s pricing API.
+    async fn cache_price(
+        &self,
+        source: &str,
+        country: herald_domain::phone::Region,
+        price: herald_domain::money::Amount,
+        fetched_at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Every price kept from `source`, with when it was fetched.
+    async fn cached_prices(
+        &self,
+        source: &str,
+    ) -> Result<
+        Vec<(
+            herald_domain::phone::Region,
+            herald_domain::money::Amount,
+            Timestamp,
+        )>,
+        StoreError,
+    >;
+
     /// Store an inbound message; `false` when the provider delivered it before (nothing new
     /// is written).
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError>;

@@ -50,7 +50,8 @@ pub async fn twilio_status(
     };
     let params = verified_twilio_form(&uri, &headers, &body, &hook.auth_token, &hook.public_url)?;
     if let Some(report) = twilio::status_report(&params, callback_message_id(&uri)) {
-        record_twilio_report(&state, report).await?;
+        // The server's own account: its provider is found by name, whatever the organization.
+        record_twilio_report(&state, Uuid::nil(), report).await?;
     }
     Ok(StatusCode::OK.into_response())
 }
@@ -90,7 +91,7 @@ pub async fn twilio_account_status(
         return Ok(StatusCode::OK.into_response());
     }
     report.provider = name;
-    record_twilio_report(&state, report).await?;
+    record_twilio_report(&state, account.org_id, report).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -286,20 +287,23 @@ fn callback_message_id(uri: &axum::http::Uri) -> Option<Uuid> {
     })
 }
 
+/// Record a callback's report; once a message is settled, find out what it cost.
 async fn record_twilio_report(
     state: &AppState,
+    org_id: Uuid,
     report: herald_store::ProviderReport,
 ) -> Result<(), Problem> {
     state
         .engine
         .recorder
-        .submit(vec![report])
+        .submit(vec![report.clone()])
         .await
-        .map(|_| ())
         .map_err(|error| {
             tracing::error!(%error, "a Twilio status callback could not be recorded; Twilio will retry");
             Problem::new(&problem::UNAVAILABLE, "the report could not be recorded; retry")
-        })
+        })?;
+    state.engine.collect_charge(org_id, report);
+    Ok(())
 }
 
 /// What verifying forwarded SNS delivery status logs needs: the webhook secret, and the

@@ -6,6 +6,7 @@
 //! The status callback URL carries Herald's message id (`?m=…`), so a callback finds its
 //! message even when it overtakes the recording of the send result.
 
+pub mod pricing;
 pub mod signature;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use herald_domain::money::Amount;
 use herald_domain::status::ReportedStatus;
 use herald_store::ProviderReport;
 use serde::Deserialize;
@@ -105,6 +107,18 @@ struct MessageResource {
     sid: String,
     status: String,
     error_code: Option<i64>,
+    /// Negative, as Twilio writes charges (`"-0.00750"`); null until Twilio has priced it.
+    #[serde(default)]
+    price: Option<String>,
+}
+
+/// A Twilio charge (`"-0.00750"`) as a positive amount.
+fn charge(price: &str) -> Option<Amount> {
+    let price = price.trim();
+    if price.is_empty() {
+        return None;
+    }
+    Amount::parse(price.trim_start_matches('-')).ok()
 }
 
 /// Twilio's error body.
@@ -260,6 +274,30 @@ impl Provider for Twilio {
             }),
         }
     }
+
+    async fn charged(&self, provider_message_id: &str) -> Result<Option<Amount>, SendError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{provider_message_id}.json",
+            self.config.base_url.trim_end_matches('/'),
+            self.config.account_sid
+        );
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .send()
+            .await
+            .map_err(request_error)?;
+        if response.status().as_u16() != 200 {
+            return Err(SendError::Transient {
+                code: response.status().as_u16().to_string(),
+                message: "Twilio could not say what it charged".into(),
+                retry_after: None,
+            });
+        }
+        let resource: MessageResource = response.json().await.map_err(request_error)?;
+        Ok(resource.price.as_deref().and_then(charge))
+    }
 }
 
 /// A request that failed before any answer. A connection that was never made cannot have
@@ -357,7 +395,7 @@ pub fn status_report(
             .as_ref()
             .map(|code| format!("Twilio error {code}")),
         error_code,
-        cost: None,
+        cost: get("Price").and_then(charge),
     })
 }
 
