@@ -97,6 +97,7 @@ pub async fn serve(
         engine: engine.clone(),
         twilio: twilio_hook,
         sns: sns_hook,
+        replays: Default::default(),
     });
     let served = herald_web::serve(listener, app, shutdown.clone()).await;
     // However the server stopped, let the workers return claimed work before exiting.

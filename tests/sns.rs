@@ -39,6 +39,7 @@ on_both_stores!(
     sns_sends_and_signed_status_logs_settle_messages,
     forged_stale_replayed_and_malformed_logs_change_nothing,
     a_failing_twilio_account_fails_over_to_sns_and_back,
+    an_organizations_sns_account_sends_and_takes_its_own_logs,
 );
 
 /// A delivery status log as SNS writes it.
@@ -325,5 +326,86 @@ async fn a_failing_twilio_account_fails_over_to_sns_and_back(backend: Backend) {
     let (_, list) = s.get(key, "/v1/messages?limit=100").await;
     let messages = list["data"].as_array().unwrap().len();
     assert_eq!(twilio.accepted() + moto.sms().await.len(), messages);
+    s.stop().await;
+}
+
+async fn an_organizations_sns_account_sends_and_takes_its_own_logs(backend: Backend) {
+    let moto = Moto::start().await;
+    // No server-level SNS: the organization brings its own account.
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let key = &s.tenant.live_key;
+    let account_secret = "the-accounts-own-webhook-secret";
+    let response = s
+        .client
+        .post(s.url("/v1/providers"))
+        .bearer_auth(key)
+        .json(&json!({
+            "name": "aws",
+            "kind": "sns",
+            "credentials": {
+                "region": "us-east-1",
+                "access_key_id": "AKIAHERALDTEST000000",
+                "secret_access_key": "herald-test-secret",
+                "endpoint": moto.url,
+                "webhook_secret": account_secret,
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    let (status, account) = support::status_and_json(response).await;
+    assert_eq!(status, 201, "{account}");
+    assert_eq!(account["credentials"]["webhook_secret"], "set");
+    assert!(!account.to_string().contains(account_secret));
+    let account_id = account["id"].as_str().unwrap().to_owned();
+    let response = s
+        .client
+        .put(s.url("/v1/routes/default"))
+        .bearer_auth(key)
+        .json(&json!({"providers": [account_id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550100", "body": "Via our AWS"}))
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let sent = s.wait_for(key, id, "sent").await;
+    assert_eq!(sent["provider"], format!("sns/{account_id}"));
+    assert_eq!(moto.sms().await.len(), 1);
+    let sns_id = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let success = log(
+        &sns_id,
+        "SUCCESS",
+        "0.00645",
+        "Message has been accepted by phone",
+    );
+
+    let hook = format!("/hooks/sns/accounts/{account_id}/status");
+    let post = |secret: &'static str, path: String| {
+        let body = serde_json::to_vec(&success).unwrap();
+        let at = now();
+        let signature = status::sign(secret.as_bytes(), at, &body);
+        let request = s
+            .client
+            .post(s.url(&path))
+            .header(status::TIMESTAMP_HEADER, at.to_string())
+            .header(status::SIGNATURE_HEADER, signature)
+            .body(body);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Signed with another secret: refused. The server has no SNS hook of its own.
+    assert_eq!(post("some-other-secret-entirely", hook.clone()).await, 403);
+    assert_eq!(post(account_secret, "/hooks/sns/status".into()).await, 404);
+    let (_, unchanged) = s.get(key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(unchanged["status"], "sent");
+
+    assert_eq!(post(account_secret, hook).await, 200);
+    let delivered = s.wait_for(key, id, "delivered").await;
+    assert_eq!(delivered["actual_cost"], "0.00645");
     s.stop().await;
 }

@@ -184,6 +184,7 @@ impl TestServer {
         let app = herald_web::app(AppState {
             twilio: hook,
             sns: sns_hook,
+            replays: Default::default(),
             engine: engine.clone(),
         });
         let server = tokio::spawn(herald_web::serve(listener, app, shutdown.clone()));

@@ -63,6 +63,8 @@ pub enum Credentials {
         secret_access_key: Secret,
         /// Instead of AWS's regional endpoint (tests point it at a local SNS).
         endpoint: Option<String>,
+        /// Signs the delivery status logs forwarded to this account's hook.
+        webhook_secret: Option<Secret>,
     },
     Simulator,
 }
@@ -102,12 +104,16 @@ impl Credentials {
                 access_key_id,
                 secret_access_key: _,
                 endpoint,
+                webhook_secret,
             } => {
                 add("region", region);
                 add("access_key_id", access_key_id);
                 add("secret_access_key", "set");
                 if let Some(url) = endpoint {
                     add("endpoint", url);
+                }
+                if webhook_secret.is_some() {
+                    add("webhook_secret", "set");
                 }
             }
             Credentials::Simulator => {}
@@ -129,8 +135,10 @@ impl Credentials {
                 access_key_id,
                 secret_access_key,
                 endpoint,
+                webhook_secret,
             } => json!({"region": region, "access_key_id": access_key_id,
-                        "secret_access_key": secret_access_key.expose(), "endpoint": endpoint}),
+                        "secret_access_key": secret_access_key.expose(), "endpoint": endpoint,
+                        "webhook_secret": webhook_secret.as_ref().map(Secret::expose)}),
             Credentials::Simulator => json!({}),
         };
         value.to_string().into_bytes()
@@ -150,6 +158,7 @@ impl Credentials {
                 access_key_id: text("access_key_id")?,
                 secret_access_key: Secret(text("secret_access_key")?),
                 endpoint: text("endpoint"),
+                webhook_secret: text("webhook_secret").map(Secret),
             },
             ProviderKind::Simulator => Credentials::Simulator,
         })

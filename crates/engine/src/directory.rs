@@ -204,6 +204,7 @@ impl Directory {
                 access_key_id,
                 secret_access_key,
                 endpoint,
+                ..
             } => {
                 let mut config = SnsConfig::new(region);
                 config.endpoint_url = endpoint;

@@ -306,24 +306,15 @@ async fn record_twilio_report(
     Ok(())
 }
 
-/// What verifying forwarded SNS delivery status logs needs: the webhook secret, and the
-/// signatures already seen while their timestamps are fresh, so a replayed request is refused.
-/// The replay memory is this process's; processes behind one load balancer each keep their own.
-pub struct SnsHook {
-    secret: Vec<u8>,
-    tolerance: std::time::Duration,
+/// Signed requests already received, remembered while their timestamps are fresh, so a
+/// replayed request is refused. The memory is this process's; processes behind one load
+/// balancer each keep their own.
+#[derive(Debug, Default)]
+pub struct Replays {
     seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], jiff::Timestamp>>,
 }
 
-impl SnsHook {
-    pub fn new(secret: impl Into<Vec<u8>>) -> SnsHook {
-        SnsHook {
-            secret: secret.into(),
-            tolerance: sns::status::DEFAULT_TOLERANCE,
-            seen: std::sync::Mutex::default(),
-        }
-    }
-
+impl Replays {
     /// Remember a verified request; `false` when it was seen before.
     fn first_sighting(&self, verified: &sns::status::Verified, now: jiff::Timestamp) -> bool {
         let mut seen = self.seen.lock().expect("replay memory lock");
@@ -342,18 +333,29 @@ impl SnsHook {
     }
 }
 
-impl std::fmt::Debug for SnsHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnsHook")
-            .field("tolerance", &self.tolerance)
-            .finish_non_exhaustive()
+/// What verifying forwarded SNS delivery status logs for the server's SNS account needs.
+pub struct SnsHook {
+    secret: Vec<u8>,
+}
+
+impl SnsHook {
+    pub fn new(secret: impl Into<Vec<u8>>) -> SnsHook {
+        SnsHook {
+            secret: secret.into(),
+        }
     }
 }
 
-/// `POST /hooks/sns/status`: SNS SMS delivery status logs, one object or an array, forwarded
-/// by the user's subscription (see the README), signed with the webhook secret:
-/// `X-Herald-Timestamp` (Unix seconds) and `X-Herald-Signature` (hex HMAC-SHA256 of
-/// `timestamp + "." + body`). A batch is recorded whole or not at all.
+impl std::fmt::Debug for SnsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnsHook").finish_non_exhaustive()
+    }
+}
+
+/// `POST /hooks/sns/status`: SNS SMS delivery status logs for the server's SNS account, one
+/// object or an array, forwarded by the user's subscription (see the README), signed with the
+/// webhook secret: `X-Herald-Timestamp` (Unix seconds) and `X-Herald-Signature` (hex
+/// HMAC-SHA256 of `timestamp + "." + body`). A batch is recorded whole or not at all.
 pub async fn sns_status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -362,6 +364,75 @@ pub async fn sns_status(
     let Some(hook) = &state.sns else {
         return Err(Problem::new(&problem::NOT_FOUND, "SNS is not configured"));
     };
+    record_sns_logs(&state, &hook.secret, None, &headers, &body).await
+}
+
+/// `POST /hooks/sns/accounts/{account_id}/status`: the same for an organization's own SNS
+/// account, signed with the `webhook_secret` of its credentials; the logs can only settle
+/// messages that account sent.
+pub async fn sns_account_status(
+    State(state): State<AppState>,
+    Path(account_id): Path<Uuid>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let engine = &state.engine;
+    let not_found = || {
+        Problem::new(
+            &problem::NOT_FOUND,
+            "no SNS account takes delivery logs here (its credentials need a webhook_secret)",
+        )
+    };
+    let account = engine
+        .store
+        .find_provider_account(account_id)
+        .await?
+        .filter(|account| account.kind == ProviderKind::Sns)
+        .ok_or_else(not_found)?;
+    let credentials = open_credentials(
+        engine.store.as_ref(),
+        engine.config.secret_key.as_ref(),
+        account.org_id,
+        account.id,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, %account_id, "cannot open an SNS account to verify its logs");
+        Problem::new(
+            &problem::UNAVAILABLE,
+            "the logs cannot be verified now; retry",
+        )
+    })?;
+    let Some((
+        _,
+        Credentials::Sns {
+            webhook_secret: Some(secret),
+            ..
+        },
+    )) = credentials
+    else {
+        return Err(not_found());
+    };
+    let name = format!("{}/{}", ProviderKind::Sns.as_str(), account.id);
+    record_sns_logs(
+        &state,
+        secret.expose().as_bytes(),
+        Some(name),
+        &headers,
+        &body,
+    )
+    .await
+}
+
+/// Verify, parse and record forwarded delivery status logs. `provider` names the account the
+/// reports are for (an organization's `sns/{id}`); the server's account otherwise.
+async fn record_sns_logs(
+    state: &AppState,
+    secret: &[u8],
+    provider: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Problem> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -370,21 +441,21 @@ pub async fn sns_status(
     };
     let now = state.engine.clock.now();
     let verified = sns::status::verify(
-        &hook.secret,
+        secret,
         header(sns::status::TIMESTAMP_HEADER),
         header(sns::status::SIGNATURE_HEADER),
-        &body,
+        body,
         now,
-        hook.tolerance,
+        sns::status::DEFAULT_TOLERANCE,
     )
     .map_err(|error| {
-        tracing::warn!(route = "/hooks/sns/status", %error, "delivery status log refused");
+        tracing::warn!(%error, "delivery status log refused");
         Problem::new(
             &problem::FORBIDDEN,
             "missing, invalid or stale X-Herald-Signature / X-Herald-Timestamp",
         )
     })?;
-    let logs = sns::status::parse(&body).map_err(|error| {
+    let logs = sns::status::parse(body).map_err(|error| {
         Problem::field(
             &problem::VALIDATION_FAILED,
             "body",
@@ -393,24 +464,30 @@ pub async fn sns_status(
         )
     })?;
     // Remembered only once the body is known to be good, so a forwarder can fix and resend.
-    if !hook.first_sighting(&verified, now) {
-        tracing::warn!(
-            route = "/hooks/sns/status",
-            "replayed delivery status log refused"
-        );
+    if !state.replays.first_sighting(&verified, now) {
+        tracing::warn!("replayed delivery status log refused");
         return Err(Problem::new(
             &problem::FORBIDDEN,
             "this signed request was already received",
         ));
     }
-    let reports = logs.into_iter().map(|log| log.report).collect();
+    let reports = logs
+        .into_iter()
+        .map(|log| {
+            let mut report = log.report;
+            if let Some(provider) = &provider {
+                report.provider = provider.clone();
+            }
+            report
+        })
+        .collect();
     state
         .engine
         .recorder
         .submit(reports)
         .await
         .map_err(|error| {
-            hook.forget(&verified);
+            state.replays.forget(&verified);
             tracing::error!(%error, "SNS delivery status logs could not be recorded");
             Problem::new(
                 &problem::UNAVAILABLE,

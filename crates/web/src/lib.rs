@@ -40,8 +40,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Set when a Twilio account is configured: verifies its callbacks.
     pub twilio: Option<hooks::TwilioHook>,
-    /// Set when SNS delivery status logs are accepted: verifies them and refuses replays.
+    /// Set when the server's SNS account takes delivery status logs: verifies them.
     pub sns: Option<Arc<hooks::SnsHook>>,
+    /// Signed webhook requests already received, to refuse replays.
+    pub replays: Arc<hooks::Replays>,
 }
 
 #[derive(OpenApi)]
@@ -128,6 +130,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::post(hooks::twilio_account_inbound),
         )
         .route("/hooks/sns/status", axum::routing::post(hooks::sns_status))
+        .route(
+            "/hooks/sns/accounts/{account_id}/status",
+            axum::routing::post(hooks::sns_account_status),
+        )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)

@@ -131,6 +131,11 @@ const SNS_FIELDS: &[FieldCheck] = &[
     }),
     ("secret_access_key", true, secret_text),
     ("endpoint", false, url),
+    ("webhook_secret", false, |v| {
+        let ok = (16..=256).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic());
+        ok.then_some(())
+            .ok_or("must be 16 to 256 printable characters without spaces")
+    }),
 ];
 
 fn sid(value: &str, prefix: &str) -> bool {
@@ -212,6 +217,7 @@ pub(super) fn credentials(
             access_key_id: get("access_key_id"),
             secret_access_key: Secret(get("secret_access_key")),
             endpoint: given.get("endpoint").cloned(),
+            webhook_secret: given.get("webhook_secret").cloned().map(Secret),
         },
         ProviderKind::Simulator => Credentials::Simulator,
     })
