@@ -8,6 +8,7 @@
 //! - [`limits`]: rate limits per provider, shared by every process on the database.
 //! - [`pricing`]: segment prices, configured and learned from a provider's pricing API.
 //! - [`recorder`]: recording send results and provider reports with group commit.
+//! - [`charges`]: asking providers what settled messages cost.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
 //! - [`accounts`]: organizations' provider accounts and routes; [`secrets`] seals their
@@ -17,6 +18,7 @@
 
 pub mod acceptor;
 pub mod accounts;
+pub mod charges;
 pub mod clock;
 pub mod directory;
 pub mod dispatcher;
@@ -101,6 +103,7 @@ pub struct Engine {
     /// Segment prices for estimates.
     pub prices: Arc<pricing::PriceBook>,
     pub recorder: Recorder,
+    charges: charges::Charges,
     pub acceptor: Acceptor,
     pub dispatcher: Arc<Dispatcher>,
     pub maintenance: Arc<Maintenance>,
@@ -187,7 +190,10 @@ impl Engine {
             store.clone(),
             clock.clone(),
         ));
+        let charges =
+            charges::Charges::spawn(router.clone(), recorder.clone(), config.charge_delay);
         Ok(Engine {
+            charges,
             prices,
             store,
             clock,
@@ -218,47 +224,9 @@ impl Engine {
     }
 
     /// After a provider reported a message's final status without its price, ask the provider
-    /// what it charged (in the background, a few times, spaced out) and record it as the
-    /// message's actual cost. `org_id` finds an organization's own account by its name.
+    /// what it charged (see [`charges`]) and record it as the message's actual cost.
     pub fn collect_charge(&self, org_id: Uuid, report: herald_store::ProviderReport) {
-        use herald_domain::status::ReportedStatus;
-        let settled = matches!(
-            report.status,
-            ReportedStatus::Delivered | ReportedStatus::Undelivered | ReportedStatus::Failed
-        );
-        if !settled || report.cost.is_some() {
-            return;
-        }
-        let router = self.router.clone();
-        let recorder = self.recorder.clone();
-        let delay = self.config.charge_delay;
-        tokio::spawn(async move {
-            let Some(provider) = router.provider_named(org_id, &report.provider).await else {
-                return;
-            };
-            let mut waited = std::time::Duration::ZERO;
-            for factor in [1, 3, 10] {
-                let until = delay * factor;
-                tokio::time::sleep(until.saturating_sub(waited)).await;
-                waited = until;
-                match provider.charged(&report.provider_message_id).await {
-                    Ok(Some(cost)) => {
-                        let priced = herald_store::ProviderReport {
-                            cost: Some(cost),
-                            ..report
-                        };
-                        if let Err(error) =
-                            herald_providers::ReportSink::submit(&recorder, vec![priced]).await
-                        {
-                            tracing::warn!(%error, "cannot record what a message cost");
-                        }
-                        return;
-                    }
-                    Ok(None) => {}
-                    Err(error) => tracing::debug!(?error, "cannot ask what a message cost yet"),
-                }
-            }
-        });
+        self.charges.collect(org_id, report);
     }
 
     /// Validate and price a send request for `org`.

@@ -76,7 +76,13 @@ pub struct PriceBook {
     learned: RwLock<HashMap<Region, Learned>>,
     /// Countries being fetched now, so a burst of messages asks once.
     fetching: Mutex<HashSet<Region>>,
+    /// Countries whose price the source could not give, and until when not to ask again: a
+    /// failing API must not be asked once per message.
+    resting: Mutex<HashMap<Region, Timestamp>>,
 }
+
+/// How long to wait before asking again for a price the source could not give.
+const RETRY_FAILED: Duration = Duration::from_secs(10 * 60);
 
 impl PriceBook {
     /// Prices from `configured`, refined by `source` when given. A source whose currency is not
@@ -104,6 +110,7 @@ impl PriceBook {
             clock,
             learned: RwLock::default(),
             fetching: Mutex::default(),
+            resting: Mutex::default(),
         }
     }
 
@@ -157,6 +164,16 @@ impl PriceBook {
     }
 
     fn refresh_later(self: &Arc<Self>, region: Region) {
+        let now = self.clock.now();
+        if self
+            .resting
+            .lock()
+            .expect("price lock")
+            .get(&region)
+            .is_some_and(|until| now < *until)
+        {
+            return;
+        }
         if !self.fetching.lock().expect("price lock").insert(region) {
             return;
         }
@@ -174,11 +191,23 @@ impl PriceBook {
     /// Ask the source for `region`'s price now, and keep it.
     pub async fn refresh(&self, region: Region) {
         let Some(source) = &self.source else { return };
+        let rest = || {
+            let until =
+                self.clock.now() + SignedDuration::try_from(RETRY_FAILED).unwrap_or_default();
+            self.resting
+                .lock()
+                .expect("price lock")
+                .insert(region, until);
+        };
         let price = match source.segment_price(region).await {
             Ok(Some(price)) => price,
-            Ok(None) => return,
+            Ok(None) => {
+                rest();
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%region, %error, "cannot fetch a price; configured prices stay in force");
+                rest();
                 return;
             }
         };
