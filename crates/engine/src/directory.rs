@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::accounts::{Credentials, open_credentials};
+use crate::limits::Limits;
 use crate::routing::resolve;
 use crate::secrets::SecretKey;
 
@@ -36,7 +37,8 @@ const FRESH: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct AccountProvider {
     pub provider: Arc<dyn Provider>,
-    pub rate: Rate,
+    /// The account's rate limits, shared by every message it sends.
+    pub limits: Arc<Limits>,
     pub enabled: bool,
     updated_at: Timestamp,
     fetched: Instant,
@@ -149,7 +151,7 @@ impl Directory {
         };
         let entry = AccountProvider {
             provider,
-            rate: Rate::per_second(current.limits.messages_per_second),
+            limits: Arc::new(limits(&current)),
             enabled: current.enabled,
             updated_at: current.updated_at,
             fetched: Instant::now(),
@@ -217,6 +219,26 @@ impl Directory {
             Credentials::Simulator => self.simulator.clone(),
         };
         Some(Arc::new(Named { name, inner }))
+    }
+}
+
+/// The account's limits as buckets. Messages that name no sender count against the account's
+/// phone number, unless a Messaging Service picks the number (Twilio prefers it, see
+/// `herald_providers::twilio`).
+fn limits(account: &ProviderAccount) -> Limits {
+    let default_sender = if sender(account, SenderKind::MessagingServiceSid).is_some() {
+        None
+    } else {
+        sender(account, SenderKind::PhoneNumber)
+    };
+    Limits {
+        messages: Some(Rate::per_second(account.limits.messages_per_second)),
+        segments: account.limits.segments_per_second.map(Rate::per_second),
+        per_sender: account
+            .limits
+            .sender_messages_per_second
+            .map(Rate::per_second),
+        default_sender,
     }
 }
 
