@@ -271,3 +271,56 @@ impl Provider for Named {
         self.inner.lookup(query).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use herald_store::{ProviderKind, RateLimits, Sender};
+
+    use super::*;
+
+    fn account(senders: &[(SenderKind, &str)]) -> ProviderAccount {
+        ProviderAccount {
+            id: Uuid::nil(),
+            org_id: Uuid::nil(),
+            name: "twilio-us".into(),
+            kind: ProviderKind::Twilio,
+            credentials_shown: Vec::new(),
+            senders: senders
+                .iter()
+                .map(|(kind, value)| Sender {
+                    kind: *kind,
+                    value: (*value).into(),
+                })
+                .collect(),
+            limits: RateLimits {
+                messages_per_second: 10.0,
+                segments_per_second: Some(30.0),
+                sender_messages_per_second: Some(1.0),
+            },
+            enabled: true,
+            created_at: Timestamp::UNIX_EPOCH,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn an_accounts_limits_become_buckets_of_one_seconds_worth() {
+        let limits = limits(&account(&[
+            (SenderKind::AlphanumericId, "ACME"),
+            (SenderKind::PhoneNumber, "+14155550100"),
+        ]));
+        assert_eq!(limits.messages, Some(Rate::per_second(10.0)));
+        assert_eq!(limits.segments, Some(Rate::per_second(30.0)));
+        assert_eq!(limits.per_sender, Some(Rate::per_second(1.0)));
+        assert_eq!(limits.default_sender.as_deref(), Some("+14155550100"));
+    }
+
+    #[test]
+    fn a_messaging_service_leaves_no_default_sender_to_limit() {
+        let limits = limits(&account(&[
+            (SenderKind::PhoneNumber, "+14155550100"),
+            (SenderKind::MessagingServiceSid, "MG0123"),
+        ]));
+        assert_eq!(limits.default_sender, None);
+    }
+}
