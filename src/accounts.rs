@@ -212,6 +212,54 @@ pub async fn set_route(
     Ok(())
 }
 
+pub async fn list_routes(
+    file: &FileConfig,
+    url: &DatabaseUrl,
+    org_id: Uuid,
+    json: bool,
+) -> Result<()> {
+    let store = ready_store(file, url).await?;
+    if store.get_organization(org_id).await?.is_none() {
+        bail!("there is no organization {org_id}");
+    }
+    let routes = store.list_routes(org_id).await?;
+    if json {
+        // The same fields as `GET /v1/routes`.
+        let routes: Vec<_> = routes
+            .iter()
+            .map(|r| {
+                json!({
+                    "country": r.key.country.map(|c| c.as_str().to_owned()),
+                    "prefix": r.key.prefix, "providers": r.accounts, "updated_at": r.updated_at,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(routes));
+    } else {
+        for route in &routes {
+            let ids: Vec<_> = route.accounts.iter().map(Uuid::to_string).collect();
+            println!("{:<10}  {}", route.key.to_string(), ids.join(", "));
+        }
+    }
+    Ok(())
+}
+
+pub async fn remove_route(
+    file: &FileConfig,
+    url: &DatabaseUrl,
+    org_id: Uuid,
+    country: &str,
+    prefix: Option<&str>,
+) -> Result<()> {
+    let key = accounts::route_key(country, prefix).map_err(fields)?;
+    let store = ready_store(file, url).await?;
+    if !store.delete_route(org_id, &key).await? {
+        bail!("organization {org_id} has no route {key}");
+    }
+    println!("Route {key} removed.");
+    Ok(())
+}
+
 fn account_json(a: &ProviderAccount) -> serde_json::Value {
     let credentials: serde_json::Map<_, _> = a
         .credentials_shown

@@ -147,7 +147,8 @@ pub struct RoutingFile {
     pub breaker_failures: Option<u32>,
     /// How long a provider rests before one message probes it.
     pub breaker_cool_down_seconds: Option<u64>,
-    /// Messages per second per provider, shared by every process on the database.
+    /// Messages (and segments) per second per provider, shared by every process on the
+    /// database.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateFile>,
 }
@@ -158,6 +159,9 @@ pub struct RateFile {
     pub per_second: f64,
     /// The largest burst (default: one second's worth).
     pub burst: Option<f64>,
+    /// For providers that meter segments: a message of N segments takes N; bursts up to one
+    /// second's worth.
+    pub segments_per_second: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -409,7 +413,16 @@ impl FileConfig {
                 }
                 limit.burst = burst;
             }
-            config.dispatcher.rate_limits.insert(name.clone(), limit);
+            let mut limits = herald_engine::limits::Limits::messages(limit);
+            if let Some(segments) = rate.segments_per_second {
+                if !(segments > 0.0 && segments.is_finite()) {
+                    bail!(
+                        "routing.rate_limits.{name}.segments_per_second must be a positive number"
+                    );
+                }
+                limits.segments = Some(herald_store::rate::Rate::per_second(segments));
+            }
+            config.dispatcher.rate_limits.insert(name.clone(), limits);
         }
         config.secret_key = self.secret_key()?;
         Ok(config)
@@ -674,7 +687,7 @@ mod tests {
             default = ["twilio", "simulator"]
             breaker_failures = 3
             breaker_cool_down_seconds = 10
-            rate_limits = { twilio = { per_second = 10, burst = 20 } }
+            rate_limits = { twilio = { per_second = 10, burst = 20, segments_per_second = 30 } }
             [[routing.routes]]
             country = "GB"
             providers = ["simulator"]
@@ -686,8 +699,11 @@ mod tests {
         )
         .unwrap();
         let engine = file.engine().unwrap();
-        let limit = engine.dispatcher.rate_limits["twilio"];
-        assert_eq!((limit.per_second, limit.burst), (10.0, 20.0));
+        let limits = &engine.dispatcher.rate_limits["twilio"];
+        let messages = limits.messages.unwrap();
+        assert_eq!((messages.per_second, messages.burst), (10.0, 20.0));
+        let segments = limits.segments.unwrap();
+        assert_eq!((segments.per_second, segments.burst), (30.0, 30.0));
         let routing = engine.routing;
         assert_eq!(routing.breaker.failures_to_open, 3);
         assert_eq!(routing.breaker.cool_down, Duration::from_secs(10));
@@ -710,6 +726,7 @@ mod tests {
             "[[routing.routes]]\ncountry = \"GB\"\nproviders = []",
             "[routing.rate_limits]\ntwilio = { per_second = 0 }",
             "[routing.rate_limits]\ntwilio = { per_second = 5, burst = 0.5 }",
+            "[routing.rate_limits]\ntwilio = { per_second = 5, segments_per_second = 0 }",
         ] {
             let file: FileConfig = toml::from_str(bad).unwrap();
             assert!(file.engine().is_err(), "{bad}");

@@ -109,6 +109,24 @@ enum RouteCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         providers: Vec<String>,
     },
+    /// List an organization's routes: the default first, then by country and prefix.
+    List {
+        #[arg(long)]
+        org: uuid::Uuid,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a route; its destinations then follow the next matching route.
+    Remove {
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// ISO 3166-1 alpha-2 code, or `default` for the default route.
+        #[arg(long)]
+        country: String,
+        /// E.164 digits the number starts with, e.g. 1415.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -269,6 +287,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Route(RouteCommand::List { org, json }) => {
+            accounts::list_routes(&file, &database_url, org, json).await
+        }
+        Command::Route(RouteCommand::Remove {
+            org,
+            country,
+            prefix,
+        }) => accounts::remove_route(&file, &database_url, org, &country, prefix.as_deref()).await,
         Command::Bench(args) => bench(args, cli_database_url).await,
         Command::Key(KeyCommand::List { org, json }) => {
             commands::list_keys(&file, &database_url, org, json).await

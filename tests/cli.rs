@@ -404,6 +404,100 @@ async fn provider_accounts_and_routes_are_managed_while_a_server_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_listed_and_removed_while_a_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite:herald.db";
+    let org = run_json(herald(dir.path(), url).args(["org", "create", "Acme", "--json"]));
+    let org_id = org["org_id"].as_str().unwrap().to_owned();
+    let server = Server::start(dir.path(), url);
+    let sim = run_json(herald(dir.path(), url).args([
+        "provider",
+        "add",
+        "--org",
+        &org_id,
+        "--kind",
+        "simulator",
+        "--name",
+        "sim",
+        "--json",
+    ]));
+    let sim = sim["id"].as_str().unwrap().to_owned();
+    let route = |args: &[&str]| {
+        let mut command = herald(dir.path(), url);
+        command.arg("route").args(args).args(["--org", &org_id]);
+        command.output().unwrap()
+    };
+    for place in [
+        &["--country", "US", "--prefix", "1415"][..],
+        &["--country", "default"],
+    ] {
+        let set = route(&[&["set", "--providers", &sim][..], place].concat());
+        assert!(
+            set.status.success(),
+            "{}",
+            String::from_utf8_lossy(&set.stderr)
+        );
+    }
+
+    let listed = route(&["list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["country"], Value::Null, "the default route first");
+    assert_eq!(
+        (
+            &listed[1]["country"],
+            &listed[1]["prefix"],
+            &listed[1]["providers"]
+        ),
+        (&json!("US"), &json!("1415"), &json!([sim]))
+    );
+    let text = String::from_utf8_lossy(&route(&["list"]).stdout).into_owned();
+    assert!(
+        text.contains("default") && text.contains("US/1415"),
+        "{text}"
+    );
+
+    let removed = route(&["remove", "--country", "US", "--prefix", "1415"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let again = route(&["remove", "--country", "US", "--prefix", "1415"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no route US/1415"));
+    let bad = route(&["remove", "--country", "default", "--prefix", "1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("prefix"));
+
+    // The running server sees the change at once.
+    let (status, routes) = status_and_json(
+        reqwest::Client::new()
+            .get(format!("{}/v1/routes", server.base))
+            .bearer_auth(org["live_key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(routes["data"].as_array().unwrap().len(), 1);
+    assert_eq!(routes["data"][0]["country"], Value::Null);
+    // With its last route gone, the account can be removed.
+    assert!(route(&["remove", "--country", "default"]).status.success());
+    let gone = herald(dir.path(), url)
+        .args(["provider", "remove", &sim])
+        .output()
+        .unwrap();
+    assert!(
+        gone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_works_on_postgresql_too() {
     let Some(database) = herald_store_postgres::test_support::fresh_database().await else {
         return;

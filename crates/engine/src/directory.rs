@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::accounts::{Credentials, open_credentials};
+use crate::limits::Limits;
 use crate::routing::resolve;
 use crate::secrets::SecretKey;
 
@@ -36,7 +37,8 @@ const FRESH: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct AccountProvider {
     pub provider: Arc<dyn Provider>,
-    pub rate: Rate,
+    /// The account's rate limits, shared by every message it sends.
+    pub limits: Arc<Limits>,
     pub enabled: bool,
     updated_at: Timestamp,
     fetched: Instant,
@@ -149,7 +151,7 @@ impl Directory {
         };
         let entry = AccountProvider {
             provider,
-            rate: Rate::per_second(current.limits.messages_per_second),
+            limits: Arc::new(limits(&current)),
             enabled: current.enabled,
             updated_at: current.updated_at,
             fetched: Instant::now(),
@@ -221,6 +223,26 @@ impl Directory {
     }
 }
 
+/// The account's limits as buckets. Messages that name no sender count against the account's
+/// phone number, unless a Messaging Service picks the number (Twilio prefers it, see
+/// `herald_providers::twilio`).
+fn limits(account: &ProviderAccount) -> Limits {
+    let default_sender = if sender(account, SenderKind::MessagingServiceSid).is_some() {
+        None
+    } else {
+        sender(account, SenderKind::PhoneNumber)
+    };
+    Limits {
+        messages: Some(Rate::per_second(account.limits.messages_per_second)),
+        segments: account.limits.segments_per_second.map(Rate::per_second),
+        per_sender: account
+            .limits
+            .sender_messages_per_second
+            .map(Rate::per_second),
+        default_sender,
+    }
+}
+
 /// The account's first sender of `kind`.
 fn sender(account: &ProviderAccount, kind: SenderKind) -> Option<String> {
     account
@@ -255,5 +277,58 @@ impl Provider for Named {
         provider_message_id: &str,
     ) -> Result<Option<herald_domain::money::Amount>, SendError> {
         self.inner.charged(provider_message_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herald_store::{ProviderKind, RateLimits, Sender};
+
+    use super::*;
+
+    fn account(senders: &[(SenderKind, &str)]) -> ProviderAccount {
+        ProviderAccount {
+            id: Uuid::nil(),
+            org_id: Uuid::nil(),
+            name: "twilio-us".into(),
+            kind: ProviderKind::Twilio,
+            credentials_shown: Vec::new(),
+            senders: senders
+                .iter()
+                .map(|(kind, value)| Sender {
+                    kind: *kind,
+                    value: (*value).into(),
+                })
+                .collect(),
+            limits: RateLimits {
+                messages_per_second: 10.0,
+                segments_per_second: Some(30.0),
+                sender_messages_per_second: Some(1.0),
+            },
+            enabled: true,
+            created_at: Timestamp::UNIX_EPOCH,
+            updated_at: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn an_accounts_limits_become_buckets_of_one_seconds_worth() {
+        let limits = limits(&account(&[
+            (SenderKind::AlphanumericId, "ACME"),
+            (SenderKind::PhoneNumber, "+14155550100"),
+        ]));
+        assert_eq!(limits.messages, Some(Rate::per_second(10.0)));
+        assert_eq!(limits.segments, Some(Rate::per_second(30.0)));
+        assert_eq!(limits.per_sender, Some(Rate::per_second(1.0)));
+        assert_eq!(limits.default_sender.as_deref(), Some("+14155550100"));
+    }
+
+    #[test]
+    fn a_messaging_service_leaves_no_default_sender_to_limit() {
+        let limits = limits(&account(&[
+            (SenderKind::PhoneNumber, "+14155550100"),
+            (SenderKind::MessagingServiceSid, "MG0123"),
+        ]));
+        assert_eq!(limits.default_sender, None);
     }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_domain::message::Mode;
 use herald_providers::{Outbound, Provider, SendError};
-use herald_store::rate::Rate;
 use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, Semaphore};
@@ -25,7 +24,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::directory::{Candidates, Directory};
-use crate::limits::Limiter;
+use crate::limits::{Limiter, Limits};
 use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
 use crate::routing::{self, Breaker, BreakerConfig, Breakers, Choice, Health, RouteTable};
@@ -48,8 +47,8 @@ pub struct DispatcherConfig {
     /// How long an idle dispatcher sleeps before looking again (it also wakes on new work).
     pub idle_poll: Duration,
     pub retry: RetryPolicy,
-    /// Messages per second per provider name, across every process sharing the database.
-    pub rate_limits: HashMap<String, Rate>,
+    /// Limits per provider name, across every process sharing the database.
+    pub rate_limits: HashMap<String, Limits>,
 }
 
 impl Default for DispatcherConfig {
@@ -93,8 +92,8 @@ pub struct UnknownProvider {
 pub struct Chosen {
     pub provider: Arc<dyn Provider>,
     breaker: Option<Arc<Breaker>>,
-    /// The account's own rate limit, for organizations' accounts.
-    pub rate: Option<Rate>,
+    /// The account's own rate limits, for organizations' accounts.
+    pub limits: Option<Arc<Limits>>,
 }
 
 impl Chosen {
@@ -213,7 +212,7 @@ impl Router {
             return Ok(Chosen {
                 provider: self.simulator.clone(),
                 breaker: None,
-                rate: None,
+                limits: None,
             });
         }
         if let Some(directory) = &self.directory {
@@ -238,7 +237,7 @@ impl Router {
                             Ok(Chosen {
                                 breaker: Some(self.breakers.get_or_create(&names[index])),
                                 provider: account.provider.clone(),
-                                rate: Some(account.rate),
+                                limits: Some(account.limits.clone()),
                             })
                         }
                         Choice::Wait(until) => Err(until),
@@ -258,7 +257,7 @@ impl Router {
                 Ok(Chosen {
                     provider,
                     breaker,
-                    rate: None,
+                    limits: None,
                 })
             }
             Choice::Wait(until) => Err(until),
@@ -416,7 +415,21 @@ impl Dispatcher {
             chosen.settle(&SendOutcome::Unclaimed, self.clock.now());
             result(&name, SendOutcome::Unclaimed)
         };
-        if !self.limiter.acquire(&name, chosen.rate, shutdown).await {
+        // Stop waiting for the rate limit while a call could still end within the lease: a
+        // message held back longer goes back to the queue rather than spend a token late.
+        let patience = SignedDuration::try_from(self.config.send_timeout)
+            .ok()
+            .map(|timeout| message.lease_expires_at - timeout)
+            .and_then(|latest| Duration::try_from(latest - self.clock.now()).ok())
+            .unwrap_or_default();
+        let limited = self.limiter.acquire(
+            &name,
+            chosen.limits.as_deref(),
+            message.segments,
+            message.sender.as_deref(),
+            shutdown,
+        );
+        if !matches!(tokio::time::timeout(patience, limited).await, Ok(true)) {
             return unclaimed(&chosen);
         }
         let permit = tokio::select! {
