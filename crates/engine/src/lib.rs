@@ -5,7 +5,8 @@
 //! - [`dispatcher`]: claiming due messages with leases and handing them to providers.
 //! - [`routing`]: routes by destination, failover and circuit breakers.
 //! - [`directory`]: organizations' own provider accounts and routes, as live providers.
-//! - [`limits`]: rate limits per provider, shared by every process on the database.
+//! - [`limits`]: rate limits (messages, segments, per sender) shared by every process on the
+//!   database.
 //! - [`pricing`]: segment prices, configured and learned from a provider's pricing API.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`charges`]: asking providers what settled messages cost.

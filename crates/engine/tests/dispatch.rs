@@ -465,14 +465,17 @@ async fn shutdown_returns_claimed_but_unsent_messages_to_the_queue(backend: Back
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut workers = w.engine.start(shutdown.clone());
-    // Wait until the slow first call is under way, then ask everything to stop.
-    while w.engine.simulator.total_accepted() == 0 && !shutdown.is_cancelled() {
-        let sending = futures_count(&w, &ids, Sending).await;
-        if sending == 3 {
-            shutdown.cancel();
-        }
+    // Wait until the slow first call is under way (it has taken the injected delay), with all
+    // three claimed, then ask everything to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while w.engine.simulator.pending_faults() > 0 || futures_count(&w, &ids, Sending).await < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first call never started"
+        );
         tokio::task::yield_now().await;
     }
+    shutdown.cancel();
     while workers.join_next().await.is_some() {}
 
     let mut statuses = Vec::new();

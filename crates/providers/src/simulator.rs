@@ -187,6 +187,12 @@ impl Simulator {
         self.lock().accepted.values().map(|&n| u64::from(n)).sum()
     }
 
+    /// Injected faults not yet taken by a send: a send takes its fault as it starts, so this
+    /// tells a test that a call is under way.
+    pub fn pending_faults(&self) -> usize {
+        self.lock().faults.len()
+    }
+
     /// Reports not yet delivered to the sink.
     pub fn pending_reports(&self) -> usize {
         self.lock().pending.len()
