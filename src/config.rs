@@ -220,6 +220,9 @@ pub struct SnsFile {
     /// `AWS.SNS.SMS.MaxPrice`, USD per message.
     pub max_price: Option<String>,
     pub timeout_ms: Option<u64>,
+    /// Ask SNS whether a number opted out before each send (one more call per message), so
+    /// such a message fails visibly instead of being silently dropped by SNS.
+    pub check_opt_out: Option<bool>,
     /// The secret forwarded delivery status logs are signed with (`/hooks/sns/status`).
     pub webhook_secret: Option<String>,
 }
@@ -534,6 +537,7 @@ impl FileConfig {
         if let Some(ms) = file.and_then(|s| s.timeout_ms) {
             config.timeout = Duration::from_millis(ms);
         }
+        config.check_opt_out = file.and_then(|s| s.check_opt_out).unwrap_or(false);
         let webhook_secret = pick(
             "WEBHOOK_SECRET",
             file.and_then(|s| s.webhook_secret.as_ref()),

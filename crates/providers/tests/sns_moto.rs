@@ -474,6 +474,34 @@ async fn the_opt_out_list_can_be_read_checked_and_opted_back_into() {
 }
 
 #[tokio::test]
+async fn with_the_check_on_an_opted_out_number_fails_instead_of_vanishing() {
+    let moto = Moto::start().await;
+    moto.post("/moto-api/reset").await;
+    let mut config = moto.config();
+    config.check_opt_out = true;
+    let sns = Sns::new(config).await;
+    // Moto says every number ending in 99 has opted out (see above).
+    match sns
+        .send(&outbound("+15555550199", "Hi", MessageType::Promotional))
+        .await
+    {
+        Err(SendError::Permanent { code, .. }) => {
+            assert_eq!(code, herald_providers::sns::OPTED_OUT)
+        }
+        other => panic!("an opted-out number: {other:?}"),
+    }
+    assert!(
+        moto.data().await["sns"]["SMS"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "nothing was published"
+    );
+    sns.send(&outbound("+15555550100", "Hi", MessageType::Promotional))
+        .await
+        .expect("other numbers still go out");
+}
+
+#[tokio::test]
 async fn an_invalid_phone_number_fails_for_good() {
     let moto = Moto::start().await;
     moto.post("/moto-api/reset").await;

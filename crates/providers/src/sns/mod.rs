@@ -34,6 +34,9 @@ pub const NAME: &str = "sns";
 /// tell it apart from throttling.
 pub const ACCOUNT_PROBLEM: &str = "AuthorizationError";
 
+/// The code of a message refused because its number opted out at SNS.
+pub const OPTED_OUT: &str = "OptedOut";
+
 /// An SNS account. The secret access key never appears in `Debug` output.
 #[derive(Clone)]
 pub struct SnsConfig {
@@ -55,6 +58,10 @@ pub struct SnsConfig {
     /// How long opening a connection may take; a connection never opened delivered nothing, so
     /// this can be short and its failures retried safely.
     pub connect_timeout: Duration,
+    /// Ask `CheckIfPhoneNumberIsOptedOut` before each publish: SNS drops messages to opted-out
+    /// numbers without a word, so this is how such a message fails visibly instead of being
+    /// reported sent.
+    pub check_opt_out: bool,
 }
 
 /// An access key pair.
@@ -83,6 +90,7 @@ impl std::fmt::Debug for SnsConfig {
             .field("max_price", &self.max_price)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("check_opt_out", &self.check_opt_out)
             .finish()
     }
 }
@@ -97,6 +105,7 @@ impl SnsConfig {
             max_price: None,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            check_opt_out: false,
         }
     }
 
@@ -255,6 +264,12 @@ impl Provider for Sns {
     }
 
     async fn send(&self, message: &Outbound) -> Result<Accepted, SendError> {
+        if self.config.check_opt_out && self.is_opted_out(&message.to).await? {
+            return Err(SendError::Permanent {
+                code: OPTED_OUT.into(),
+                message: "the number has opted out of SMS at AWS SNS".into(),
+            });
+        }
         let mut publish = self
             .client
             .publish()
