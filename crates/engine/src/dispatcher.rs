@@ -27,7 +27,7 @@ use crate::directory::{Candidates, Directory};
 use crate::limits::{Limiter, Limits};
 use crate::recorder::Recorder;
 use crate::retry::RetryPolicy;
-use crate::routing::{self, Breaker, BreakerConfig, Breakers, Choice, Health, RouteTable};
+use crate::routing::{self, Breaker, BreakerConfig, Breakers, Choice, RouteTable};
 use crate::stats::Counters;
 
 /// Dispatcher tuning.
@@ -98,14 +98,54 @@ pub struct Chosen {
 
 impl Chosen {
     /// Tell the provider's breaker how the call went.
-    fn settle(&self, outcome: &SendOutcome, now: Timestamp) {
+    fn settle(&self, health: CallHealth, now: Timestamp) {
         let Some(breaker) = &self.breaker else { return };
-        match outcome {
-            SendOutcome::Accepted { .. } | SendOutcome::Failed { .. } => breaker.succeeded(),
-            SendOutcome::Retry { .. } | SendOutcome::Unanswered { .. } => breaker.failed(now),
-            SendOutcome::Unclaimed => breaker.abandon(now),
+        match health {
+            CallHealth::Answered => breaker.succeeded(),
+            CallHealth::Failing => breaker.failed(now),
+            CallHealth::AccountProblem => breaker.trip(now),
+            CallHealth::NotCalled => breaker.abandon(now),
         }
     }
+}
+
+/// What a call said about the provider, for its breaker: judged by the provider's answer, not
+/// by what became of the message (a last attempt's 503 fails the message but is still a
+/// failing provider).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CallHealth {
+    /// It answered about the message, accepting or refusing it.
+    Answered,
+    /// A transient refusal, or no answer.
+    Failing,
+    /// The account cannot send at all (bad credentials, no permission): no point trying it
+    /// again before the cool-down.
+    AccountProblem,
+    /// No call was made.
+    NotCalled,
+}
+
+impl CallHealth {
+    fn of(
+        answer: &Result<Result<herald_providers::Accepted, SendError>, tokio::time::error::Elapsed>,
+    ) -> CallHealth {
+        match answer {
+            Ok(Ok(_)) | Ok(Err(SendError::Permanent { .. })) => CallHealth::Answered,
+            Ok(Err(SendError::Transient { code, .. })) if is_account_problem(code) => {
+                CallHealth::AccountProblem
+            }
+            Ok(Err(_)) | Err(_) => CallHealth::Failing,
+        }
+    }
+}
+
+/// Codes the adapters give a refusal of the account itself: SNS's authorization errors,
+/// Twilio's 20003 (authentication) or a bare 401/403.
+fn is_account_problem(code: &str) -> bool {
+    matches!(
+        code,
+        herald_providers::sns::ACCOUNT_PROBLEM | "20003" | "401" | "403"
+    )
 }
 
 impl Router {
@@ -265,7 +305,7 @@ impl Router {
     }
 
     /// How each provider's breaker stands, for operators.
-    pub fn health(&self) -> Vec<(String, Health)> {
+    pub fn health(&self) -> Vec<(String, routing::Health)> {
         self.live
             .iter()
             .filter_map(|p| {
@@ -412,7 +452,7 @@ impl Dispatcher {
         let name = chosen.provider.name().to_owned();
         // From here every way out tells the breaker, so a probe is never left hanging.
         let unclaimed = |chosen: &Chosen| {
-            chosen.settle(&SendOutcome::Unclaimed, self.clock.now());
+            chosen.settle(CallHealth::NotCalled, self.clock.now());
             result(&name, SendOutcome::Unclaimed)
         };
         // Stop waiting for the rate limit while a call could still end within the lease: a
@@ -462,6 +502,7 @@ impl Dispatcher {
             attempt: message.attempt,
         };
         let answer = tokio::time::timeout(self.config.send_timeout, provider.send(&outbound)).await;
+        chosen.settle(CallHealth::of(&answer), self.clock.now());
         let outcome = match answer {
             Ok(Ok(accepted)) => SendOutcome::Accepted {
                 provider_message_id: accepted.provider_message_id,
@@ -488,7 +529,6 @@ impl Dispatcher {
                 self.transient(&message, code, reason, retry_at)
             }
         };
-        chosen.settle(&outcome, self.clock.now());
         if !matches!(outcome, SendOutcome::Accepted { .. }) {
             tracing::debug!(message_id = %message.id, attempt = message.attempt, provider = provider.name(), ?outcome, "send not accepted");
         }

@@ -191,6 +191,13 @@ impl Breaker {
         };
     }
 
+    /// The account itself was refused (bad credentials, no permission): rest it at once.
+    pub fn trip(&self, now: Timestamp) {
+        *self.state.lock().expect("breaker lock") = State::Open {
+            until: now + SignedDuration::try_from(self.config.cool_down).unwrap_or_default(),
+        };
+    }
+
     /// A call that was chosen but not made (shutdown, a lease about to end): if it was the
     /// probe, let the next caller probe instead.
     pub fn abandon(&self, now: Timestamp) {

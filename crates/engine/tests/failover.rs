@@ -26,6 +26,8 @@ use uuid::Uuid;
 /// A provider that accepts, or refuses transiently or permanently, as the test says.
 struct Scripted {
     name: &'static str,
+    /// Refuse as an account whose credentials are wrong.
+    unauthorized: AtomicBool,
     transient: AtomicBool,
     permanent: AtomicBool,
     calls: AtomicUsize,
@@ -36,6 +38,7 @@ impl Scripted {
     fn new(name: &'static str) -> Arc<Scripted> {
         Arc::new(Scripted {
             name,
+            unauthorized: AtomicBool::new(false),
             transient: AtomicBool::new(false),
             permanent: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
@@ -60,6 +63,13 @@ impl Provider for Scripted {
             return Err(SendError::Permanent {
                 code: "21211".into(),
                 message: "invalid number".into(),
+            });
+        }
+        if self.unauthorized.load(Ordering::SeqCst) {
+            return Err(SendError::Transient {
+                code: herald_providers::sns::ACCOUNT_PROBLEM.into(),
+                message: "The security token included in the request is invalid".into(),
+                retry_after: None,
             });
         }
         if self.transient.load(Ordering::SeqCst) {
@@ -350,4 +360,36 @@ async fn a_route_naming_an_unknown_provider_is_refused_at_start() {
         error.to_string(),
         "the route for FR names provider \"nope\", which is not configured"
     );
+}
+
+#[tokio::test]
+async fn an_account_refused_for_its_credentials_rests_at_once() {
+    let w = world(RouteTable::default()).await;
+    w.alpha.unauthorized.store(true, Ordering::SeqCst);
+    let id = w.send("+14155550100").await;
+    w.dispatch().await;
+    // One refusal of the account is enough: no run of failures is needed.
+    assert!(matches!(w.health("alpha"), Health::Open(_)));
+    w.later(Duration::from_secs(5)).await;
+    w.dispatch().await;
+    assert_eq!(w.get(id).await.provider.as_deref(), Some("beta"));
+}
+
+#[tokio::test]
+async fn a_last_attempts_server_error_still_counts_against_the_provider() {
+    let w = world(RouteTable::default()).await;
+    w.alpha.transient.store(true, Ordering::SeqCst);
+    w.beta.transient.store(true, Ordering::SeqCst);
+    let id = w.send("+14155550100").await;
+    // Attempts alternate alpha, beta, alpha…; the message fails once they run out.
+    for _ in 0..10 {
+        w.later(Duration::from_secs(400)).await;
+        if w.dispatch().await == 0 {
+            break;
+        }
+    }
+    assert_eq!(w.get(id).await.status, MessageStatus::Failed);
+    // Every refusal counted against its provider, the last one too: both rest.
+    assert!(matches!(w.health("alpha"), Health::Open(_)));
+    assert!(matches!(w.health("beta"), Health::Open(_)));
 }
