@@ -158,14 +158,8 @@ pub(crate) async fn list(
     .fetch_all(pool)
     .await
     .ctx("failed to list provider accounts")?;
-    let mut items = rows.iter().map(account).collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|a| a.id)
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    let items = rows.iter().map(account).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_overfetch(items, limit, |item| item.id))
 }
 
 pub(crate) async fn update(

@@ -47,14 +47,8 @@ pub(crate) async fn list(
     .fetch_all(pool)
     .await
     .ctx("failed to list inbound messages")?;
-    let mut items = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|m| m.id)
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    let items = rows.iter().map(row).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_overfetch(items, limit, |item| item.id))
 }
 
 fn row(row: &SqliteRow) -> Result<InboundMessage, StoreError> {

@@ -237,6 +237,20 @@ pub struct Page<T> {
     pub next: Option<Uuid>,
 }
 
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` rows read: the extra row only tells that a next page
+    /// exists, which is cheaper than counting.
+    pub fn from_overfetch(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid) -> Page<T> {
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(id)
+        } else {
+            None
+        };
+        Page { items, next }
+    }
+}
+
 /// Why a cancel was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelRefusal {

@@ -194,24 +194,24 @@ fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
-/// An organization's Twilio account with its auth token and the public URL its callbacks are
-/// signed against; 404 when there is no such account or no public URL.
-async fn twilio_account(
+/// An organization's account of `kind` whose webhook this is, with its credentials opened:
+/// `None` when there is no such account. Opening may fail (the secret key changed): the
+/// provider should retry, so that is 503.
+async fn hook_account(
     state: &AppState,
     account_id: Uuid,
-) -> Result<(herald_store::ProviderAccount, String, String), Problem> {
+    kind: ProviderKind,
+) -> Result<Option<(herald_store::ProviderAccount, Credentials)>, Problem> {
     let engine = &state.engine;
-    let not_found = || Problem::new(&problem::NOT_FOUND, "no such Twilio account");
-    let Some(public_url) = engine.config.public_url.as_deref() else {
-        return Err(not_found());
-    };
-    let account = engine
+    let Some(account) = engine
         .store
         .find_provider_account(account_id)
         .await?
-        .filter(|account| account.kind == ProviderKind::Twilio)
-        .ok_or_else(not_found)?;
-    let credentials = open_credentials(
+        .filter(|account| account.kind == kind)
+    else {
+        return Ok(None);
+    };
+    open_credentials(
         engine.store.as_ref(),
         engine.config.secret_key.as_ref(),
         account.org_id,
@@ -219,12 +219,25 @@ async fn twilio_account(
     )
     .await
     .map_err(|error| {
-        tracing::error!(%error, %account_id, "cannot open a Twilio account to verify its callback");
+        tracing::error!(%error, %account_id, "cannot open an account to verify its webhook");
         Problem::new(
             &problem::UNAVAILABLE,
-            "the callback cannot be verified now; retry",
+            "the request cannot be verified now; retry",
         )
-    })?;
+    })
+}
+
+/// An organization's Twilio account with its auth token and the public URL its callbacks are
+/// signed against; 404 when there is no such account or no public URL.
+async fn twilio_account(
+    state: &AppState,
+    account_id: Uuid,
+) -> Result<(herald_store::ProviderAccount, String, String), Problem> {
+    let not_found = || Problem::new(&problem::NOT_FOUND, "no such Twilio account");
+    let Some(public_url) = state.engine.config.public_url.as_deref() else {
+        return Err(not_found());
+    };
+    let credentials = hook_account(state, account_id, ProviderKind::Twilio).await?;
     let Some((account, Credentials::Twilio { auth_token, .. })) = credentials else {
         return Err(not_found());
     };
@@ -376,35 +389,15 @@ pub async fn sns_account_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let engine = &state.engine;
     let not_found = || {
         Problem::new(
             &problem::NOT_FOUND,
             "no SNS account takes delivery logs here (its credentials need a webhook_secret)",
         )
     };
-    let account = engine
-        .store
-        .find_provider_account(account_id)
-        .await?
-        .filter(|account| account.kind == ProviderKind::Sns)
-        .ok_or_else(not_found)?;
-    let credentials = open_credentials(
-        engine.store.as_ref(),
-        engine.config.secret_key.as_ref(),
-        account.org_id,
-        account.id,
-    )
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, %account_id, "cannot open an SNS account to verify its logs");
-        Problem::new(
-            &problem::UNAVAILABLE,
-            "the logs cannot be verified now; retry",
-        )
-    })?;
+    let credentials = hook_account(&state, account_id, ProviderKind::Sns).await?;
     let Some((
-        _,
+        account,
         Credentials::Sns {
             webhook_secret: Some(secret),
             ..
