@@ -63,7 +63,8 @@ pub struct Directory {
     public_url: Option<String>,
     simulator: Arc<dyn Provider>,
     routes: Mutex<HashMap<Uuid, CachedRoutes>>,
-    accounts: Mutex<HashMap<Uuid, AccountProvider>>,
+    /// By organization and account, so one organization can never be handed another's.
+    accounts: Mutex<HashMap<(Uuid, Uuid), AccountProvider>>,
 }
 
 impl Directory {
@@ -114,30 +115,34 @@ impl Directory {
     }
 
     async fn routes(&self, org_id: Uuid) -> Result<Arc<Vec<Route>>, herald_store::StoreError> {
-        let mut cache = self.routes.lock().await;
-        if let Some((fetched, routes)) = cache.get(&org_id)
+        if let Some((fetched, routes)) = self.routes.lock().await.get(&org_id)
             && fetched.elapsed() < FRESH
         {
             return Ok(routes.clone());
         }
+        // Read without holding the cache: other organizations' sends must not wait on it.
         let routes = Arc::new(self.store.list_routes(org_id).await?);
-        cache.insert(org_id, (Instant::now(), routes.clone()));
+        self.routes
+            .lock()
+            .await
+            .insert(org_id, (Instant::now(), routes.clone()));
         Ok(routes)
     }
 
     /// One account of `org_id`, from the cache while fresh; rebuilt only when it changed.
     async fn account(&self, org_id: Uuid, id: Uuid) -> Option<AccountProvider> {
-        let mut cache = self.accounts.lock().await;
-        let cached = cache.get(&id).cloned();
+        let cached = self.accounts.lock().await.get(&(org_id, id)).cloned();
         if let Some(cached) = &cached
             && cached.fetched.elapsed() < FRESH
         {
             return Some(cached.clone());
         }
+        // Read and build without holding the cache (building an SNS client may read the AWS
+        // credential chain): other accounts' sends must not wait on it.
         let current = match self.store.get_provider_account(org_id, id).await {
             Ok(Some(account)) => account,
             Ok(None) => {
-                cache.remove(&id);
+                self.accounts.lock().await.remove(&(org_id, id));
                 return None;
             }
             Err(error) => {
@@ -156,7 +161,10 @@ impl Directory {
             updated_at: current.updated_at,
             fetched: Instant::now(),
         };
-        cache.insert(id, entry.clone());
+        self.accounts
+            .lock()
+            .await
+            .insert((org_id, id), entry.clone());
         Some(entry)
     }
 
