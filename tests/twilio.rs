@@ -256,12 +256,8 @@ async fn sha256_signatures_count_only_when_the_settings_header_names_them(
 async fn twilio_refusals_fail_or_retry_as_their_codes_say(s: &TestServer, fake: &FakeTwilio) {
     let key = &s.tenant.live_key;
     // Refusals about the message itself fail it at once with Twilio's code: 21211 invalid
-    // number, 21610 recipient unsubscribed, 21614 not a mobile number.
-    for (to, status, code) in [
-        ("+14155550123", 400, 21211),
-        ("+14155550131", 400, 21610),
-        ("+14155550132", 400, 21614),
-    ] {
+    // number, 21614 not a mobile number.
+    for (to, status, code) in [("+14155550123", 400, 21211), ("+14155550132", 400, 21614)] {
         fake.refuse(to, status, code);
         let (_, created) = s.send(key, json!({"to": to, "body": "Hi"})).await;
         let failed = s
@@ -273,6 +269,33 @@ async fn twilio_refusals_fail_or_retry_as_their_codes_say(s: &TestServer, fake: 
             "{code}: a permanent refusal is not retried"
         );
     }
+
+    // 21610, the recipient unsubscribed at Twilio: suppressed, and the number goes on the
+    // organization's suppression list, so nothing more is tried.
+    fake.refuse("+14155550131", 400, 21610);
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550131", "body": "Hi"}))
+        .await;
+    let suppressed = s
+        .wait_for(key, created["id"].as_str().unwrap(), "suppressed")
+        .await;
+    assert_eq!(suppressed["error_code"], "21610");
+    let (_, list) = s.get(key, "/v1/opt-outs").await;
+    assert_eq!(list["data"][0]["phone"], "+14155550131", "{list}");
+    assert_eq!(list["data"][0]["source"], "twilio:21610");
+    let before = fake.received.lock().unwrap().len();
+    let (_, again) = s
+        .send(key, json!({"to": "+14155550131", "body": "Hi again"}))
+        .await;
+    let again = s
+        .wait_for(key, again["id"].as_str().unwrap(), "suppressed")
+        .await;
+    assert_eq!(again["error_code"], "opted_out");
+    assert_eq!(
+        fake.received.lock().unwrap().len(),
+        before,
+        "not even tried"
+    );
 
     // Throttling (20429, 30022 under 429 or 400) and server errors are retried, then sent.
     for (to, status, code) in [

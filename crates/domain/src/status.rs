@@ -1,8 +1,10 @@
 //! The message status machine of SPEC §3.
 //!
 //! A message moves `scheduled → queued → sending → sent → delivered | undelivered | failed`, with
-//! `canceled` and `suppressed` reachable only before `sending`, and `unknown` for a message whose
-//! dispatcher died between handing it to the provider and recording the answer.
+//! `canceled` reachable only before `sending`, `suppressed` until a provider takes the message
+//! (the recipient opted out, found before the call or told by the provider's refusal), and
+//! `unknown` for a message whose dispatcher died between handing it to the provider and
+//! recording the answer.
 //!
 //! Two kinds of event drive it. *Commands* come from Herald itself (claim, retry, cancel…): a
 //! command that does not fit the current status is an error, because it means the caller is
@@ -209,7 +211,7 @@ pub fn apply(from: MessageStatus, event: StatusEvent) -> Result<Transition, Ille
         (E::Requeue, S::Unknown) => Ok(To(S::Queued)),
         (E::Cancel, S::Scheduled | S::Queued) => Ok(To(S::Canceled)),
         (E::Cancel, S::Canceled) => Ok(Unchanged),
-        (E::Suppress, S::Scheduled | S::Queued) => Ok(To(S::Suppressed)),
+        (E::Suppress, S::Scheduled | S::Queued | S::Sending) => Ok(To(S::Suppressed)),
         (E::Suppress, S::Suppressed) => Ok(Unchanged),
         (E::Report(reported), _) => Ok(report(from, reported.status())),
         _ => illegal,
@@ -276,6 +278,20 @@ mod tests {
             S::Suppressed,
         ] {
             assert!(apply(late, E::Cancel).is_err(), "cancel from {late}");
+        }
+    }
+
+    #[test]
+    fn suppression_is_possible_until_a_provider_takes_the_message() {
+        for before in [S::Scheduled, S::Queued, S::Sending] {
+            assert_eq!(
+                apply(before, E::Suppress),
+                Ok(Transition::To(S::Suppressed)),
+                "{before}"
+            );
+        }
+        for after in [S::Sent, S::Delivered, S::Failed, S::Unknown, S::Canceled] {
+            assert!(apply(after, E::Suppress).is_err(), "suppress from {after}");
         }
     }
 

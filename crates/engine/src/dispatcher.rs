@@ -139,6 +139,11 @@ impl CallHealth {
     }
 }
 
+/// Codes with which providers refuse a message because its recipient opted out with them.
+fn refused_as_opted_out(code: &str) -> bool {
+    code == "21610" || code == herald_providers::sns::OPTED_OUT
+}
+
 /// Codes the adapters give a refusal of the account itself: SNS's authorization errors,
 /// Twilio's 20003 (authentication) or a bare 401/403.
 fn is_account_problem(code: &str) -> bool {
@@ -316,6 +321,9 @@ impl Router {
     }
 }
 
+/// The code of a message suppressed because its recipient opted out.
+pub const OPTED_OUT: &str = "opted_out";
+
 /// What one dispatch step did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DispatchOutcome {
@@ -325,6 +333,7 @@ pub struct DispatchOutcome {
     pub failed: usize,
     pub unanswered: usize,
     pub unclaimed: usize,
+    pub suppressed: usize,
 }
 
 impl DispatchOutcome {
@@ -335,6 +344,7 @@ impl DispatchOutcome {
             SendOutcome::Failed { .. } => self.failed += 1,
             SendOutcome::Unanswered { .. } => self.unanswered += 1,
             SendOutcome::Unclaimed => self.unclaimed += 1,
+            SendOutcome::Suppressed { .. } => self.suppressed += 1,
         }
     }
 }
@@ -402,11 +412,50 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(outcome);
         }
-        let results: Vec<SendResult> = futures::stream::iter(claimed)
+        // Recipients on their organization's suppression list are never handed to a provider.
+        let (suppressed, claimed) = match self.opted_out(&claimed).await {
+            Ok(opted_out) => {
+                let mut to_send = Vec::with_capacity(claimed.len());
+                let mut suppressed = Vec::new();
+                for message in claimed {
+                    match opted_out.get(&(message.scope.org_id, message.to.clone())) {
+                        Some(source) => suppressed.push(SendResult {
+                            id: message.id,
+                            attempt: message.attempt,
+                            provider: String::new(),
+                            outcome: SendOutcome::Suppressed {
+                                code: OPTED_OUT.into(),
+                                message: format!("the recipient opted out ({source})"),
+                            },
+                        }),
+                        None => to_send.push(message),
+                    }
+                }
+                (suppressed, to_send)
+            }
+            Err(error) => {
+                // Unsure who opted out: send nothing, and try again soon.
+                tracing::error!(%error, "cannot read the suppression list; returning the batch to the queue");
+                let results: Vec<SendResult> = claimed
+                    .iter()
+                    .map(|m| SendResult {
+                        id: m.id,
+                        attempt: m.attempt,
+                        provider: String::new(),
+                        outcome: SendOutcome::Unclaimed,
+                    })
+                    .collect();
+                self.record(&results).await?;
+                outcome.unclaimed = results.len();
+                return Ok(outcome);
+            }
+        };
+        let mut results: Vec<SendResult> = futures::stream::iter(claimed)
             .map(|message| self.send_one(message, shutdown))
             .buffer_unordered(self.config.max_in_flight.max(1))
             .collect()
             .await;
+        results.extend(suppressed);
         for result in &results {
             outcome.count(&result.outcome);
         }
@@ -415,6 +464,28 @@ impl Dispatcher {
             self.counters.outcome(&result.outcome);
         }
         Ok(outcome)
+    }
+
+    /// Who among the claimed messages' recipients opted out, by organization and number, with
+    /// what said so.
+    async fn opted_out(
+        &self,
+        claimed: &[Claimed],
+    ) -> Result<HashMap<(Uuid, String), String>, StoreError> {
+        let mut by_org: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for message in claimed {
+            by_org
+                .entry(message.scope.org_id)
+                .or_default()
+                .push(message.to.clone());
+        }
+        let mut opted_out = HashMap::new();
+        for (org_id, phones) in by_org {
+            for entry in self.store.opted_out_among(org_id, &phones).await? {
+                opted_out.insert((org_id, entry.phone), entry.source);
+            }
+        }
+        Ok(opted_out)
     }
 
     /// Record results through the recorder, which group-commits them with provider reports.
@@ -528,6 +599,28 @@ impl Dispatcher {
                     self.clock.now() + SignedDuration::try_from(delay).unwrap_or_default();
                 self.transient(&message, code, reason, retry_at)
             }
+        };
+        // The provider refused because the recipient opted out at the provider (Twilio 21610,
+        // SNS's own list): put the number on the suppression list, so nothing more is tried.
+        let outcome = match outcome {
+            SendOutcome::Failed {
+                code,
+                message: reason,
+            } if refused_as_opted_out(&code) => {
+                let source = format!("{}:{code}", provider.name());
+                if let Err(error) = self
+                    .store
+                    .opt_out(message.scope.org_id, &message.to, &source, self.clock.now())
+                    .await
+                {
+                    tracing::error!(%error, "cannot record a provider's opt-out");
+                }
+                SendOutcome::Suppressed {
+                    code,
+                    message: reason,
+                }
+            }
+            other => other,
         };
         if !matches!(outcome, SendOutcome::Accepted { .. }) {
             tracing::debug!(message_id = %message.id, attempt = message.attempt, provider = provider.name(), ?outcome, "send not accepted");

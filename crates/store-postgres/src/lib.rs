@@ -11,6 +11,7 @@ mod accounts;
 mod convert;
 mod inbound;
 mod messages;
+mod opt_outs;
 mod orgs;
 mod queue;
 
@@ -124,6 +125,11 @@ fn migrator() -> Migrator {
             5,
             "provider prices",
             include_str!("../migrations/0005_prices.sql"),
+        ),
+        migration(
+            6,
+            "opt-outs",
+            include_str!("../migrations/0006_opt_outs.sql"),
         ),
     ])
 }
@@ -333,6 +339,37 @@ impl Store for PostgresStore {
                 ))
             })
             .collect()
+    }
+
+    async fn opt_out(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        opt_outs::add(&self.pool, org_id, phone, source, at).await
+    }
+
+    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError> {
+        opt_outs::remove(&self.pool, org_id, phone).await
+    }
+
+    async fn opted_out_among(
+        &self,
+        org_id: Uuid,
+        phones: &[String],
+    ) -> Result<Vec<OptOut>, StoreError> {
+        opt_outs::among(&self.pool, org_id, phones).await
+    }
+
+    async fn list_opt_outs(
+        &self,
+        org_id: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<OptOut>, Option<String>), StoreError> {
+        opt_outs::list(&self.pool, org_id, after, limit).await
     }
 
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {

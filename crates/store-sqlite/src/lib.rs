@@ -11,6 +11,7 @@ mod bulk;
 mod convert;
 mod inbound;
 mod messages;
+mod opt_outs;
 mod orgs;
 mod queue;
 
@@ -171,6 +172,11 @@ fn migrator() -> Migrator {
             5,
             "provider prices",
             include_str!("../migrations/0005_prices.sql"),
+        ),
+        migration(
+            6,
+            "opt-outs",
+            include_str!("../migrations/0006_opt_outs.sql"),
         ),
     ])
 }
@@ -390,6 +396,43 @@ impl Store for SqliteStore {
                 ))
             })
             .collect()
+    }
+
+    async fn opt_out(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let added = opt_outs::add(&mut tx, org_id, phone, source, at).await?;
+        tx.commit().await.ctx("failed to record an opt-out")?;
+        Ok(added)
+    }
+
+    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let removed = opt_outs::remove(&mut tx, org_id, phone).await?;
+        tx.commit().await.ctx("failed to remove an opt-out")?;
+        Ok(removed)
+    }
+
+    async fn opted_out_among(
+        &self,
+        org_id: Uuid,
+        phones: &[String],
+    ) -> Result<Vec<OptOut>, StoreError> {
+        opt_outs::among(&self.reader, org_id, phones).await
+    }
+
+    async fn list_opt_outs(
+        &self,
+        org_id: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<OptOut>, Option<String>), StoreError> {
+        opt_outs::list(&self.reader, org_id, after, limit).await
     }
 
     async fn insert_inbound(&self, message: &InboundMessage) -> Result<bool, StoreError> {

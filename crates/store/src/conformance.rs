@@ -96,6 +96,7 @@ macro_rules! conformance_tests {
             a_batch_of_accepted_messages_honours_its_keys_in_order,
             a_retry_failed_over_is_named_by_the_provider_that_took_it,
             token_buckets_refill_at_their_rate_and_concurrent_takers_share_them,
+            the_suppression_list_is_kept_per_organization,
             provider_accounts_read_back_only_in_their_organization,
             provider_account_names_are_unique_per_organization,
             updates_keep_sealed_credentials_unless_replaced_and_refuse_stale_reads,
@@ -1393,4 +1394,75 @@ pub async fn token_buckets_refill_at_their_rate_and_concurrent_takers_share_them
     });
     let granted: u32 = futures::future::join_all(takers).await.into_iter().sum();
     assert_eq!(granted, 5);
+}
+
+pub async fn the_suppression_list_is_kept_per_organization(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let a = organization(store, "acme").await;
+    let b = organization(store, "globex").await;
+    assert!(
+        store
+            .opt_out(a.org_id, "+14155550100", "api", at(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .opt_out(a.org_id, "+14155550100", "twilio:21610", at(2))
+            .await
+            .unwrap(),
+        "already there: the first source stays"
+    );
+    assert!(
+        store
+            .opt_out(a.org_id, "+14155550101", "sns", at(3))
+            .await
+            .unwrap()
+    );
+    let phones = ["+14155550100", "+14155550101", "+14155550102"].map(str::to_owned);
+    let mut found = store.opted_out_among(a.org_id, &phones).await.unwrap();
+    found.sort_by(|x, y| x.phone.cmp(&y.phone));
+    assert_eq!(
+        found
+            .iter()
+            .map(|o| (o.phone.as_str(), o.source.as_str()))
+            .collect::<Vec<_>>(),
+        [("+14155550100", "api"), ("+14155550101", "sns")]
+    );
+    assert_eq!(found[0].created_at, at(1));
+    assert!(
+        store
+            .opted_out_among(b.org_id, &phones)
+            .await
+            .unwrap()
+            .is_empty(),
+        "another organization's list is its own"
+    );
+    assert!(
+        store
+            .opted_out_among(a.org_id, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let (page, next) = store.list_opt_outs(a.org_id, None, 1).await.unwrap();
+    assert_eq!(page[0].phone, "+14155550100");
+    let (rest, last) = store
+        .list_opt_outs(a.org_id, next.as_deref(), 1)
+        .await
+        .unwrap();
+    assert_eq!((rest[0].phone.as_str(), last), ("+14155550101", None));
+
+    assert!(store.opt_in(a.org_id, "+14155550100").await.unwrap());
+    assert!(!store.opt_in(a.org_id, "+14155550100").await.unwrap());
+    assert!(!store.opt_in(b.org_id, "+14155550101").await.unwrap());
+    assert_eq!(
+        store
+            .opted_out_among(a.org_id, &phones)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

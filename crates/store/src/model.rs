@@ -294,6 +294,9 @@ pub enum SendOutcome {
     },
     /// Permanent refusal, or out of attempts.
     Failed { code: String, message: String },
+    /// Not sent because the recipient opted out: found before the call, or the provider's
+    /// refusal said so.
+    Suppressed { code: String, message: String },
     /// The call ended without an answer: the provider may have it. Reconcile, never resend blindly.
     Unanswered { code: String, message: String },
     /// Never sent (shutdown): back to the queue, and the attempt does not count.

@@ -141,6 +141,14 @@ impl Batch {
                 effects.error = Some((code, message));
                 StatusEvent::Fail
             }
+            SendOutcome::Suppressed { code, message } => {
+                effects.error = Some((code, message));
+                // Suppressed before any call: no provider has the message.
+                if result.provider.is_empty() {
+                    effects.provider = None;
+                }
+                StatusEvent::Suppress
+            }
             SendOutcome::Unanswered { code, message } => {
                 effects.error = Some((code, message));
                 effects.due_at = Some(self.now);

@@ -10,6 +10,7 @@ use herald_domain::status::MessageStatus;
 use crate::accounts::*;
 use crate::inbound::InboundMessage;
 use crate::model::*;
+use crate::opt_outs::OptOut;
 
 /// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
 /// [`crate::conformance`].
@@ -132,6 +133,34 @@ pub trait Store: Send + Sync + 'static {
         )>,
         StoreError,
     >;
+
+    /// Put `phone` (E.164) on the organization's suppression list; `false` when it was already
+    /// there (the first source is kept).
+    async fn opt_out(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Take `phone` off the suppression list; `false` when it was not on it.
+    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError>;
+
+    /// Which of `phones` are on the organization's suppression list.
+    async fn opted_out_among(
+        &self,
+        org_id: Uuid,
+        phones: &[String],
+    ) -> Result<Vec<OptOut>, StoreError>;
+
+    /// The suppression list by number; `after` is the last number of the previous page.
+    async fn list_opt_outs(
+        &self,
+        org_id: Uuid,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<OptOut>, Option<String>), StoreError>;
 
     /// Store an inbound message; `false` when the provider delivered it before (nothing new
     /// is written).

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hooks;
 pub mod inbound;
 pub mod messages;
+pub mod opt_outs;
 pub mod problem;
 pub mod provider_routes;
 pub mod providers;
@@ -82,6 +83,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::cancel_message))
         .routes(routes!(inbound::list_inbound))
+        .routes(routes!(opt_outs::list_opt_outs, opt_outs::add_opt_out))
+        .routes(routes!(opt_outs::remove_opt_out))
         .routes(routes!(
             providers::create_provider,
             providers::list_providers
