@@ -40,6 +40,8 @@ on_both_stores!(
     forged_stale_replayed_and_malformed_logs_change_nothing,
     a_failing_twilio_account_fails_over_to_sns_and_back,
     an_organizations_sns_account_sends_and_takes_its_own_logs,
+    an_sns_accounts_opt_outs_are_imported_and_opting_back_in_reaches_sns,
+    sns_opt_outs_are_also_imported_on_a_schedule,
 );
 
 /// A delivery status log as SNS writes it.
@@ -407,5 +409,124 @@ async fn an_organizations_sns_account_sends_and_takes_its_own_logs(backend: Back
     assert_eq!(post(account_secret, hook).await, 200);
     let delivered = s.wait_for(key, id, "delivered").await;
     assert_eq!(delivered["actual_cost"], "0.00645");
+    s.stop().await;
+}
+
+async fn an_sns_accounts_opt_outs_are_imported_and_opting_back_in_reaches_sns(backend: Backend) {
+    let moto = Moto::start().await;
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let key = &s.tenant.live_key;
+    let response = s
+        .client
+        .post(s.url("/v1/providers"))
+        .bearer_auth(key)
+        .json(&json!({
+            "name": "aws",
+            "kind": "sns",
+            "credentials": {
+                "region": "us-east-1",
+                "access_key_id": "AKIAHERALDTEST000000",
+                "secret_access_key": "herald-test-secret",
+                "endpoint": moto.url,
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    let (_, account) = support::status_and_json(response).await;
+    let id = account["id"].as_str().unwrap().to_owned();
+    let sync = |key: String, id: String| {
+        let request = s
+            .client
+            .post(s.url(&format!("/v1/providers/{id}/opt-outs/sync")))
+            .bearer_auth(key);
+        async move { support::status_and_json(request.send().await.unwrap()).await }
+    };
+    let sns = herald_providers::sns::Sns::new(moto.config()).await;
+    let at_sns = sns.opted_out_numbers().await.unwrap();
+    assert!(at_sns.contains(&"+447420500600".to_owned()), "{at_sns:?}");
+
+    // Test keys and other organizations cannot import.
+    assert_eq!(sync(s.tenant.test_key.clone(), id.clone()).await.0, 403);
+    let other = s.other_tenant("globex").await;
+    assert_eq!(sync(other.live_key.clone(), id.clone()).await.0, 404);
+
+    let (status, imported) = sync(key.clone(), id.clone()).await;
+    assert_eq!(status, 200, "{imported}");
+    assert_eq!(imported["imported"], at_sns.len());
+    let (_, list) = s.get(key, "/v1/opt-outs?limit=100").await;
+    let listed: Vec<(&str, &str)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["phone"].as_str().unwrap(), o["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed.len(), at_sns.len());
+    let source = format!("sns/{id}");
+    assert!(listed.iter().all(|(_, from)| *from == source), "{listed:?}");
+    // A second import adds nothing.
+    assert_eq!(sync(key.clone(), id.clone()).await.1["imported"], 0);
+
+    // The organization takes a number off: SNS is told to deliver to it again.
+    let response = s
+        .client
+        .delete(s.url("/v1/opt-outs/%2B447420500600"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let at_sns = sns.opted_out_numbers().await.unwrap();
+    assert!(!at_sns.contains(&"+447420500600".to_owned()), "{at_sns:?}");
+    s.stop().await;
+}
+
+async fn sns_opt_outs_are_also_imported_on_a_schedule(backend: Backend) {
+    let moto = Moto::start().await;
+    let mut config = support::test_config();
+    config.sns_opt_out_sync = Duration::from_millis(200);
+    let Some(s) = TestServer::start_with(backend, config).await else {
+        return;
+    };
+    let key = &s.tenant.live_key;
+    let response = s
+        .client
+        .post(s.url("/v1/providers"))
+        .bearer_auth(key)
+        .json(&json!({
+            "name": "aws",
+            "kind": "sns",
+            "credentials": {
+                "region": "us-east-1",
+                "access_key_id": "AKIAHERALDTEST000000",
+                "secret_access_key": "herald-test-secret",
+                "endpoint": moto.url,
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let at_sns = herald_providers::sns::Sns::new(moto.config())
+        .await
+        .opted_out_numbers()
+        .await
+        .unwrap();
+    let mut listed = 0;
+    for _ in 0..400 {
+        let (_, list) = s.get(key, "/v1/opt-outs?limit=100").await;
+        listed = list["data"].as_array().unwrap().len();
+        if listed == at_sns.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(listed, at_sns.len(), "the schedule imported SNS's list");
+    // Another organization's list stays empty.
+    let other = s.other_tenant("globex").await;
+    let (_, theirs) = s.get(&other.live_key, "/v1/opt-outs").await;
+    assert!(theirs["data"].as_array().unwrap().is_empty());
     s.stop().await;
 }

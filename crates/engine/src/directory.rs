@@ -209,21 +209,8 @@ impl Directory {
                     }
                 }
             }
-            Credentials::Sns {
-                region,
-                access_key_id,
-                secret_access_key,
-                endpoint,
-                ..
-            } => {
-                let mut config = SnsConfig::new(region);
-                config.endpoint_url = endpoint;
-                config.keys = Some(SnsKeys {
-                    access_key_id,
-                    secret_access_key: secret_access_key.expose().to_owned(),
-                });
-                config.sender_id = sender(&account, SenderKind::AlphanumericId);
-                Arc::new(Sns::new(config).await)
+            credentials @ Credentials::Sns { .. } => {
+                Arc::new(sns_client(&account, credentials).await?)
             }
             Credentials::Simulator => self.simulator.clone(),
         };
@@ -249,6 +236,28 @@ fn limits(account: &ProviderAccount) -> Limits {
             .map(Rate::per_second),
         default_sender,
     }
+}
+
+/// An SNS client for an organization's SNS account (`None` for other kinds).
+pub async fn sns_client(account: &ProviderAccount, credentials: Credentials) -> Option<Sns> {
+    let Credentials::Sns {
+        region,
+        access_key_id,
+        secret_access_key,
+        endpoint,
+        ..
+    } = credentials
+    else {
+        return None;
+    };
+    let mut config = SnsConfig::new(region);
+    config.endpoint_url = endpoint;
+    config.keys = Some(SnsKeys {
+        access_key_id,
+        secret_access_key: secret_access_key.expose().to_owned(),
+    });
+    config.sender_id = sender(account, SenderKind::AlphanumericId);
+    Some(Sns::new(config).await)
 }
 
 /// The account's first sender of `kind`.

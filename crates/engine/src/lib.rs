@@ -10,6 +10,7 @@
 //! - [`pricing`]: segment prices, configured and learned from a provider's pricing API.
 //! - [`recorder`]: recording send results and provider reports with group commit.
 //! - [`charges`]: asking providers what settled messages cost.
+//! - [`opt_outs`]: keeping organizations' suppression lists in step with SNS's.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`clock`]: the time source, replaceable in tests.
 //! - [`accounts`]: organizations' provider accounts and routes; [`secrets`] seals their
@@ -27,6 +28,7 @@ pub mod intake;
 pub mod keys;
 pub mod limits;
 pub mod maintenance;
+pub mod opt_outs;
 pub mod pricing;
 pub mod recorder;
 pub mod retry;
@@ -70,6 +72,9 @@ pub struct EngineConfig {
     /// How long after a message's final status to ask its provider what it charged (Twilio
     /// prices a message a little after delivery); asked again at 3× and 10× this.
     pub charge_delay: std::time::Duration,
+    /// How often organizations' SNS accounts' opted-out lists are imported into their
+    /// suppression lists (also on demand through the API).
+    pub sns_opt_out_sync: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -83,6 +88,7 @@ impl Default for EngineConfig {
             secret_key: None,
             public_url: None,
             charge_delay: std::time::Duration::from_secs(60),
+            sns_opt_out_sync: std::time::Duration::from_secs(6 * 60 * 60),
         }
     }
 }
@@ -230,6 +236,35 @@ impl Engine {
         self.charges.collect(org_id, report);
     }
 
+    /// Import the numbers SNS lists as opted out for an organization's SNS account into the
+    /// organization's suppression list; see [`opt_outs::import_sns`].
+    pub async fn sync_sns_opt_outs(
+        &self,
+        org_id: Uuid,
+        account_id: Uuid,
+    ) -> Result<Option<usize>, String> {
+        opt_outs::import_sns(
+            self.store.as_ref(),
+            self.config.secret_key.as_ref(),
+            self.clock.as_ref(),
+            org_id,
+            account_id,
+        )
+        .await
+    }
+
+    /// Tell the organization's SNS accounts that `phone` opted back in; see
+    /// [`opt_outs::sns_opt_in`].
+    pub async fn sns_opt_in(&self, org_id: Uuid, phone: &str) {
+        opt_outs::sns_opt_in(
+            self.store.as_ref(),
+            self.config.secret_key.as_ref(),
+            org_id,
+            phone,
+        )
+        .await
+    }
+
     /// Validate and price a send request for `org`.
     pub fn prepare(
         &self,
@@ -294,7 +329,14 @@ impl Engine {
                 .clone()
                 .run(shutdown.clone(), self.wake.clone()),
         );
-        workers.spawn(self.maintenance.clone().run(shutdown));
+        workers.spawn(self.maintenance.clone().run(shutdown.clone()));
+        workers.spawn(opt_outs::sync_periodically(
+            self.store.clone(),
+            self.config.secret_key.clone(),
+            self.config.sns_opt_out_sync,
+            self.clock.clone(),
+            shutdown,
+        ));
         workers
     }
 }

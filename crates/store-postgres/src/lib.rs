@@ -249,6 +249,14 @@ impl Store for PostgresStore {
         accounts::get(&self.pool, None, id).await
     }
 
+    async fn accounts_of_kind(&self, kind: ProviderKind) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+        sqlx::query_as("SELECT org_id, id FROM provider_accounts WHERE kind = $1 ORDER BY id")
+            .bind(kind.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .ctx("failed to list accounts by kind")
+    }
+
     async fn provider_account_credentials(
         &self,
         org_id: Uuid,

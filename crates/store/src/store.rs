@@ -78,6 +78,10 @@ pub trait Store: Send + Sync + 'static {
     /// An account of any organization, for operators (`herald provider remove ID`).
     async fn find_provider_account(&self, id: Uuid) -> Result<Option<ProviderAccount>, StoreError>;
 
+    /// Every account of `kind`, of every organization: `(org_id, account_id)`, for work the
+    /// server does on all of them (importing SNS opt-out lists).
+    async fn accounts_of_kind(&self, kind: ProviderKind) -> Result<Vec<(Uuid, Uuid)>, StoreError>;
+
     /// An account with its sealed credentials: only for building a provider client.
     async fn provider_account_credentials(
         &self,

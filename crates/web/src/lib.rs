@@ -85,6 +85,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(inbound::list_inbound))
         .routes(routes!(opt_outs::list_opt_outs, opt_outs::add_opt_out))
         .routes(routes!(opt_outs::remove_opt_out))
+        .routes(routes!(opt_outs::sync_sns_opt_outs))
         .routes(routes!(
             providers::create_provider,
             providers::list_providers

@@ -190,7 +190,8 @@ pub async fn add_opt_out(
     Ok((status, Json(OptOutView::from(entry))).into_response())
 }
 
-/// Take a number off the suppression list (it opted back in).
+/// Take a number off the suppression list (it opted back in); the organization's SNS accounts
+/// are told too (`OptInPhoneNumber`).
 #[utoipa::path(
     delete,
     path = "/v1/opt-outs/{phone}",
@@ -213,11 +214,52 @@ pub async fn remove_opt_out(
     let phone = phone(&caller, Some(&input))?;
     live_only(&caller)?;
     if state.engine.store.opt_in(caller.org.id, &phone).await? {
+        state.engine.sns_opt_in(caller.org.id, &phone).await;
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(Problem::new(
             &problem::NOT_FOUND,
             "this number is not on the suppression list",
         ))
+    }
+}
+
+/// How many numbers an import added.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Imported {
+    pub imported: usize,
+}
+
+/// Import the numbers an SNS account lists as opted out (`ListPhoneNumbersOptedOut`) into the
+/// suppression list: SNS drops messages to them silently, so Herald should not send them.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/{id}/opt-outs/sync",
+    tag = "providers",
+    params(("id" = String, Path, description = "An SNS provider account")),
+    responses(
+        (status = 200, body = Imported),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "A test key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such SNS account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "SNS could not be asked", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn sync_sns_opt_outs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Imported>, Problem> {
+    live_only(&caller)?;
+    let not_found = || Problem::new(&problem::NOT_FOUND, "no such SNS account");
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    match state.engine.sync_sns_opt_outs(caller.org.id, id).await {
+        Ok(Some(imported)) => Ok(Json(Imported { imported })),
+        Ok(None) => Err(not_found()),
+        Err(error) => {
+            tracing::warn!(%error, account_id = %id, "opt-out import failed");
+            Err(Problem::new(&problem::UNAVAILABLE, error))
+        }
     }
 }
