@@ -44,6 +44,7 @@ on_both_stores!(
     an_organizations_twilio_account_sends_and_its_callbacks_settle,
     callbacks_must_be_signed_by_the_account_that_sent,
     inbound_messages_are_kept_once_for_the_accounts_organization,
+    stop_help_and_start_from_a_recipient_are_honoured,
 );
 
 async fn json_request(
@@ -288,4 +289,76 @@ async fn inbound_messages_are_kept_once_for_the_accounts_organization(
     let other = s.other_tenant("globex").await;
     assert!(list(other.live_key.clone()).await.is_empty());
     assert!(list(s.tenant.test_key.clone()).await.is_empty());
+}
+
+async fn stop_help_and_start_from_a_recipient_are_honoured(
+    s: &TestServer,
+    fake: &FakeTwilio,
+    base: &str,
+) {
+    let key = &s.tenant.live_key;
+    let account = own_twilio(s, key, base).await;
+    let url = s.url(&format!("/hooks/twilio/accounts/{account}/inbound"));
+    let text = |sid: &'static str, body: &'static str| {
+        let params: Vec<(String, String)> = [
+            ("MessageSid", sid),
+            ("From", "+14155550199"),
+            ("To", "+15005550006"),
+            ("Body", body),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let request = s
+            .client
+            .post(&url)
+            .header(
+                "X-Twilio-Signature",
+                signature::compute(TOKEN, &url, &params),
+            )
+            .form(&params);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            response.text().await.unwrap()
+        }
+    };
+    let listed = || async {
+        let (_, page) = s.get(key, "/v1/opt-outs").await;
+        page["data"].as_array().unwrap().clone()
+    };
+
+    assert!(text("SMk1", " Stop ").await.ends_with("<Response/>"));
+    let list = listed().await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (&list[0]["phone"], &list[0]["source"]),
+        (&json!("+14155550199"), &json!("keyword"))
+    );
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550199", "body": "Sale today"}))
+        .await;
+    let suppressed = s
+        .wait_for(key, created["id"].as_str().unwrap(), "suppressed")
+        .await;
+    assert_eq!(suppressed["error_code"], "opted_out");
+    assert_eq!(fake.accepted(), 0, "nothing went to Twilio");
+
+    let help = text("SMk2", "help").await;
+    assert!(
+        help.contains("<Message>acme: ") && help.contains("Reply STOP"),
+        "{help}"
+    );
+    // A sentence that merely contains a keyword is just a message.
+    text("SMk3", "please don't stop").await;
+    assert_eq!(listed().await.len(), 1);
+
+    text("SMk4", "START").await;
+    assert!(listed().await.is_empty());
+    let (_, created) = s
+        .send(key, json!({"to": "+14155550199", "body": "Welcome back"}))
+        .await;
+    s.wait_for(key, created["id"].as_str().unwrap(), "sent")
+        .await;
+    assert_eq!(fake.accepted(), 1);
 }

@@ -7,6 +7,7 @@
 //! - [`message`]: small value types shared by every layer (message type, key mode).
 
 pub mod encoding;
+pub mod keywords;
 pub mod message;
 pub mod money;
 pub mod phone;

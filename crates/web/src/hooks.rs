@@ -7,7 +7,9 @@ use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use herald_domain::keywords::Keyword;
 use herald_domain::message::Mode;
+use herald_domain::phone::PhoneNumber;
 use herald_engine::accounts::{Credentials, open_credentials};
 use herald_providers::ReportSink;
 use herald_providers::sns;
@@ -184,7 +186,67 @@ async fn store_twilio_inbound(
     };
     // A repeat delivery (Twilio retries when it saw no answer) is stored once, answered alike.
     state.engine.store.insert_inbound(&message).await?;
-    Ok(twiml(TWIML_EMPTY))
+    answer_keyword(state, org_id, &message).await
+}
+
+/// Act on a keyword message: STOP and its kin put the sender on the organization's
+/// suppression list, START and its kin take it off, HELP is answered with who is writing.
+/// Acting twice on a repeat delivery changes nothing.
+async fn answer_keyword(
+    state: &AppState,
+    org_id: Uuid,
+    message: &herald_store::InboundMessage,
+) -> Result<Response, Problem> {
+    let Some(keyword) = Keyword::of(&message.body) else {
+        return Ok(twiml(TWIML_EMPTY).into_response());
+    };
+    // Only a phone number can be suppressed (not, say, a chat channel's address).
+    let Ok(sender) = PhoneNumber::parse(&message.from, None) else {
+        return Ok(twiml(TWIML_EMPTY).into_response());
+    };
+    let engine = &state.engine;
+    let phone = sender.e164();
+    match keyword {
+        Keyword::OptOut => {
+            engine
+                .store
+                .opt_out(org_id, phone, "keyword", message.received_at)
+                .await?;
+            Ok(twiml(TWIML_EMPTY).into_response())
+        }
+        Keyword::OptIn => {
+            if engine.store.opt_in(org_id, phone).await? {
+                engine.sns_opt_in(org_id, phone).await;
+            }
+            Ok(twiml(TWIML_EMPTY).into_response())
+        }
+        Keyword::Help => {
+            let name = engine
+                .store
+                .get_organization(org_id)
+                .await?
+                .map_or_else(|| "We".to_owned(), |org| org.name);
+            let text = format!(
+                "{name}: you get messages from us at this number. Reply STOP to unsubscribe, START to subscribe again."
+            );
+            Ok((
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+                format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+                    xml_escape(&text)
+                ),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// Text for an XML element.
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn form_value<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
