@@ -2,8 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_domain::message::Mode;
 use herald_store::InboundMessage;
 use jiff::Timestamp;
@@ -14,8 +12,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::extract::ApiQuery;
+use crate::paging::{self, ListQuery};
 use crate::problem::{Problem, ProblemBody};
-use crate::providers::{ListQuery, page_params};
 
 /// One inbound message.
 #[derive(Debug, Serialize, ToSchema)]
@@ -74,7 +72,7 @@ pub async fn list_inbound(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<InboundPage>, Problem> {
-    let (limit, after) = page_params(&query)?;
+    let (limit, after) = paging::params(&query, paging::id_cursor)?;
     if caller.key.mode == Mode::Test {
         return Ok(Json(InboundPage {
             data: Vec::new(),
@@ -88,6 +86,6 @@ pub async fn list_inbound(
         .await?;
     Ok(Json(InboundPage {
         data: page.items.iter().map(InboundView::from).collect(),
-        next_cursor: page.next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())),
+        next_cursor: page.next.map(paging::encode),
     }))
 }

@@ -11,6 +11,7 @@ pub mod hooks;
 pub mod inbound;
 pub mod messages;
 pub mod opt_outs;
+pub mod paging;
 pub mod problem;
 pub mod provider_routes;
 pub mod providers;

@@ -4,8 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_domain::phone::{PhoneNumber, mask_phone};
 use herald_engine::intake::SendRequest;
 use herald_store::{
@@ -20,6 +18,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use crate::paging;
 use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 
 /// A request to send one SMS.
@@ -234,14 +233,14 @@ pub async fn create_message(
     let prepared = engine.prepare(&caller.org, caller.scope(), Some(caller.key.id), &send);
     let message = match prepared {
         Ok(message) if errors.is_empty() => message,
-        Ok(_) => return Err(validation(errors)),
+        Ok(_) => return Err(Problem::invalid_fields(errors)),
         Err(found) => {
             errors.extend(found.into_iter().map(|e| FieldProblem {
                 field: e.field.into(),
                 code: e.code.into(),
                 message: e.message,
             }));
-            return Err(validation(errors));
+            return Err(Problem::invalid_fields(errors));
         }
     };
 
@@ -282,14 +281,6 @@ pub async fn create_message(
             "this Idempotency-Key was used with a different request",
         )),
     }
-}
-
-fn validation(errors: Vec<FieldProblem>) -> Problem {
-    let detail = match errors.as_slice() {
-        [only] => only.message.clone(),
-        many => format!("{} fields are invalid", many.len()),
-    };
-    Problem::new(&problem::VALIDATION_FAILED, detail).with_errors(errors)
 }
 
 /// The same request, however its JSON was spelled, hashes the same.
@@ -339,6 +330,14 @@ pub async fn list_messages(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<MessagePage>, Problem> {
     let mut errors = Vec::new();
+    let limit = paging::limit(query.limit.as_deref()).unwrap_or_else(|problem| {
+        errors.push(problem);
+        20
+    });
+    let after = paging::id_cursor(query.cursor.as_deref()).unwrap_or_else(|problem| {
+        errors.push(problem);
+        None
+    });
     let mut invalid = |field: &str, code: &str, message: &str| {
         errors.push(FieldProblem {
             field: field.into(),
@@ -346,29 +345,6 @@ pub async fn list_messages(
             message: message.into(),
         });
     };
-    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
-        None => 20,
-        Some(Ok(limit @ 1..=100)) => limit,
-        Some(_) => {
-            invalid(
-                "limit",
-                "invalid_limit",
-                "`limit` must be a whole number from 1 to 100",
-            );
-            20
-        }
-    };
-    let after = query.cursor.as_deref().and_then(|cursor| {
-        let id = decode_cursor(cursor);
-        if id.is_none() {
-            invalid(
-                "cursor",
-                "invalid_cursor",
-                "`cursor` is not a cursor this API returned",
-            );
-        }
-        id
-    });
     let status = query.status.as_deref().and_then(|status| {
         let parsed = status.parse().ok();
         if parsed.is_none() {
@@ -409,7 +385,7 @@ pub async fn list_messages(
     let created_after = time("created_after", query.created_after.as_deref());
     let created_before = time("created_before", query.created_before.as_deref());
     if !errors.is_empty() {
-        return Err(validation(errors));
+        return Err(Problem::invalid_fields(errors));
     }
 
     let filter = MessageFilter {
@@ -425,17 +401,8 @@ pub async fn list_messages(
         .await?;
     Ok(Json(MessagePage {
         data: page.items.iter().map(MessageView::from).collect(),
-        next_cursor: page.next.map(encode_cursor),
+        next_cursor: page.next.map(paging::encode),
     }))
-}
-
-fn encode_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(id.as_bytes())
-}
-
-fn decode_cursor(cursor: &str) -> Option<Uuid> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    Uuid::from_slice(&bytes).ok()
 }
 
 /// Path ids that are not UUIDs cannot name a message: that is a 404, not a 400.

@@ -6,8 +6,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_domain::message::Mode;
 use herald_domain::phone::PhoneNumber;
 use herald_store::OptOut;
@@ -18,8 +16,8 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery};
+use crate::paging::{self, ListQuery};
 use crate::problem::{self, Problem, ProblemBody};
-use crate::providers::ListQuery;
 
 /// A number on the suppression list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -108,35 +106,7 @@ pub async fn list_opt_outs(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<OptOutPage>, Problem> {
-    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
-        None => 20,
-        Some(Ok(limit @ 1..=100)) => limit,
-        Some(_) => {
-            return Err(Problem::field(
-                &problem::VALIDATION_FAILED,
-                "limit",
-                "invalid_limit",
-                "`limit` must be a whole number from 1 to 100",
-            ));
-        }
-    };
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => Some(
-            URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .ok_or_else(|| {
-                    Problem::field(
-                        &problem::VALIDATION_FAILED,
-                        "cursor",
-                        "invalid_cursor",
-                        "`cursor` is not a cursor this API returned",
-                    )
-                })?,
-        ),
-    };
+    let (limit, after) = paging::params(&query, paging::text_cursor)?;
     let (items, next) = state
         .engine
         .store
@@ -144,7 +114,7 @@ pub async fn list_opt_outs(
         .await?;
     Ok(Json(OptOutPage {
         data: items.into_iter().map(OptOutView::from).collect(),
-        next_cursor: next.map(|phone| URL_SAFE_NO_PAD.encode(phone)),
+        next_cursor: next.map(paging::encode),
     }))
 }
 

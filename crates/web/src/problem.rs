@@ -134,6 +134,15 @@ impl Problem {
         }])
     }
 
+    /// Field problems as one 422, naming every field at fault.
+    pub fn invalid_fields(errors: Vec<FieldProblem>) -> Problem {
+        let detail = match errors.as_slice() {
+            [only] => only.message.clone(),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        Problem::new(&VALIDATION_FAILED, detail).with_errors(errors)
+    }
+
     pub fn with_errors(mut self, errors: Vec<FieldProblem>) -> Problem {
         self.0.body.errors = errors;
         self

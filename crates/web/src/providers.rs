@@ -11,8 +11,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_domain::message::Mode;
 use herald_engine::accounts::{self, AccountError, AccountInput, FieldError};
 use herald_store::{AccountCreation, IdempotencyRecord, ProviderAccount, RouteKey};
@@ -20,12 +18,13 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use crate::paging::{self, ListQuery};
 use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 
 /// A provider account to create, or the fields of one to change. On a change, `credentials`
@@ -386,56 +385,6 @@ pub async fn create_provider(
     }
 }
 
-/// Paging for lists (provider accounts, inbound messages).
-#[derive(Debug, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Page size, 1–100 (default 20).
-    pub limit: Option<String>,
-    /// `next_cursor` from the previous page.
-    pub cursor: Option<String>,
-}
-
-/// The page size and position a [`ListQuery`] asks for: every list in the API pages the same
-/// way, with ids as opaque cursors.
-pub(crate) fn page_params(query: &ListQuery) -> Result<(u32, Option<Uuid>), Problem> {
-    let mut errors = Vec::new();
-    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
-        None => 20,
-        Some(Ok(limit @ 1..=100)) => limit,
-        Some(_) => {
-            errors.push(FieldError {
-                field: "limit".into(),
-                code: "invalid_limit",
-                message: "`limit` must be a whole number from 1 to 100".into(),
-            });
-            20
-        }
-    };
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(cursor) => {
-            let id = URL_SAFE_NO_PAD
-                .decode(cursor)
-                .ok()
-                .and_then(|bytes| Uuid::from_slice(&bytes).ok());
-            if id.is_none() {
-                errors.push(FieldError {
-                    field: "cursor".into(),
-                    code: "invalid_cursor",
-                    message: "`cursor` is not a cursor this API returned".into(),
-                });
-            }
-            id
-        }
-    };
-    if !errors.is_empty() {
-        return Err(field_problems(errors));
-    }
-    Ok((limit, after))
-}
-
 /// List provider accounts, in the order they were created.
 #[utoipa::path(
     get,
@@ -455,7 +404,7 @@ pub async fn list_providers(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ProviderPage>, Problem> {
-    let (limit, after) = page_params(&query)?;
+    let (limit, after) = paging::params(&query, paging::id_cursor)?;
     let page = state
         .engine
         .store
@@ -463,7 +412,7 @@ pub async fn list_providers(
         .await?;
     Ok(Json(ProviderPage {
         data: page.items.iter().map(ProviderView::from).collect(),
-        next_cursor: page.next.map(|id| URL_SAFE_NO_PAD.encode(id.as_bytes())),
+        next_cursor: page.next.map(paging::encode),
     }))
 }
 
