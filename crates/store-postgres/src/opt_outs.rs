@@ -1,6 +1,6 @@
 //! The suppression list on PostgreSQL.
 
-use herald_store::{OptOut, StoreError};
+use herald_store::{OptOut, StoreError, cut_page};
 use jiff::Timestamp;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -84,11 +84,6 @@ pub(crate) async fn list(
     .await
     .ctx("failed to list the suppression list")?;
     let mut items: Vec<OptOut> = rows.into_iter().map(opt_out).collect();
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|o| o.phone.clone())
-    } else {
-        None
-    };
+    let next = cut_page(&mut items, limit, |o| o.phone.clone());
     Ok((items, next))
 }

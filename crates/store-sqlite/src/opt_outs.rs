@@ -1,6 +1,6 @@
 //! The suppression list on SQLite.
 
-use herald_store::{OptOut, StoreError};
+use herald_store::{OptOut, StoreError, cut_page};
 use jiff::Timestamp;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
@@ -93,11 +93,6 @@ pub(crate) async fn list(
         .into_iter()
         .map(opt_out)
         .collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|o| o.phone.clone())
-    } else {
-        None
-    };
+    let next = cut_page(&mut items, limit, |o| o.phone.clone());
     Ok((items, next))
 }

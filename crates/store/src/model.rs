@@ -241,13 +241,19 @@ impl<T> Page<T> {
     /// A page from up to `limit + 1` rows read: the extra row only tells that a next page
     /// exists, which is cheaper than counting.
     pub fn from_overfetch(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> Uuid) -> Page<T> {
-        let next = if items.len() > limit as usize {
-            items.truncate(limit as usize);
-            items.last().map(id)
-        } else {
-            None
-        };
+        let next = cut_page(&mut items, limit, id);
         Page { items, next }
+    }
+}
+
+/// Cut `limit + 1` rows read down to a page of `limit`, answering the key of its last row when
+/// there is a next page (the extra row says so).
+pub fn cut_page<T, K>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> K) -> Option<K> {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
     }
 }
 

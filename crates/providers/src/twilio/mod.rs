@@ -161,6 +161,32 @@ impl Twilio {
         &self.config
     }
 
+    /// The message resource of `sid` (`GET …/Messages/{sid}.json`); `None` when Twilio does
+    /// not know it.
+    async fn message_resource(&self, sid: &str) -> Result<Option<MessageResource>, SendError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages/{sid}.json",
+            self.config.base_url.trim_end_matches('/'),
+            self.config.account_sid
+        );
+        let response = self
+            .client
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
+            .send()
+            .await
+            .map_err(request_error)?;
+        match response.status().as_u16() {
+            404 => Ok(None),
+            200 => Ok(Some(response.json().await.map_err(request_error)?)),
+            status => Err(SendError::Transient {
+                code: status.to_string(),
+                message: "Twilio could not say what became of a message".into(),
+                retry_after: None,
+            }),
+        }
+    }
+
     /// The form Herald posts for `message`.
     fn form(&self, message: &Outbound) -> Result<Vec<(&'static str, String)>, SendError> {
         let mut form = vec![("To", message.to.clone()), ("Body", message.body.clone())];
@@ -237,66 +263,27 @@ impl Provider for Twilio {
         let Some(sid) = &query.provider_message_id else {
             return Ok(Lookup::Unsupported);
         };
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Messages/{sid}.json",
-            self.config.base_url.trim_end_matches('/'),
-            self.config.account_sid
-        );
-        let response = self
-            .client
-            .get(url)
-            .basic_auth(&self.config.account_sid, Some(&self.config.auth_token))
-            .send()
-            .await
-            .map_err(request_error)?;
-        match response.status().as_u16() {
-            404 => Ok(Lookup::NotFound),
-            200 => {
-                let resource: MessageResource = response.json().await.map_err(request_error)?;
-                Ok(match reported_status(&resource.status) {
-                    Some(status) => Lookup::Found {
-                        provider_message_id: resource.sid,
-                        status,
-                        error_code: resource.error_code.map(|c| c.to_string()),
-                    },
-                    // Known to Twilio but not yet sent: it has it, so it must not be resent.
-                    None => Lookup::Found {
-                        provider_message_id: resource.sid,
-                        status: ReportedStatus::Sent,
-                        error_code: None,
-                    },
-                })
-            }
-            status => Err(SendError::Transient {
-                code: status.to_string(),
-                message: "Twilio could not answer a lookup".into(),
-                retry_after: None,
-            }),
-        }
+        let Some(resource) = self.message_resource(sid).await? else {
+            return Ok(Lookup::NotFound);
+        };
+        Ok(match reported_status(&resource.status) {
+            Some(status) => Lookup::Found {
+                provider_message_id: resource.sid,
+                status,
+                error_code: resource.error_code.map(|c| c.to_string()),
+            },
+            // Known to Twilio but not yet sent: it has it, so it must not be resent.
+            None => Lookup::Found {
+                provider_message_id: resource.sid,
+                status: ReportedStatus::Sent,
+                error_code: None,
+            },
+        })
     }
 
     async fn charged(&self, provider_message_id: &str) -> Result<Option<Amount>, SendError> {
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Messages/{provider_message_id}.json",
-            self.config.base_url.trim_end_matches('/'),
-            self.config.account_sid
-        );
-        let response = self
-            .client
-            .get(url)
-            .header(reqwest::header::AUTHORIZATION, self.authorization.clone())
-            .send()
-            .await
-            .map_err(request_error)?;
-        if response.status().as_u16() != 200 {
-            return Err(SendError::Transient {
-                code: response.status().as_u16().to_string(),
-                message: "Twilio could not say what it charged".into(),
-                retry_after: None,
-            });
-        }
-        let resource: MessageResource = response.json().await.map_err(request_error)?;
-        Ok(resource.price.as_deref().and_then(charge))
+        let resource = self.message_resource(provider_message_id).await?;
+        Ok(resource.and_then(|r| r.price).as_deref().and_then(charge))
     }
 }
 
