@@ -472,13 +472,12 @@ impl FileConfig {
         Ok(Some(config))
     }
 
-    /// Twilio's Pricing API for the configured account, unless turned off.
+    /// Twilio's Pricing API for the configured account (`config`, from [`Self::twilio`]),
+    /// unless turned off.
     pub fn twilio_pricing(
         &self,
+        config: &herald_providers::twilio::TwilioConfig,
     ) -> Result<Option<herald_providers::twilio::pricing::TwilioPricing>> {
-        let Some(config) = self.twilio()? else {
-            return Ok(None);
-        };
         let file = self.twilio.as_ref();
         if file.and_then(|t| t.fetch_prices) == Some(false) {
             return Ok(None);

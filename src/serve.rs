@@ -56,8 +56,8 @@ pub async fn serve(
         commands::print_organization(&first);
     }
 
-    let (twilio, twilio_hook) = twilio(file, public_url.as_deref())?;
-    let mut live: Vec<Arc<dyn herald_providers::Provider>> = twilio.into_iter().collect();
+    let twilio = twilio(file, public_url.as_deref())?;
+    let mut live: Vec<Arc<dyn herald_providers::Provider>> = twilio.provider.into_iter().collect();
     let mut sns_hook = None;
     if let Some(sns) = file.sns()? {
         sns_hook = sns
@@ -79,7 +79,7 @@ pub async fn serve(
     }
     let mut engine = Engine::with_providers(store.clone(), Arc::new(SystemClock), config, live)
         .context("the [routing] configuration is not valid")?;
-    if let Some(pricing) = file.twilio_pricing()? {
+    if let Some(pricing) = twilio.pricing {
         engine = engine.with_price_source(Arc::new(pricing)).await;
     }
     let engine = Arc::new(engine);
@@ -95,7 +95,7 @@ pub async fn serve(
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let app = herald_web::app(AppState {
         engine: engine.clone(),
-        twilio: twilio_hook,
+        twilio: twilio.hook,
         sns: sns_hook,
         replays: Default::default(),
     });
@@ -131,18 +131,21 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// The Twilio provider for live traffic, and the verifier of its callbacks when Herald knows
-/// the public URL Twilio signs.
-type TwilioSetup = (
-    Option<Arc<dyn herald_providers::Provider>>,
-    Option<herald_web::hooks::TwilioHook>,
-);
+/// The server's Twilio account: its provider for live traffic, the verifier of its callbacks
+/// when Herald knows the public URL Twilio signs, and its Pricing API unless turned off.
+#[derive(Default)]
+struct TwilioSetup {
+    provider: Option<Arc<dyn herald_providers::Provider>>,
+    hook: Option<herald_web::hooks::TwilioHook>,
+    pricing: Option<herald_providers::twilio::pricing::TwilioPricing>,
+}
 
-/// The Twilio provider for live traffic and the verifier of its callbacks, when configured.
+/// The server's Twilio account, when configured.
 fn twilio(file: &FileConfig, public_url: Option<&str>) -> Result<TwilioSetup> {
     let Some(mut config) = file.twilio()? else {
-        return Ok((None, None));
+        return Ok(TwilioSetup::default());
     };
+    let pricing = file.twilio_pricing(&config)?;
     let hook = match public_url {
         Some(public_url) => {
             let public_url = public_url.trim_end_matches('/').to_owned();
@@ -161,5 +164,9 @@ fn twilio(file: &FileConfig, public_url: Option<&str>) -> Result<TwilioSetup> {
     };
     let provider =
         herald_providers::twilio::Twilio::new(config).context("cannot set up the Twilio client")?;
-    Ok((Some(Arc::new(provider)), hook))
+    Ok(TwilioSetup {
+        provider: Some(Arc::new(provider)),
+        hook,
+        pricing,
+    })
 }
