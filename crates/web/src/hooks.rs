@@ -100,11 +100,11 @@ pub async fn twilio_account_status(
 /// An empty TwiML answer: the message is taken, nothing is sent back.
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
-fn twiml(document: &'static str) -> Response {
+fn twiml(document: impl Into<String>) -> Response {
     (
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        document,
+        document.into(),
     )
         .into_response()
 }
@@ -198,11 +198,11 @@ async fn answer_keyword(
     message: &herald_store::InboundMessage,
 ) -> Result<Response, Problem> {
     let Some(keyword) = Keyword::of(&message.body) else {
-        return Ok(twiml(TWIML_EMPTY).into_response());
+        return Ok(twiml(TWIML_EMPTY));
     };
     // Only a phone number can be suppressed (not, say, a chat channel's address).
     let Ok(sender) = PhoneNumber::parse(&message.from, None) else {
-        return Ok(twiml(TWIML_EMPTY).into_response());
+        return Ok(twiml(TWIML_EMPTY));
     };
     let engine = &state.engine;
     let phone = sender.e164();
@@ -212,13 +212,13 @@ async fn answer_keyword(
                 .store
                 .opt_out(org_id, phone, "keyword", message.received_at)
                 .await?;
-            Ok(twiml(TWIML_EMPTY).into_response())
+            Ok(twiml(TWIML_EMPTY))
         }
         Keyword::OptIn => {
             if engine.store.opt_in(org_id, phone).await? {
                 engine.sns_opt_in(org_id, phone).await;
             }
-            Ok(twiml(TWIML_EMPTY).into_response())
+            Ok(twiml(TWIML_EMPTY))
         }
         Keyword::Help => {
             let name = engine
@@ -229,15 +229,10 @@ async fn answer_keyword(
             let text = format!(
                 "{name}: you get messages from us at this number. Reply STOP to unsubscribe, START to subscribe again."
             );
-            Ok((
-                StatusCode::OK,
-                [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-                format!(
-                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
-                    xml_escape(&text)
-                ),
-            )
-                .into_response())
+            Ok(twiml(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+                xml_escape(&text)
+            )))
         }
     }
 }
