@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use herald_engine::routing::BreakerConfig;
 use herald_providers::sns::status;
+use herald_providers::test_support::Moto;
 use serde_json::{Value, json};
 use support::fake_twilio::start_fake;
-use support::moto::Moto;
 use support::{Backend, TestServer};
 
 const SECRET: &str = "sns-webhook-secret-for-tests";

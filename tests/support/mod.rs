@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod fake_twilio;
-pub mod moto;
 
 use std::sync::Arc;
 use std::time::Duration;

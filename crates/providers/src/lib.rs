@@ -12,3 +12,6 @@ pub mod sns;
 pub mod twilio;
 
 pub use provider::*;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

@@ -3,26 +3,18 @@
 //! SigV4 signatures and policies, and its opt-out list is the one SNS-speaking clients are
 //! tested against.
 //!
-//! Each test starts its own `moto_server` (installed by `tools/moto.sh` when missing) and stops
+//! Each test starts its own `moto_server` ([`herald_providers::test_support::Moto`]) and stops
 //! it when done. If moto cannot be installed or started the tests fail; they never skip.
-
-use std::io::Read as _;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use herald_domain::encoding::Encoding;
 use herald_domain::message::MessageType;
 use herald_domain::money::Amount;
-use herald_providers::sns::{ACCOUNT_PROBLEM, Sns, SnsConfig};
+use herald_providers::sns::{ACCOUNT_PROBLEM, Sns};
+use herald_providers::test_support::Moto;
 use herald_providers::{Outbound, Provider, SendError};
 use serde_json::Value;
 use uuid::Uuid;
-
-const REGION: &str = "us-east-1";
 
 /// Numbers moto's SNS starts with on its opt-out list (`moto/sns/models.py`).
 const MOTO_OPTED_OUT: [&str; 8] = [
@@ -35,192 +27,6 @@ const MOTO_OPTED_OUT: [&str; 8] = [
     "+447700900545",
     "+447700900907",
 ];
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The `moto_server` executable, installed once per test run if missing.
-fn moto_server() -> &'static Path {
-    static SERVER: OnceLock<PathBuf> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        let root = workspace_root();
-        let server = root.join(".tools/moto/bin/moto_server");
-        if server.exists() {
-            return server;
-        }
-        let output = Command::new(root.join("tools/moto.sh"))
-            .output()
-            .expect("tools/moto.sh could not be run");
-        assert!(
-            output.status.success(),
-            "tools/moto.sh failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let printed = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        assert!(
-            printed.exists(),
-            "tools/moto.sh printed {printed:?}, which does not exist"
-        );
-        printed
-    })
-}
-
-/// A running `moto_server`, stopped on drop.
-struct Moto {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Moto {
-    async fn start() -> Moto {
-        Moto::start_with(&[]).await
-    }
-
-    /// Start moto with extra environment variables and wait until it answers.
-    async fn start_with(env: &[(&str, &str)]) -> Moto {
-        let server = moto_server();
-        let mut last_failure = String::new();
-        // A port found free can be taken before moto binds it; another port then does.
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("no free port on loopback")
-                .port();
-            let dir = tempfile::tempdir().expect("no temporary directory");
-            let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-            let child = Command::new(server)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .current_dir(dir.path())
-                .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
-                .envs(env.iter().copied())
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", server.display()));
-            let mut moto = Moto {
-                child,
-                url: format!("http://127.0.0.1:{port}"),
-                dir,
-                http: reqwest::Client::new(),
-            };
-            match moto.wait_until_answering().await {
-                Ok(()) => return moto,
-                Err(failure) => last_failure = failure,
-            }
-        }
-        panic!("moto_server did not start: {last_failure}");
-    }
-
-    async fn wait_until_answering(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("it exited ({status}):\n{}", self.log()));
-            }
-            let answer = self
-                .http
-                .get(format!("{}/moto-api/data.json", self.url))
-                .send()
-                .await;
-            if matches!(answer, Ok(ref r) if r.status().is_success()) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("no answer within 60 s:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("moto.log")) {
-            let _ = file.read_to_string(&mut text);
-        }
-        text
-    }
-
-    fn config(&self) -> SnsConfig {
-        let mut config = SnsConfig::new(REGION).with_keys("testing", "testing");
-        config.endpoint_url = Some(self.url.clone());
-        config
-    }
-
-    async fn sns(&self) -> Sns {
-        Sns::new(self.config()).await
-    }
-
-    async fn post(&self, path: &str) -> String {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "POST {path}: {}",
-            response.status()
-        );
-        response.text().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        response.text().await.unwrap()
-    }
-
-    /// Moto's internal state, as its dashboard shows it.
-    async fn data(&self) -> Value {
-        serde_json::from_str(&self.get("/moto-api/data.json").await).unwrap()
-    }
-
-    /// An IAM query call, which moto lets through unchecked while `INITIAL_NO_AUTH_ACTION_COUNT`
-    /// lasts. Moto routes a request by the service named in its SigV4 credential scope, so the
-    /// call carries an `Authorization` header naming IAM, with a signature nobody checks.
-    async fn iam(&self, params: &[(&str, &str)]) -> String {
-        let mut form = vec![("Version", "2010-05-08")];
-        form.extend_from_slice(params);
-        let response = self
-            .http
-            .post(format!("{}/", self.url))
-            .header(
-                reqwest::header::AUTHORIZATION,
-                "AWS4-HMAC-SHA256 Credential=AKIAUNCHECKED0000000/20260101/us-east-1/iam/aws4_request, \
-                 SignedHeaders=host, Signature=0",
-            )
-            .form(&form)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert!(status.is_success(), "IAM {params:?}: {status}\n{body}");
-        body
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn outbound(to: &str, body: &str, kind: MessageType) -> Outbound {
     Outbound {
