@@ -154,27 +154,14 @@ fn is_account_problem(code: &str) -> bool {
 }
 
 impl Router {
-    /// `live` is the provider for live traffic; with no real provider configured it is the
-    /// simulator too.
-    pub fn new(simulator: Arc<dyn Provider>, live: Option<Arc<dyn Provider>>) -> Router {
-        Router::with_routes(
-            simulator,
-            live.into_iter().collect(),
-            RouteTable::default(),
-            BreakerConfig::default(),
-        )
-        .expect("an empty route table names no provider")
-    }
-
-    /// Live traffic goes through `live` by `table`; every name in the table must be one of
-    /// `live`'s (or `simulator`).
+    /// Live traffic goes through `live` by `table` (through the simulator when `live` is
+    /// empty); every name in the table must be one of `live`'s (or `simulator`).
     pub fn with_routes(
         simulator: Arc<dyn Provider>,
-        live: Vec<Arc<dyn Provider>>,
+        mut live: Vec<Arc<dyn Provider>>,
         mut table: RouteTable,
         breaker: BreakerConfig,
     ) -> Result<Router, UnknownProvider> {
-        let mut live = live;
         if live.is_empty() {
             live.push(simulator.clone());
         }
