@@ -409,7 +409,7 @@ impl Dispatcher {
                         Some(source) => suppressed.push(SendResult {
                             id: message.id,
                             attempt: message.attempt,
-                            provider: String::new(),
+                            provider: None,
                             outcome: SendOutcome::Suppressed {
                                 code: OPTED_OUT.into(),
                                 message: format!("the recipient opted out ({source})"),
@@ -428,7 +428,7 @@ impl Dispatcher {
                     .map(|m| SendResult {
                         id: m.id,
                         attempt: m.attempt,
-                        provider: String::new(),
+                        provider: None,
                         outcome: SendOutcome::Unclaimed,
                     })
                     .collect();
@@ -483,15 +483,14 @@ impl Dispatcher {
     }
 
     async fn send_one(&self, message: Claimed, shutdown: &CancellationToken) -> SendResult {
-        let default_provider = self.router.route(message.scope.mode).name().to_owned();
-        let result = |provider: &str, outcome| SendResult {
+        let result = |provider: Option<&str>, outcome| SendResult {
             id: message.id,
             attempt: message.attempt,
-            provider: provider.to_owned(),
+            provider: provider.map(str::to_owned),
             outcome,
         };
         if shutdown.is_cancelled() {
-            return result(&default_provider, SendOutcome::Unclaimed);
+            return result(None, SendOutcome::Unclaimed);
         }
         let chosen = match self.router.choose(&message, self.clock.now()).await {
             Ok(chosen) => chosen,
@@ -504,14 +503,14 @@ impl Dispatcher {
                         .into(),
                     until,
                 );
-                return result(&default_provider, outcome);
+                return result(None, outcome);
             }
         };
         let name = chosen.provider.name().to_owned();
         // From here every way out tells the breaker, so a probe is never left hanging.
         let unclaimed = |chosen: &Chosen| {
             chosen.settle(CallHealth::NotCalled, self.clock.now());
-            result(&name, SendOutcome::Unclaimed)
+            result(None, SendOutcome::Unclaimed)
         };
         // Stop waiting for the rate limit while a call could still end within the lease: a
         // message held back longer goes back to the queue rather than spend a token late.
@@ -612,7 +611,7 @@ impl Dispatcher {
         if !matches!(outcome, SendOutcome::Accepted { .. }) {
             tracing::debug!(message_id = %message.id, attempt = message.attempt, provider = provider.name(), ?outcome, "send not accepted");
         }
-        result(provider.name(), outcome)
+        result(Some(provider.name()), outcome)
     }
 
     /// A transient refusal: another attempt at `retry_at` (on the route's next provider), or

@@ -154,7 +154,7 @@ async fn overlapping_batches_in_opposite_orders_do_not_deadlock() {
         .map(|claim| SendResult {
             id: claim.id,
             attempt: claim.attempt,
-            provider: "simulator".into(),
+            provider: Some("simulator".into()),
             outcome: SendOutcome::Accepted {
                 provider_message_id: format!("SM-{}", claim.id),
                 cost: None,

@@ -203,7 +203,7 @@ fn accepted(claim: &Claimed, provider_message_id: &str) -> SendResult {
     SendResult {
         id: claim.id,
         attempt: claim.attempt,
-        provider: "simulator".into(),
+        provider: Some("simulator".into()),
         outcome: SendOutcome::Accepted {
             provider_message_id: provider_message_id.into(),
             cost: None,
@@ -744,7 +744,7 @@ pub async fn a_transient_failure_requeues_the_message_until_its_retry_time(subje
     let retry = SendResult {
         id: claim.id,
         attempt: 1,
-        provider: "simulator".into(),
+        provider: Some("simulator".into()),
         outcome: SendOutcome::Retry {
             retry_at: at(60),
             code: "503".into(),
@@ -788,7 +788,7 @@ pub async fn a_permanent_failure_fails_the_message_with_the_reason(subject: &Sub
     let failed = SendResult {
         id: claim.id,
         attempt: 1,
-        provider: "simulator".into(),
+        provider: Some("simulator".into()),
         outcome: SendOutcome::Failed {
             code: "21211".into(),
             message: "invalid number".into(),
@@ -822,7 +822,7 @@ pub async fn a_stale_result_does_not_override_a_newer_claim(subject: &Subject) {
     let retry = |attempt| SendResult {
         id: new.id,
         attempt,
-        provider: "simulator".into(),
+        provider: Some("simulator".into()),
         outcome: SendOutcome::Retry {
             retry_at: at(2),
             code: "429".into(),
@@ -1097,7 +1097,7 @@ pub async fn an_unclaimed_message_returns_to_the_queue_without_using_an_attempt(
     let unclaimed = SendResult {
         id: claim.id,
         attempt: claim.attempt,
-        provider: "simulator".into(),
+        provider: Some("simulator".into()),
         outcome: SendOutcome::Unclaimed,
     };
     store.record_results(&[unclaimed], at(2)).await.unwrap();
@@ -1311,7 +1311,7 @@ pub async fn a_retry_failed_over_is_named_by_the_provider_that_took_it(subject: 
     let refused = SendResult {
         id: claim.id,
         attempt: 1,
-        provider: "alpha".into(),
+        provider: Some("alpha".into()),
         outcome: SendOutcome::Retry {
             retry_at: at(10),
             code: "503".into(),
@@ -1326,7 +1326,7 @@ pub async fn a_retry_failed_over_is_named_by_the_provider_that_took_it(subject: 
 
     let again = claim_one(store, at(10)).await;
     let taken = SendResult {
-        provider: "beta".into(),
+        provider: Some("beta".into()),
         ..accepted(&again, "B-1")
     };
     store.record_results(&[taken], at(11)).await.unwrap();
@@ -1347,7 +1347,7 @@ pub async fn a_retry_failed_over_is_named_by_the_provider_that_took_it(subject: 
         vec![ReportOutcome::Applied]
     );
     let late = SendResult {
-        provider: "alpha".into(),
+        provider: Some("alpha".into()),
         ..accepted(&again, "A-9")
     };
     store.record_results(&[late], at(13)).await.unwrap();

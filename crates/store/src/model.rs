@@ -313,7 +313,9 @@ pub enum SendOutcome {
 pub struct SendResult {
     pub id: Uuid,
     pub attempt: u32,
-    pub provider: String,
+    /// The provider called; `None` when no call was made (suppressed, returned unsent, or
+    /// every provider resting).
+    pub provider: Option<String>,
     pub outcome: SendOutcome,
 }
 

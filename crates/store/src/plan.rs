@@ -115,7 +115,7 @@ impl Batch {
         // that stays true whatever happened since, and forgetting it could mean sending twice.
         let stale = state.attempts != result.attempt;
         let mut effects = Effects {
-            provider: Some(&result.provider),
+            provider: result.provider.as_deref(),
             ..Effects::default()
         };
         let event = match &result.outcome {
@@ -143,10 +143,6 @@ impl Batch {
             }
             SendOutcome::Suppressed { code, message } => {
                 effects.error = Some((code, message));
-                // Suppressed before any call: no provider has the message.
-                if result.provider.is_empty() {
-                    effects.provider = None;
-                }
                 StatusEvent::Suppress
             }
             SendOutcome::Unanswered { code, message } => {
