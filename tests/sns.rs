@@ -98,6 +98,34 @@ fn statuses(message: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// Add an SNS account on `moto` for the organization of `key`, with `webhook_secret` if given:
+/// the response's status and body.
+async fn add_sns_account(
+    s: &TestServer,
+    key: &str,
+    moto: &Moto,
+    webhook_secret: Option<&str>,
+) -> (u16, Value) {
+    let mut credentials = json!({
+        "region": "us-east-1",
+        "access_key_id": "AKIAHERALDTEST000000",
+        "secret_access_key": "herald-test-secret",
+        "endpoint": moto.url,
+    });
+    if let Some(secret) = webhook_secret {
+        credentials["webhook_secret"] = json!(secret);
+    }
+    let response = s
+        .client
+        .post(s.url("/v1/providers"))
+        .bearer_auth(key)
+        .json(&json!({"name": "aws", "kind": "sns", "credentials": credentials}))
+        .send()
+        .await
+        .unwrap();
+    support::status_and_json(response).await
+}
+
 async fn sns_server(backend: Backend, moto: &Moto) -> Option<TestServer> {
     TestServer::start_with_providers(
         backend,
@@ -339,25 +367,7 @@ async fn an_organizations_sns_account_sends_and_takes_its_own_logs(backend: Back
     };
     let key = &s.tenant.live_key;
     let account_secret = "the-accounts-own-webhook-secret";
-    let response = s
-        .client
-        .post(s.url("/v1/providers"))
-        .bearer_auth(key)
-        .json(&json!({
-            "name": "aws",
-            "kind": "sns",
-            "credentials": {
-                "region": "us-east-1",
-                "access_key_id": "AKIAHERALDTEST000000",
-                "secret_access_key": "herald-test-secret",
-                "endpoint": moto.url,
-                "webhook_secret": account_secret,
-            },
-        }))
-        .send()
-        .await
-        .unwrap();
-    let (status, account) = support::status_and_json(response).await;
+    let (status, account) = add_sns_account(&s, key, &moto, Some(account_secret)).await;
     assert_eq!(status, 201, "{account}");
     assert_eq!(account["credentials"]["webhook_secret"], "set");
     assert!(!account.to_string().contains(account_secret));
@@ -418,24 +428,7 @@ async fn an_sns_accounts_opt_outs_are_imported_and_opting_back_in_reaches_sns(ba
         return;
     };
     let key = &s.tenant.live_key;
-    let response = s
-        .client
-        .post(s.url("/v1/providers"))
-        .bearer_auth(key)
-        .json(&json!({
-            "name": "aws",
-            "kind": "sns",
-            "credentials": {
-                "region": "us-east-1",
-                "access_key_id": "AKIAHERALDTEST000000",
-                "secret_access_key": "herald-test-secret",
-                "endpoint": moto.url,
-            },
-        }))
-        .send()
-        .await
-        .unwrap();
-    let (_, account) = support::status_and_json(response).await;
+    let (_, account) = add_sns_account(&s, key, &moto, None).await;
     let id = account["id"].as_str().unwrap().to_owned();
     let sync = |key: String, id: String| {
         let request = s
@@ -491,24 +484,7 @@ async fn sns_opt_outs_are_also_imported_on_a_schedule(backend: Backend) {
         return;
     };
     let key = &s.tenant.live_key;
-    let response = s
-        .client
-        .post(s.url("/v1/providers"))
-        .bearer_auth(key)
-        .json(&json!({
-            "name": "aws",
-            "kind": "sns",
-            "credentials": {
-                "region": "us-east-1",
-                "access_key_id": "AKIAHERALDTEST000000",
-                "secret_access_key": "herald-test-secret",
-                "endpoint": moto.url,
-            },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201);
+    assert_eq!(add_sns_account(&s, key, &moto, None).await.0, 201);
     let at_sns = herald_providers::sns::Sns::new(moto.config())
         .await
         .opted_out_numbers()
