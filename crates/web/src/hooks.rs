@@ -44,13 +44,7 @@ pub async fn twilio_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let Some(hook) = &state.twilio else {
-        return Err(Problem::new(
-            &problem::NOT_FOUND,
-            "Twilio is not configured",
-        ));
-    };
-    let params = verified_twilio_form(&uri, &headers, &body, &hook.auth_token, &hook.public_url)?;
+    let params = server_twilio_form(&state, &uri, &headers, &body)?;
     if let Some(report) = twilio::status_report(&params, callback_message_id(&uri)) {
         // The server's own account: its provider is found by name, whatever the organization.
         record_twilio_report(&state, Uuid::nil(), report).await?;
@@ -117,13 +111,7 @@ pub async fn twilio_inbound(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let Some(hook) = &state.twilio else {
-        return Err(Problem::new(
-            &problem::NOT_FOUND,
-            "Twilio is not configured",
-        ));
-    };
-    let params = verified_twilio_form(&uri, &headers, &body, &hook.auth_token, &hook.public_url)?;
+    let params = server_twilio_form(&state, &uri, &headers, &body)?;
     let to = form_value(&params, "To").unwrap_or_default();
     let Some((org_id, _)) = state
         .engine
@@ -303,6 +291,23 @@ async fn twilio_account(
         auth_token.expose().to_owned(),
         public_url.trim_end_matches('/').to_owned(),
     ))
+}
+
+/// The form of a callback for the server's own Twilio account, verified with its token; 404
+/// when no Twilio account is configured.
+fn server_twilio_form(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, Problem> {
+    let Some(hook) = &state.twilio else {
+        return Err(Problem::new(
+            &problem::NOT_FOUND,
+            "Twilio is not configured",
+        ));
+    };
+    verified_twilio_form(uri, headers, body, &hook.auth_token, &hook.public_url)
 }
 
 /// The form of a Twilio callback whose `X-Twilio-Signature` holds for `auth_token` and the URL

@@ -39,7 +39,8 @@ pub struct ProviderBody {
     #[schema(example = "twilio")]
     pub kind: Option<String>,
     /// twilio: `account_sid`, `auth_token`, optional `base_url`. sns: `region`,
-    /// `access_key_id`, `secret_access_key`, optional `endpoint`. simulator: none.
+    /// `access_key_id`, `secret_access_key`, optional `endpoint` and `webhook_secret`.
+    /// simulator: none.
     #[schema(value_type = Option<Object>, example = json!({"account_sid": "ACxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "auth_token": "your_auth_token"}))]
     pub credentials: Option<serde_json::Map<String, Value>>,
     /// Numbers, Messaging Services and sender IDs this account sends from.
