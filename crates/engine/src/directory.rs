@@ -11,7 +11,7 @@
 //! reports, reconciliation, circuit breakers and rate limits all keep accounts apart.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -22,7 +22,6 @@ use herald_providers::{Accepted, Lookup, LookupQuery, Outbound, Provider, SendEr
 use herald_store::rate::Rate;
 use herald_store::{ProviderAccount, Route, SenderKind, Store};
 use jiff::Timestamp;
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::accounts::{Credentials, open_credentials};
@@ -115,7 +114,11 @@ impl Directory {
     }
 
     async fn routes(&self, org_id: Uuid) -> Result<Arc<Vec<Route>>, herald_store::StoreError> {
-        if let Some((fetched, routes)) = self.routes.lock().await.get(&org_id)
+        if let Some((fetched, routes)) = self
+            .routes
+            .lock()
+            .expect("directory cache lock")
+            .get(&org_id)
             && fetched.elapsed() < FRESH
         {
             return Ok(routes.clone());
@@ -124,14 +127,19 @@ impl Directory {
         let routes = Arc::new(self.store.list_routes(org_id).await?);
         self.routes
             .lock()
-            .await
+            .expect("directory cache lock")
             .insert(org_id, (Instant::now(), routes.clone()));
         Ok(routes)
     }
 
     /// One account of `org_id`, from the cache while fresh; rebuilt only when it changed.
     async fn account(&self, org_id: Uuid, id: Uuid) -> Option<AccountProvider> {
-        let cached = self.accounts.lock().await.get(&(org_id, id)).cloned();
+        let cached = self
+            .accounts
+            .lock()
+            .expect("directory cache lock")
+            .get(&(org_id, id))
+            .cloned();
         if let Some(cached) = &cached
             && cached.fetched.elapsed() < FRESH
         {
@@ -142,7 +150,10 @@ impl Directory {
         let current = match self.store.get_provider_account(org_id, id).await {
             Ok(Some(account)) => account,
             Ok(None) => {
-                self.accounts.lock().await.remove(&(org_id, id));
+                self.accounts
+                    .lock()
+                    .expect("directory cache lock")
+                    .remove(&(org_id, id));
                 return None;
             }
             Err(error) => {
@@ -163,7 +174,7 @@ impl Directory {
         };
         self.accounts
             .lock()
-            .await
+            .expect("directory cache lock")
             .insert((org_id, id), entry.clone());
         Some(entry)
     }
