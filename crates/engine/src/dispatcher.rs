@@ -401,11 +401,15 @@ impl Dispatcher {
         }
         // Recipients on their organization's suppression list are never handed to a provider.
         let (suppressed, claimed) = match self.opted_out(&claimed).await {
+            Ok(opted_out) if opted_out.is_empty() => (Vec::new(), claimed),
             Ok(opted_out) => {
                 let mut to_send = Vec::with_capacity(claimed.len());
                 let mut suppressed = Vec::new();
                 for message in claimed {
-                    match opted_out.get(&(message.scope.org_id, message.to.clone())) {
+                    let source = opted_out
+                        .get(&message.scope.org_id)
+                        .and_then(|numbers| numbers.get(&message.to));
+                    match source {
                         Some(source) => suppressed.push(SendResult {
                             id: message.id,
                             attempt: message.attempt,
@@ -454,11 +458,11 @@ impl Dispatcher {
     }
 
     /// Who among the claimed messages' recipients opted out, by organization and number, with
-    /// what said so.
+    /// what said so (usually no one).
     async fn opted_out(
         &self,
         claimed: &[Claimed],
-    ) -> Result<HashMap<(Uuid, String), String>, StoreError> {
+    ) -> Result<HashMap<Uuid, HashMap<String, String>>, StoreError> {
         let mut by_org: HashMap<Uuid, Vec<String>> = HashMap::new();
         for message in claimed {
             by_org
@@ -468,8 +472,15 @@ impl Dispatcher {
         }
         let mut opted_out = HashMap::new();
         for (org_id, phones) in by_org {
-            for entry in self.store.opted_out_among(org_id, &phones).await? {
-                opted_out.insert((org_id, entry.phone), entry.source);
+            let numbers: HashMap<String, String> = self
+                .store
+                .opted_out_among(org_id, &phones)
+                .await?
+                .into_iter()
+                .map(|entry| (entry.phone, entry.source))
+                .collect();
+            if !numbers.is_empty() {
+                opted_out.insert(org_id, numbers);
             }
         }
         Ok(opted_out)
