@@ -143,21 +143,23 @@ pub async fn add_opt_out(
     let phone = phone(&caller, request.phone.as_deref())?;
     live_only(&caller)?;
     let store = &state.engine.store;
-    let added = store
-        .opt_out(caller.org.id, &phone, "api", state.engine.clock.now())
-        .await?;
+    let now = state.engine.clock.now();
+    if store.opt_out(caller.org.id, &phone, "api", now).await? {
+        let entry = OptOut {
+            phone,
+            source: "api".into(),
+            created_at: now,
+        };
+        return Ok((StatusCode::CREATED, Json(OptOutView::from(entry))).into_response());
+    }
+    // Already listed: answer with what put it there first.
     let entry = store
         .opted_out_among(caller.org.id, std::slice::from_ref(&phone))
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| Problem::new(&problem::UNAVAILABLE, "the number was removed meanwhile"))?;
-    let status = if added {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(OptOutView::from(entry))).into_response())
+    Ok((StatusCode::OK, Json(OptOutView::from(entry))).into_response())
 }
 
 /// Take a number off the suppression list (it opted back in); the organization's SNS accounts
