@@ -44,26 +44,41 @@ impl RouteTable {
     /// The providers for a message to `to` (E.164) in `country`: the route with the longest
     /// matching prefix, else the route for the country, else the default.
     pub fn candidates(&self, to: &str, country: Option<Region>) -> &[String] {
-        let digits = to.trim_start_matches('+');
-        let by_prefix = self
-            .routes
-            .iter()
-            .filter_map(|route| {
-                let prefix = route.prefix.as_deref()?;
-                let country_fits = route.country.is_none() || route.country == country;
-                (country_fits && digits.starts_with(prefix)).then_some((prefix.len(), route))
-            })
-            .max_by_key(|(length, _)| *length)
-            .map(|(_, route)| route);
-        let by_country = || {
-            self.routes.iter().find(|route| {
-                route.prefix.is_none() && route.country.is_some() && route.country == country
-            })
-        };
-        by_prefix
-            .or_else(by_country)
-            .map_or(&self.default[..], |route| &route.providers[..])
+        most_specific(&self.routes, to, country, |route| {
+            (route.country, route.prefix.as_deref())
+        })
+        .map_or(&self.default[..], |route| &route.providers[..])
     }
+}
+
+/// The most specific of `routes` for a recipient `e164` in `country`: the longest prefix the
+/// number starts with (among routes for its country, or for any country), else the route for
+/// its country, else a route for any destination. `key` gives a route's country (`None`: any)
+/// and prefix.
+fn most_specific<'a, R>(
+    routes: &'a [R],
+    e164: &str,
+    country: Option<Region>,
+    key: impl Fn(&R) -> (Option<Region>, Option<&str>),
+) -> Option<&'a R> {
+    let digits = e164.trim_start_matches('+');
+    let by_prefix = routes
+        .iter()
+        .filter_map(|route| {
+            let (route_country, prefix) = key(route);
+            let prefix = prefix?;
+            let country_fits = route_country.is_none() || route_country == country;
+            (country_fits && digits.starts_with(prefix)).then_some((prefix.len(), route))
+        })
+        .max_by_key(|(length, _)| *length)
+        .map(|(_, route)| route);
+    by_prefix
+        .or_else(|| {
+            routes
+                .iter()
+                .find(|route| matches!(key(route), (Some(c), None) if Some(c) == country))
+        })
+        .or_else(|| routes.iter().find(|route| key(route) == (None, None)))
 }
 
 /// An organization's routes as stored (ordered provider accounts per country and prefix)
@@ -75,29 +90,9 @@ pub fn resolve<'a>(
     e164: &str,
     country: Option<Region>,
 ) -> Option<&'a StoredRoute> {
-    let digits = e164.strip_prefix('+').unwrap_or(e164);
-    let in_country = |route: &&StoredRoute| country.is_some() && route.key.country == country;
-    let by_prefix = routes
-        .iter()
-        .filter(in_country)
-        .filter_map(|route| {
-            let prefix = route.key.prefix.as_deref()?;
-            digits.starts_with(prefix).then_some((prefix.len(), route))
-        })
-        .max_by_key(|(length, _)| *length)
-        .map(|(_, route)| route);
-    by_prefix
-        .or_else(|| {
-            routes
-                .iter()
-                .filter(in_country)
-                .find(|route| route.key.prefix.is_none())
-        })
-        .or_else(|| {
-            routes
-                .iter()
-                .find(|route| route.key.country.is_none() && route.key.prefix.is_none())
-        })
+    most_specific(routes, e164, country, |route| {
+        (route.key.country, route.key.prefix.as_deref())
+    })
 }
 
 /// When a breaker opens and for how long.
