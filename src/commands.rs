@@ -93,6 +93,7 @@ pub async fn create_org(
     url: &DatabaseUrl,
     name: &str,
     region: Option<&str>,
+    countries: &[String],
     json: bool,
 ) -> Result<()> {
     let name = name.trim();
@@ -105,9 +106,22 @@ pub async fn create_org(
             .with_context(|| format!("{code:?} is not a region code"))?,
         None => file.default_region()?,
     };
+    let countries = countries
+        .iter()
+        .map(|code| {
+            Region::parse(code.trim())
+                .ok()
+                .with_context(|| format!("{code:?} is not a country code"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let store = ready_store(file, url).await?;
     let (created, records) = new_organization(name, region, &SystemClock);
     store.create_organization(&created.org, &records).await?;
+    if !countries.is_empty() {
+        store
+            .set_allowed_countries(created.org.id, &countries)
+            .await?;
+    }
     if json {
         println!(
             "{}",

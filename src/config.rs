@@ -100,6 +100,40 @@ impl std::fmt::Debug for SecretKeyText {
     }
 }
 
+/// The operator token as configured, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken(String);
+
+impl OperatorToken {
+    /// Its SHA-256, as the server keeps it. Refused when too short to resist guessing.
+    pub fn digest(&self) -> Result<[u8; 32]> {
+        if self.0.trim().chars().count() < 16 {
+            bail!("operator_token must be at least 16 characters (`openssl rand -base64 32`)");
+        }
+        Ok(herald_engine::keys::hash(self.0.trim()))
+    }
+}
+
+impl std::str::FromStr for OperatorToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(OperatorToken(text.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for OperatorToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(OperatorToken)
+    }
+}
+
+impl std::fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorToken(****)")
+    }
+}
+
 /// The optional TOML file. Every key is optional; unknown keys are an error, so a typo is
 /// caught at start-up rather than silently ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +153,9 @@ pub struct FileConfig {
     /// Encrypts provider credentials at rest (`--secret-key` and `HERALD_SECRET_KEY` take
     /// precedence). Without one, accounts with secrets cannot be added.
     pub secret_key: Option<SecretKeyText>,
+    /// Lets its bearer grant credits and set spend limits through the API (`--operator-token`
+    /// and `HERALD_OPERATOR_TOKEN` take precedence). Without one, only the CLI can.
+    pub operator_token: Option<OperatorToken>,
     pub twilio: Option<TwilioFile>,
     pub sns: Option<SnsFile>,
     #[serde(default)]
@@ -131,6 +168,19 @@ pub struct FileConfig {
     pub prices: PricesFile,
     #[serde(default)]
     pub routing: RoutingFile,
+    #[serde(default)]
+    pub quiet_hours: QuietHoursFile,
+}
+
+/// When promotional messages may reach people, in their local time.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursFile {
+    /// The window, `HH:MM-HH:MM` (default `09:00-21:00`).
+    pub window: Option<String>,
+    /// Windows for destination countries (ISO 3166 alpha-2 → `HH:MM-HH:MM`).
+    #[serde(default)]
+    pub countries: BTreeMap<String, String>,
 }
 
 /// Routes for live traffic by destination, and the circuit breakers.
@@ -404,6 +454,7 @@ impl FileConfig {
         }
 
         config.intake.prices = self.prices()?;
+        config.intake.quiet_hours = self.quiet_hours()?;
         config.routing = self.routing()?;
         for (name, rate) in &self.routing.rate_limits {
             if !(rate.per_second > 0.0 && rate.per_second.is_finite()) {
@@ -428,6 +479,11 @@ impl FileConfig {
             config.dispatcher.rate_limits.insert(name.clone(), limits);
         }
         config.secret_key = self.secret_key()?;
+        config.operator_token = self
+            .operator_token
+            .as_ref()
+            .map(OperatorToken::digest)
+            .transpose()?;
         Ok(config)
     }
 
@@ -599,6 +655,28 @@ impl FileConfig {
         })
     }
 
+    fn quiet_hours(&self) -> Result<herald_domain::quiet_hours::QuietHours> {
+        let q = &self.quiet_hours;
+        let window = |name: &str, text: &str| {
+            text.parse::<herald_domain::quiet_hours::Window>()
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        };
+        let mut hours = herald_domain::quiet_hours::QuietHours::default();
+        if let Some(text) = &q.window {
+            hours.default = window("quiet_hours.window", text)?;
+        }
+        for (country, text) in &q.countries {
+            let region = herald_domain::phone::Region::parse(country).map_err(|_| {
+                anyhow::anyhow!("quiet_hours.countries: {country:?} is not a country code")
+            })?;
+            hours.countries.insert(
+                region,
+                window(&format!("quiet_hours.countries.{country}"), text)?,
+            );
+        }
+        Ok(hours)
+    }
+
     fn prices(&self) -> Result<PriceTable> {
         let fallback = PriceTable::default();
         let currency = match self.prices.currency.as_deref() {
@@ -639,6 +717,25 @@ mod tests {
         assert_eq!(
             DatabaseUrl::new("sqlite://herald.db").to_string(),
             "sqlite://herald.db"
+        );
+    }
+
+    #[test]
+    fn operator_tokens_never_print_and_must_be_long_enough() {
+        let file: FileConfig = toml::from_str("operator_token = \"op-0123456789abcdef\"").unwrap();
+        assert!(!format!("{file:?}").contains("0123456789"));
+        assert_eq!(
+            file.engine().unwrap().operator_token,
+            Some(herald_engine::keys::hash("op-0123456789abcdef"))
+        );
+        let short: FileConfig = toml::from_str("operator_token = \"short\"").unwrap();
+        assert!(short.engine().is_err());
+        assert!(
+            FileConfig::default()
+                .engine()
+                .unwrap()
+                .operator_token
+                .is_none()
         );
     }
 

@@ -5,6 +5,8 @@
 mod accounts;
 mod commands;
 mod config;
+mod contacts;
+mod credits;
 mod serve;
 
 use std::net::SocketAddr;
@@ -41,6 +43,16 @@ struct Cli {
     #[arg(long, env = "HERALD_SECRET_KEY", global = true, hide_env_values = true)]
     secret_key: Option<config::SecretKeyText>,
 
+    /// Lets its bearer grant credits and set spend limits through the API (at least 16
+    /// characters).
+    #[arg(
+        long,
+        env = "HERALD_OPERATOR_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    operator_token: Option<config::OperatorToken>,
+
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -74,8 +86,34 @@ enum Command {
     /// Manage an organization's routes: which provider accounts serve which destinations.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Manage an organization's contacts.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// An organization's credits and monthly spend limit.
+    #[command(subcommand)]
+    Credits(credits::CreditsCommand),
     /// Run a benchmark scenario on a fresh database and print what it measured.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Import contacts from a CSV file: each row creates a contact or updates the one with its
+    /// number. The first row names the columns (`phone`, `first_name`, …, `custom.<name>`).
+    Import {
+        /// The CSV file.
+        file: std::path::PathBuf,
+        /// The organization.
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// Read a column as a field: `Header:field` (`Mobile:phone`, `Sales:custom.total_sales`,
+        /// `Notes:ignore`); repeat for several.
+        #[arg(long = "map")]
+        map: Vec<String>,
+        /// Print the result as JSON, without a progress bar.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,6 +211,9 @@ enum OrgCommand {
         /// Region for national-format numbers, e.g. US, GB, IN.
         #[arg(long)]
         region: Option<String>,
+        /// Destination countries it may send to, e.g. GB,GG,JE [default: its region only].
+        #[arg(long, value_delimiter = ',')]
+        countries: Vec<String>,
         /// Print {"org_id", "live_key", "test_key"} as JSON.
         #[arg(long)]
         json: bool,
@@ -230,6 +271,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(key) = cli.secret_key {
         file.secret_key = Some(key);
     }
+    if let Some(token) = cli.operator_token {
+        file.operator_token = Some(token);
+    }
     let cli_database_url = cli.database_url.as_ref().map(|url| url.expose().to_owned());
     let database_url = cli
         .database_url
@@ -250,8 +294,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::serve(&file, &database_url, listen, public_url).await
         }
         Command::Migrate => commands::migrate(&file, &database_url).await,
-        Command::Org(OrgCommand::Create { name, region, json }) => {
-            commands::create_org(&file, &database_url, &name, region.as_deref(), json).await
+        Command::Org(OrgCommand::Create {
+            name,
+            region,
+            countries,
+            json,
+        }) => {
+            commands::create_org(
+                &file,
+                &database_url,
+                &name,
+                region.as_deref(),
+                &countries,
+                json,
+            )
+            .await
         }
         Command::Key(KeyCommand::Create {
             org,
@@ -295,6 +352,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             country,
             prefix,
         }) => accounts::remove_route(&file, &database_url, org, &country, prefix.as_deref()).await,
+        Command::Contacts(ContactsCommand::Import {
+            file: path,
+            org,
+            map,
+            json,
+        }) => contacts::import(&file, &database_url, org, &path, &map, json).await,
+        Command::Credits(command) => credits::run(&file, &database_url, command).await,
         Command::Bench(args) => bench(args, cli_database_url).await,
         Command::Key(KeyCommand::List { org, json }) => {
             commands::list_keys(&file, &database_url, org, json).await

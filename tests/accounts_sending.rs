@@ -361,4 +361,33 @@ async fn stop_help_and_start_from_a_recipient_are_honoured(
     s.wait_for(key, created["id"].as_str().unwrap(), "sent")
         .await;
     assert_eq!(fake.accepted(), 1);
+
+    // The history names each change, what caused it and the message that asked for it.
+    let (status, history) = s.get(key, "/v1/opt-outs/%2B14155550199/history").await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["opted_out"], false);
+    let (_, inbound) = s.get(key, "/v1/inbound").await;
+    let id_of = |sid: &str| {
+        inbound["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["provider_message_id"] == sid)
+            .map(|m| m["id"].clone())
+            .unwrap()
+    };
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{history}");
+    assert_eq!(
+        (
+            &events[0]["action"],
+            &events[0]["source"],
+            &events[0]["message_id"]
+        ),
+        (&json!("opt_out"), &json!("keyword"), &id_of("SMk1"))
+    );
+    assert_eq!(
+        (&events[1]["action"], &events[1]["message_id"]),
+        (&json!("opt_in"), &id_of("SMk4"))
+    );
 }

@@ -58,11 +58,18 @@ fn check_fanout(report: &Value) {
     assert_eq!(accounted(report, "queued"), N, "{report}");
 }
 
+/// One generated row in 50 is broken; every row is either a contact or reported.
+fn check_import(report: &Value) {
+    assert_eq!(accounted(report, "invalid"), N / 50, "{report}");
+    assert_eq!(accounted(report, "created"), N - N / 50, "{report}");
+}
+
 #[test]
-fn dispatch_sim_fanout_and_dispatch_http_account_for_every_message_on_sqlite() {
+fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite() {
     check_dispatch_sim(&bench("dispatch-sim", "sqlite", None));
     check_dispatch_http(&bench("dispatch-http", "sqlite", None));
     check_fanout(&bench("fanout", "sqlite", None));
+    check_import(&bench("import", "sqlite", None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +85,7 @@ async fn the_scenarios_run_on_postgresql_too() {
     check_dispatch_sim(&bench("dispatch-sim", "postgres", Some(&admin)));
     check_dispatch_http(&bench("dispatch-http", "postgres", Some(&admin)));
     check_fanout(&bench("fanout", "postgres", Some(&admin)));
+    check_import(&bench("import", "postgres", Some(&admin)));
     let idle = bench("idle", "postgres", Some(&admin));
     assert!(idle["metrics"]["idle_rss_mb"].as_f64().unwrap() > 0.0);
 }

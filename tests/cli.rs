@@ -149,6 +149,9 @@ async fn keys_are_created_and_revoked_while_a_server_runs() {
         "Acme Salon",
         "--region",
         "GB",
+        // 07911 1… numbers are Guernsey's (+44 is shared with the Crown Dependencies).
+        "--countries",
+        "GB,GG",
         "--json",
     ]));
     let org_id = org["org_id"].as_str().unwrap().to_owned();
@@ -498,6 +501,78 @@ async fn routes_are_listed_and_removed_while_a_server_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_are_imported_from_a_file_while_a_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite://herald.db";
+    let org = run_json(herald(dir.path(), url).args(["org", "create", "Acme", "--json"]));
+    let org_id = org["org_id"].as_str().unwrap();
+    let server = Server::start(dir.path(), url);
+    let file = dir.path().join("people.csv");
+    std::fs::write(
+        &file,
+        "Mobile,first_name,Sales,Notes\n\
+         +14155550100,Ada,52000,x\n\
+         not a number,Bob,1,y\n\
+         +14155550101,Cy,7,z\n",
+    )
+    .unwrap();
+    let import = |extra: &[&str]| {
+        let mut command = herald(dir.path(), url);
+        command.args([
+            "contacts",
+            "import",
+            file.to_str().unwrap(),
+            "--org",
+            org_id,
+        ]);
+        command.args(extra);
+        command.output().unwrap()
+    };
+    let refused = import(&[]);
+    assert!(!refused.status.success(), "unknown columns stop the import");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Sales"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let done = import(&[
+        "--map",
+        "Sales:custom.total_sales",
+        "--map",
+        "Notes:ignore",
+        "--json",
+    ]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let report: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        (
+            report["rows"].as_u64(),
+            report["created"].as_u64(),
+            report["invalid"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{report}"
+    );
+    let (status, page) = status_and_json(
+        reqwest::Client::new()
+            .get(format!("{}/v1/contacts", server.base))
+            .bearer_auth(org["live_key"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["data"][0]["custom"], json!({"total_sales": 52000}));
+    assert_eq!(page["data"][1]["first_name"], "Cy");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_works_on_postgresql_too() {
     let Some(database) = herald_store_postgres::test_support::fresh_database().await else {
         return;
@@ -570,4 +645,70 @@ fn flags_beat_environment_which_beats_the_configuration_file() {
         "an unknown configuration key is an error"
     );
     assert!(String::from_utf8_lossy(&typo.stderr).contains("listne"));
+}
+
+#[test]
+fn credits_are_granted_and_limited_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "sqlite:herald.db";
+    let org = run_json(herald(dir.path(), url).args(["org", "create", "Acme", "--json"]));
+    let org_id = org["org_id"].as_str().unwrap().to_owned();
+    let show =
+        || run_json(herald(dir.path(), url).args(["credits", "show", "--org", &org_id, "--json"]));
+    let before = show();
+    assert_eq!(
+        (&before["metered"], &before["balance"]),
+        (&json!(false), &json!(0))
+    );
+
+    let granted = run_json(herald(dir.path(), url).args([
+        "credits",
+        "grant",
+        "--org",
+        &org_id,
+        "25",
+        "--reason",
+        "first invoice",
+        "--json",
+    ]));
+    assert_eq!(
+        (
+            &granted["metered"],
+            &granted["balance"],
+            &granted["available"]
+        ),
+        (&json!(true), &json!(25), &json!(25))
+    );
+    let refused = herald(dir.path(), url)
+        .args(["credits", "grant", "--org", &org_id, "-30"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("25 credits are available"));
+
+    let limited = herald(dir.path(), url)
+        .args(["credits", "limit", "--org", &org_id, "12.50"])
+        .output()
+        .unwrap();
+    assert!(limited.status.success());
+    assert_eq!(show()["monthly_spend_limit"], "12.50");
+    let bad = herald(dir.path(), url)
+        .args(["credits", "limit", "--org", &org_id, "lots"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert_eq!(show()["monthly_spend_limit"], "12.50", "nothing changed");
+
+    let unknown = herald(dir.path(), url)
+        .args([
+            "credits",
+            "grant",
+            "--org",
+            &uuid::Uuid::now_v7().to_string(),
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no organization"));
 }

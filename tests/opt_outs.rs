@@ -34,6 +34,8 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     an_opted_out_number_receives_nothing_until_taken_off,
+    a_simulated_stop_suppresses_queued_messages_and_start_resumes_them,
+    an_organizations_own_words_and_help_text_are_honoured,
     bad_input_changes_nothing_and_lists_page,
 );
 
@@ -167,4 +169,158 @@ async fn bad_input_changes_nothing_and_lists_page(s: &TestServer) {
     assert_eq!(status, 422);
     // Test keys may read the list.
     assert_eq!(listed(s, &s.tenant.test_key).await.len(), 3);
+}
+
+async fn reply(s: &TestServer, key: &str, body: Value) -> (u16, Value) {
+    let response = s
+        .client
+        .post(s.url("/v1/simulator/inbound"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    support::status_and_json(response).await
+}
+
+async fn a_simulated_stop_suppresses_queued_messages_and_start_resumes_them(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2)).to_string();
+    let (_, queued) = s
+        .send(
+            key,
+            json!({"to": "+14155550123", "body": "Tomorrow's offer", "send_at": later}),
+        )
+        .await;
+
+    let (status, stop) = reply(s, key, json!({"from": "+14155550123", "body": " stop "})).await;
+    assert_eq!(status, 201, "{stop}");
+    assert!(stop["reply"].is_null());
+    assert_eq!(stop["message"]["provider"], "simulator");
+    assert_eq!(listed(s, key).await, ["+14155550123"]);
+    let suppressed = s
+        .wait_for(key, queued["id"].as_str().unwrap(), "suppressed")
+        .await;
+    assert_eq!(
+        suppressed["error_code"], "opted_out",
+        "queued before the STOP, sent after it"
+    );
+    let (_, after) = s
+        .send(key, json!({"to": "+14155550123", "body": "Still there?"}))
+        .await;
+    s.wait_for(key, after["id"].as_str().unwrap(), "suppressed")
+        .await;
+
+    let (_, help) = reply(s, key, json!({"from": "+14155550123", "body": "HELP"})).await;
+    assert!(
+        help["reply"].as_str().unwrap().starts_with("acme: "),
+        "{help}"
+    );
+
+    let (status, _) = reply(s, key, json!({"from": "+14155550123", "body": "start"})).await;
+    assert_eq!(status, 201);
+    assert!(listed(s, key).await.is_empty());
+    let (_, resumed) = s
+        .send(key, json!({"to": "+14155550123", "body": "Welcome back"}))
+        .await;
+    s.wait_for(key, resumed["id"].as_str().unwrap(), "delivered")
+        .await;
+    let (_, history) = s.get(key, "/v1/opt-outs/%2B14155550123/history").await;
+    assert_eq!(
+        history["events"][0]["message_id"], stop["message"]["id"],
+        "the STOP is named as the cause: {history}"
+    );
+
+    // Bad replies and test keys change nothing.
+    let (status, problem) = reply(s, key, json!({"from": "12", "body": "STOP"})).await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("from"))
+    );
+    let (status, _) = reply(
+        s,
+        key,
+        json!({"from": "+14155550123", "body": "STOP", "x": 1}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = reply(
+        s,
+        &s.tenant.test_key,
+        json!({"from": "+14155550123", "body": "STOP"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(listed(s, key).await.is_empty());
+    let (_, inbound) = s.get(key, "/v1/inbound").await;
+    assert_eq!(
+        inbound["data"].as_array().unwrap().len(),
+        3,
+        "STOP, HELP and START only"
+    );
+}
+
+async fn an_organizations_own_words_and_help_text_are_honoured(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let put = |key: String, body: Value| {
+        let request = s
+            .client
+            .put(s.url("/v1/settings/keywords"))
+            .bearer_auth(key)
+            .json(&body);
+        async move { support::status_and_json(request.send().await.unwrap()).await }
+    };
+    let (status, defaults) = s.get(key, "/v1/settings/keywords").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        defaults,
+        json!({"help_text": null, "opt_out_words": [], "opt_in_words": []})
+    );
+    for (body, field) in [
+        (json!({"opt_out_words": ["two words"]}), "opt_out_words[0]"),
+        (json!({"opt_out_words": ["start"]}), "opt_out_words[0]"),
+        (
+            json!({"opt_out_words": ["HALT"], "opt_in_words": ["halt"]}),
+            "opt_in_words[0]",
+        ),
+        (json!({"help_text": "x".repeat(321)}), "help_text"),
+    ] {
+        let (status, problem) = put(key.clone(), body.clone()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+    }
+    let (status, _) = put(
+        s.tenant.test_key.clone(),
+        json!({"opt_out_words": ["HALT"]}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, unchanged) = s.get(key, "/v1/settings/keywords").await;
+    assert_eq!(unchanged, defaults, "refused changes change nothing");
+
+    let (status, saved) = put(
+        key.clone(),
+        json!({"help_text": "Acme: alerts. Reply STOPPEN to stop.",
+               "opt_out_words": ["Stoppen"], "opt_in_words": ["anmelden"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["opt_out_words"], json!(["STOPPEN"]));
+
+    let (_, help) = reply(s, key, json!({"from": "+14155550124", "body": "help"})).await;
+    assert_eq!(help["reply"], "Acme: alerts. Reply STOPPEN to stop.");
+    reply(s, key, json!({"from": "+14155550124", "body": "stoppen!"})).await;
+    assert_eq!(listed(s, key).await, ["+14155550124"]);
+    reply(s, key, json!({"from": "+14155550124", "body": "Anmelden"})).await;
+    assert!(listed(s, key).await.is_empty());
+
+    // Another organization's words are its own.
+    let other = s.other_tenant("globex").await;
+    reply(
+        s,
+        &other.live_key,
+        json!({"from": "+14155550124", "body": "stoppen"}),
+    )
+    .await;
+    assert!(listed(s, &other.live_key).await.is_empty());
 }

@@ -118,6 +118,25 @@ impl TestServer {
         twilio: Option<(String, String)>,
         sns: Option<(herald_providers::sns::SnsConfig, String)>,
     ) -> Option<TestServer> {
+        TestServer::start_inner(backend, config, twilio, sns, Arc::new(SystemClock)).await
+    }
+
+    /// A server whose engine reads the time from `clock` (a `ManualClock` holds it still).
+    pub async fn start_with_clock(
+        backend: Backend,
+        config: EngineConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Option<TestServer> {
+        TestServer::start_inner(backend, config, None, None, clock).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        config: EngineConfig,
+        twilio: Option<(String, String)>,
+        sns: Option<(herald_providers::sns::SnsConfig, String)>,
+        clock: Arc<dyn Clock>,
+    ) -> Option<TestServer> {
         let (store, guard, database_url): (Arc<dyn Store>, Guard, String) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
@@ -170,8 +189,7 @@ impl TestServer {
             herald_providers::twilio::pricing::TwilioPricing::new(base, TWILIO_TEST_SID, "token")
                 .unwrap()
         });
-        let mut engine =
-            Engine::with_providers(store, Arc::new(SystemClock), config, live).unwrap();
+        let mut engine = Engine::with_providers(store, clock, config, live).unwrap();
         if let Some(pricing) = pricing {
             engine = engine.with_price_source(Arc::new(pricing)).await;
         }
@@ -287,7 +305,25 @@ pub async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
     )
 }
 
+/// An organization in the US allowed to send where the tests send: the US, Canada, the UK and
+/// Guernsey, France and Germany.
 pub async fn create_tenant(store: &dyn Store, name: &str) -> Tenant {
+    let tenant = create_plain_tenant(store, name).await;
+    let countries: Vec<Region> = ["US", "CA", "GB", "GG", "FR", "DE"]
+        .iter()
+        .map(|c| Region::parse(c).unwrap())
+        .collect();
+    assert!(
+        store
+            .set_allowed_countries(tenant.org_id, &countries)
+            .await
+            .unwrap()
+    );
+    tenant
+}
+
+/// An organization in the US as created by `herald org create`: it may send to the US only.
+pub async fn create_plain_tenant(store: &dyn Store, name: &str) -> Tenant {
     let now = SystemClock.now();
     let org = Organization {
         id: Uuid::now_v7(),

@@ -7,6 +7,7 @@ pub mod db;
 mod dispatch;
 mod fanout;
 mod idle;
+mod import;
 pub mod process;
 pub mod report;
 pub mod stub;
@@ -34,6 +35,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "fanout",
         "N messages materialised (render, encode, price) and stored queued, in bounded memory",
+    ),
+    (
+        "import",
+        "a CSV file of N contacts imported (upsert by phone, per-row report), in bounded memory",
     ),
     (
         "idle",
@@ -112,6 +117,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         "dispatch-http" => dispatch::run_http(options, &db).await,
         "fanout" => fanout::run(options, &db).await,
         "idle" => idle::run(options, &db).await,
+        "import" => import::run(options, &db).await,
         _ => unreachable!("checked above"),
     };
     db.finish().await?;

@@ -66,6 +66,7 @@ pub fn materialise(
                 send_at: None,
                 max_attempts: config.max_attempts,
                 created_at: now,
+                broadcast_id: None,
             }
         })
         .collect()

@@ -175,7 +175,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> FieldError {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> FieldError {
         FieldError {
             field: field.into(),
             code,

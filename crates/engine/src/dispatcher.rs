@@ -607,7 +607,13 @@ impl Dispatcher {
                 let source = format!("{}:{code}", provider.name());
                 if let Err(error) = self
                     .store
-                    .opt_out(message.scope.org_id, &message.to, &source, self.clock.now())
+                    .opt_out(
+                        message.scope.org_id,
+                        &message.to,
+                        &source,
+                        None,
+                        self.clock.now(),
+                    )
                     .await
                 {
                     tracing::error!(%error, "cannot record a provider's opt-out");

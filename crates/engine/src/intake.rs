@@ -28,6 +28,8 @@ pub struct IntakeConfig {
     pub send_at_grace: SignedDuration,
     /// Longest body accepted, in characters (Twilio's limit is 1,600).
     pub max_body_chars: usize,
+    /// When promotional messages may reach recipients, in their local time.
+    pub quiet_hours: herald_domain::quiet_hours::QuietHours,
 }
 
 impl Default for IntakeConfig {
@@ -39,6 +41,7 @@ impl Default for IntakeConfig {
             max_schedule_ahead: SignedDuration::from_hours(24 * 366),
             send_at_grace: SignedDuration::from_hours(1),
             max_body_chars: 1_600,
+            quiet_hours: Default::default(),
         }
     }
 }
@@ -195,6 +198,7 @@ pub fn prepare(
         send_at: request.send_at.filter(|at| *at > now),
         max_attempts: config.max_attempts,
         created_at: now,
+        broadcast_id: None,
     })
 }
 

@@ -12,7 +12,10 @@
 //! - [`charges`]: asking providers what settled messages cost.
 //! - [`opt_outs`]: keeping organizations' suppression lists in step with SNS's.
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
+//! - [`templates`]: checking templates before they are saved, and rendering them for a send
+//!   with a contact's fields and the request's variables.
 //! - [`clock`]: the time source, replaceable in tests.
+//! - [`credits`]: organizations' allowed destination countries, read through a short cache.
 //! - [`accounts`]: organizations' provider accounts and routes; [`secrets`] seals their
 //!   credentials with the server's key, and [`routing`] picks the route for a recipient.
 //!
@@ -20,8 +23,11 @@
 
 pub mod acceptor;
 pub mod accounts;
+pub mod broadcasts;
 pub mod charges;
 pub mod clock;
+pub mod contacts;
+pub mod credits;
 pub mod directory;
 pub mod dispatcher;
 pub mod intake;
@@ -35,6 +41,7 @@ pub mod retry;
 pub mod routing;
 pub mod secrets;
 pub mod stats;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -66,6 +73,10 @@ pub struct EngineConfig {
     pub routing: RoutingConfig,
     /// Seals provider credentials at rest; without it, accounts with secrets are refused.
     pub secret_key: Option<secrets::SecretKey>,
+    /// Lets the bearer grant credits and set spend limits through the API (`POST /v1/credits`);
+    /// without it those endpoints refuse everyone. Kept as its SHA-256, so it is compared
+    /// without revealing it.
+    pub operator_token: Option<[u8; 32]>,
     /// Herald's base URL as providers reach it, for the status callbacks of organizations'
     /// Twilio accounts.
     pub public_url: Option<String>,
@@ -86,6 +97,7 @@ impl Default for EngineConfig {
             simulator: SimulatorConfig::default(),
             routing: RoutingConfig::default(),
             secret_key: None,
+            operator_token: None,
             public_url: None,
             charge_delay: std::time::Duration::from_secs(60),
             sns_opt_out_sync: std::time::Duration::from_secs(6 * 60 * 60),
@@ -118,6 +130,8 @@ pub struct Engine {
     pub counters: Arc<stats::Counters>,
     /// Wakes the dispatcher when this process queues work.
     wake: Arc<Notify>,
+    /// Allowed destination countries, cached.
+    geo: credits::Geo,
 }
 
 impl Engine {
@@ -213,6 +227,7 @@ impl Engine {
             maintenance,
             counters,
             wake,
+            geo: credits::Geo::default(),
         })
     }
 
@@ -228,6 +243,29 @@ impl Engine {
         book.load().await;
         self.prices = Arc::new(book);
         self
+    }
+
+    /// Refuse `message` (field `to`) when its destination country is not one `org` may send
+    /// to. Checked before anything is stored.
+    pub async fn check_destination(
+        &self,
+        org: &Organization,
+        message: &NewMessage,
+    ) -> Result<Result<(), FieldError>, StoreError> {
+        let allowed = self.geo.allowed(self.store.as_ref(), org).await?;
+        Ok(credits::Geo::check(&allowed, message))
+    }
+
+    /// Replace the destination countries `org_id` may send to; `false` when there is no such
+    /// organization.
+    pub async fn set_allowed_countries(
+        &self,
+        org_id: Uuid,
+        countries: &[herald_domain::phone::Region],
+    ) -> Result<bool, StoreError> {
+        let done = self.store.set_allowed_countries(org_id, countries).await?;
+        self.geo.forget(org_id);
+        Ok(done)
     }
 
     /// After a provider reported a message's final status without its price, ask the provider
@@ -282,6 +320,45 @@ impl Engine {
             request,
             self.clock.now(),
         )
+    }
+
+    /// Hold a promotional message until the recipient's quiet hours end: its send time moves
+    /// to the next opening of the window in the contact's own time zone, else in every zone of
+    /// its number's country. Transactional messages, and messages already due inside the
+    /// window, are left as they are. Returns whether the message was held.
+    pub async fn hold_for_quiet_hours(
+        &self,
+        org_id: Uuid,
+        message: &mut NewMessage,
+    ) -> Result<bool, StoreError> {
+        use herald_domain::quiet_hours::Whereabouts;
+        if message.kind != herald_domain::message::MessageType::Promotional {
+            return Ok(false);
+        }
+        let zone = self
+            .store
+            .find_contact_by_phone(org_id, &message.to)
+            .await?
+            .and_then(|c| c.time_zone)
+            .and_then(|name| jiff::tz::TimeZone::get(&name).ok());
+        let whereabouts = match (&zone, message.country) {
+            (Some(zone), _) => Whereabouts::Zone(zone),
+            (None, Some(country)) => Whereabouts::Country(country),
+            (None, None) => Whereabouts::Unknown,
+        };
+        let due = message.send_at.unwrap_or(message.created_at);
+        match self
+            .config
+            .intake
+            .quiet_hours
+            .next_allowed(due, whereabouts, message.country)
+        {
+            Some(allowed) if allowed > due => {
+                message.send_at = Some(allowed);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// An account of `org_id` with its decrypted credentials, for building its provider client.

@@ -45,7 +45,7 @@ pub async fn import_sns(
     let mut added = 0;
     for number in numbers {
         if store
-            .opt_out(org_id, &number, &source, now)
+            .opt_out(org_id, &number, &source, None, now)
             .await
             .map_err(|e| e.to_string())?
         {

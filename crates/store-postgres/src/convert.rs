@@ -90,7 +90,7 @@ pub(crate) fn encoding(row: &PgRow, index: usize) -> Result<Encoding, StoreError
         .ok_or_else(|| StoreError::Corrupt(format!("unknown encoding {text:?}")))
 }
 
-fn parse_region(text: &str) -> Result<Region, StoreError> {
+pub(crate) fn parse_region(text: &str) -> Result<Region, StoreError> {
     Region::parse(text).map_err(|_| StoreError::Corrupt(format!("unknown region {text:?}")))
 }
 

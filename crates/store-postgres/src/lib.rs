@@ -8,12 +8,17 @@
 //! so a duplicate request waits on the first. See `queue.rs` for the queue's statements.
 
 mod accounts;
+mod audience;
+mod broadcasts;
+mod contacts;
 mod convert;
+mod credits;
 mod inbound;
 mod messages;
 mod opt_outs;
 mod orgs;
 mod queue;
+mod templates;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -130,6 +135,41 @@ fn migrator() -> Migrator {
             6,
             "opt-outs",
             include_str!("../migrations/0006_opt_outs.sql"),
+        ),
+        migration(
+            7,
+            "contacts",
+            include_str!("../migrations/0007_contacts.sql"),
+        ),
+        migration(
+            8,
+            "templates",
+            include_str!("../migrations/0008_templates.sql"),
+        ),
+        migration(
+            9,
+            "lists and segments",
+            include_str!("../migrations/0009_lists_segments.sql"),
+        ),
+        migration(
+            10,
+            "credits",
+            include_str!("../migrations/0010_credits.sql"),
+        ),
+        migration(
+            11,
+            "opt-out history",
+            include_str!("../migrations/0011_opt_out_events.sql"),
+        ),
+        migration(
+            12,
+            "broadcasts",
+            include_str!("../migrations/0012_broadcasts.sql"),
+        ),
+        migration(
+            13,
+            "keywords",
+            include_str!("../migrations/0013_keywords.sql"),
         ),
     ])
 }
@@ -354,13 +394,78 @@ impl Store for PostgresStore {
         org_id: Uuid,
         phone: &str,
         source: &str,
+        cause: Option<Uuid>,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        opt_outs::add(&self.pool, org_id, phone, source, at).await
+        let mut tx = self.begin().await?;
+        let added = opt_outs::add(&mut tx, org_id, phone, source, at).await?;
+        if added {
+            let change = (OptOutAction::OptOut, source, cause, at);
+            opt_outs::record(&mut tx, org_id, phone, change).await?;
+        }
+        tx.commit().await.ctx("failed to record an opt-out")?;
+        Ok(added)
     }
 
-    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError> {
-        opt_outs::remove(&self.pool, org_id, phone).await
+    async fn opt_in(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        cause: Option<Uuid>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let removed = opt_outs::remove(&mut tx, org_id, phone).await?;
+        if removed {
+            let change = (OptOutAction::OptIn, source, cause, at);
+            opt_outs::record(&mut tx, org_id, phone, change).await?;
+        }
+        tx.commit().await.ctx("failed to remove an opt-out")?;
+        Ok(removed)
+    }
+
+    async fn keyword_settings(&self, org_id: Uuid) -> Result<Option<KeywordSettings>, StoreError> {
+        type Words = sqlx::types::Json<Vec<String>>;
+        let row: Option<(Option<String>, Words, Words)> = sqlx::query_as(
+            "SELECT help_text, opt_out_words, opt_in_words FROM organizations WHERE id = $1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("failed to read keyword settings")?;
+        Ok(row.map(|(help_text, out, in_)| KeywordSettings {
+            help_text,
+            opt_out_words: out.0,
+            opt_in_words: in_.0,
+        }))
+    }
+
+    async fn set_keyword_settings(
+        &self,
+        org_id: Uuid,
+        settings: &KeywordSettings,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE organizations SET help_text = $2, opt_out_words = $3, opt_in_words = $4 \
+             WHERE id = $1",
+        )
+        .bind(org_id)
+        .bind(&settings.help_text)
+        .bind(sqlx::types::Json(&settings.opt_out_words))
+        .bind(sqlx::types::Json(&settings.opt_in_words))
+        .execute(&self.pool)
+        .await
+        .ctx("failed to save keyword settings")?;
+        Ok(())
+    }
+
+    async fn opt_out_history(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<OptOutEvent>, StoreError> {
+        opt_outs::history(&self.pool, org_id, phone).await
     }
 
     async fn opted_out_among(
@@ -429,15 +534,7 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<Insertion>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut insertions = Vec::with_capacity(items.len());
-        for (message, idempotency) in items {
-            // A replayed key writes nothing, so the other messages of the batch still commit.
-            let work = messages::insert(&mut tx, message, idempotency.as_ref(), now).await;
-            match work {
-                Ok(insertion) => insertions.push(insertion),
-                Err(error) => return Err(error),
-            }
-        }
+        let insertions = messages::accept(&mut tx, items, now).await?;
         tx.commit()
             .await
             .ctx("failed to commit accepted messages")?;
@@ -461,13 +558,32 @@ impl Store for PostgresStore {
     }
 
     async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64, StoreError> {
-        for chunk in messages.chunks(5_000) {
-            let mut tx = self
-                .pool
-                .begin()
+        let Some(first) = messages.first() else {
+            return Ok(0);
+        };
+        let month = month_of(first.created_at);
+        let mut orgs: Vec<Uuid> = messages.iter().map(|m| m.scope.org_id).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let mut tx = self.begin().await?;
+        let metered = credits::load_metered(&mut tx, &orgs, &month).await?;
+        if !metered.is_empty() {
+            // All or nothing for metered organizations: one transaction for the whole call.
+            let mut ledger = Ledger::new(metered);
+            messages::insert_bulk(&mut tx, messages, Some(&mut ledger)).await?;
+            credits::reserve(&mut tx, &ledger.finish(), &month).await?;
+            tx.commit()
                 .await
-                .ctx("failed to start inserting messages")?;
-            messages::insert_many(&mut tx, chunk).await?;
+                .ctx("failed to commit inserted messages")?;
+            return Ok(messages.len() as u64);
+        }
+        let mut tx = Some(tx);
+        for chunk in messages.chunks(5_000) {
+            let mut tx = match tx.take() {
+                Some(tx) => tx,
+                None => self.begin().await?,
+            };
+            messages::insert_bulk(&mut tx, chunk, None).await?;
             tx.commit()
                 .await
                 .ctx("failed to commit inserted messages")?;

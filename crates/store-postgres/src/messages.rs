@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 
 use herald_store::{
-    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewMessage, Page,
-    Scope, StatusChange, StoreError,
+    Batch, CancelRefusal, CreditRefusal, IdempotencyRecord, Insertion, Ledger, Message,
+    MessageFilter, NewMessage, Page, Scope, StatusChange, StoreError, month_of,
+    suppressed_on_arrival, suppression_on_arrival,
 };
 use jiff::Timestamp;
 use sqlx::postgres::PgRow;
@@ -12,6 +13,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::convert::{self, Ctx, col, int, ts};
+use crate::credits;
 use crate::queue::{load_states, write_batch};
 
 /// Columns read into a [`Message`], in the order [`message`] expects.
@@ -20,7 +22,7 @@ macro_rules! message_columns {
         "id, org_id, mode, api_key_id, recipient, country, sender, body, encoding, segments, kind, \
          priority, status, provider, provider_message_id, error_code, error_message, \
          estimated_cost, actual_cost, currency, attempts, max_attempts, send_at, created_at, \
-         updated_at"
+         updated_at, broadcast_id"
     };
 }
 
@@ -31,6 +33,7 @@ pub(crate) async fn insert(
     conn: &mut PgConnection,
     new: &NewMessage,
     idempotency: Option<&IdempotencyRecord>,
+    reserve: impl FnOnce() -> Result<u32, CreditRefusal>,
     now: Timestamp,
 ) -> Result<Insertion, StoreError> {
     if let Some(record) = idempotency
@@ -38,6 +41,16 @@ pub(crate) async fn insert(
     {
         return Ok(previous);
     }
+    let credits = match reserve() {
+        Ok(credits) => credits,
+        Err(refusal) => {
+            // Nothing is stored for a refused request, its key included.
+            if let Some(record) = idempotency {
+                forget_key(conn, new.scope, record).await?;
+            }
+            return Ok(Insertion::Refused(refusal));
+        }
+    };
 
     // The message and the stored row as read back, in one statement; its first history entry
     // is the row itself.
@@ -45,9 +58,10 @@ pub(crate) async fn insert(
         "WITH inserted AS (
              INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency,
-                 max_attempts, due_at, send_at, last_seq, created_at, updated_at)
+                 max_attempts, due_at, send_at, last_seq, created_at, updated_at, credits,
+                 broadcast_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, 1, $19, $19)
+                 $18, 1, $19, $19, $20, $21)
              RETURNING ",
         message_columns!(),
         "
@@ -73,6 +87,8 @@ pub(crate) async fn insert(
     .bind(ts(new.due_at()))
     .bind(new.send_at.map(ts))
     .bind(ts(new.created_at))
+    .bind(int(credits)?)
+    .bind(new.broadcast_id)
     .fetch_one(&mut *conn)
     .await
     .ctx("failed to insert the message")?;
@@ -85,6 +101,7 @@ pub(crate) async fn insert(
 pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     messages: &[NewMessage],
+    credits: &[u32],
 ) -> Result<(), StoreError> {
     let n = messages.len();
     let mut ids = Vec::with_capacity(n);
@@ -106,8 +123,12 @@ pub(crate) async fn insert_many(
     let mut due = Vec::with_capacity(n);
     let mut send_at = Vec::with_capacity(n);
     let mut created = Vec::with_capacity(n);
-    for m in messages {
+    let mut reserved = Vec::with_capacity(n);
+    let mut broadcasts = Vec::with_capacity(n);
+    for (i, m) in messages.iter().enumerate() {
+        reserved.push(int(credits.get(i).copied().unwrap_or(0))?);
         ids.push(m.id);
+        broadcasts.push(m.broadcast_id);
         orgs.push(m.scope.org_id);
         modes.push(m.scope.mode.as_str());
         keys.push(m.api_key_id);
@@ -130,17 +151,18 @@ pub(crate) async fn insert_many(
     sqlx::query(
         "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency,
-                 max_attempts, due_at, send_at, last_seq, created_at, updated_at)
+                 max_attempts, due_at, send_at, last_seq, created_at, updated_at, credits,
+                 broadcast_id)
              SELECT id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
                  segments, kind, priority, status, estimated_cost, currency, max_attempts, due_at,
-                 send_at, 1, created_at, created_at
+                 send_at, 1, created_at, created_at, credits, broadcast_id
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
                  $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::smallint[],
                  $13::text[], $14::bigint[], $15::text[], $16::int[], $17::timestamptz[],
-                 $18::timestamptz[], $19::timestamptz[])
+                 $18::timestamptz[], $19::timestamptz[], $20::int[], $21::uuid[])
                  AS u(id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
                       segments, kind, priority, status, estimated_cost, currency, max_attempts,
-                      due_at, send_at, created_at)",
+                      due_at, send_at, created_at, credits, broadcast_id)",
     )
     .bind(ids)
     .bind(orgs)
@@ -161,10 +183,118 @@ pub(crate) async fn insert_many(
     .bind(due)
     .bind(send_at)
     .bind(created)
+    .bind(reserved)
+    .bind(broadcasts)
     .execute(conn)
     .await
     .ctx("failed to insert messages")?;
     Ok(())
+}
+
+/// Drop a key this transaction has just taken.
+async fn forget_key(
+    conn: &mut PgConnection,
+    scope: Scope,
+    record: &IdempotencyRecord,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE org_id = $1 AND mode = $2 AND key = $3")
+        .bind(scope.org_id)
+        .bind(scope.mode.as_str())
+        .bind(&record.key)
+        .execute(&mut *conn)
+        .await
+        .ctx("failed to release the idempotency key")?;
+    Ok(())
+}
+
+/// Store the messages of a batch of requests in the caller's transaction, in order: each request
+/// is checked against its idempotency key, its organization's credits and the suppression list
+/// on its own, so one refused request leaves the others alone. A message to a number that opted
+/// out is stored `suppressed`, never queued, and reserves nothing.
+pub(crate) async fn accept(
+    tx: &mut PgConnection,
+    items: &[(NewMessage, Option<IdempotencyRecord>)],
+    now: Timestamp,
+) -> Result<Vec<Insertion>, StoreError> {
+    let month = month_of(now);
+    let messages: Vec<&NewMessage> = items.iter().map(|(message, _)| message).collect();
+    let mut orgs: Vec<Uuid> = messages.iter().map(|m| m.scope.org_id).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let mut ledger = Ledger::new(credits::load_metered(tx, &orgs, &month).await?);
+    let opted_out = credits::opted_out(tx, &messages).await?;
+
+    let mut insertions = Vec::with_capacity(items.len());
+    let mut suppressed = Vec::new();
+    for (message, idempotency) in items {
+        let is_suppressed = !opted_out.is_empty()
+            && opted_out.contains(&(message.scope.org_id, message.to.clone()));
+        let reserve = || {
+            ledger
+                .reserve(&[message], |_| is_suppressed)
+                .map(|credits| credits[0])
+        };
+        let insertion = insert(tx, message, idempotency.as_ref(), reserve, now).await?;
+        if is_suppressed && matches!(insertion, Insertion::Created(_)) {
+            suppressed.push(insertions.len());
+        }
+        insertions.push(insertion);
+    }
+    if !suppressed.is_empty() {
+        let ids: Vec<Uuid> = suppressed
+            .iter()
+            .map(|&i| match &insertions[i] {
+                Insertion::Created(message) => message.id,
+                _ => unreachable!("only created messages are suppressed"),
+            })
+            .collect();
+        let mut batch = Batch::new(load_states(tx, &ids).await?, now);
+        for id in &ids {
+            batch.apply_result(&suppression_on_arrival(*id));
+        }
+        write_batch(tx, batch).await?;
+        for &i in &suppressed {
+            if let Insertion::Created(message) = &mut insertions[i] {
+                suppressed_on_arrival(message, now);
+            }
+        }
+    }
+    if !ledger.is_empty() {
+        credits::reserve(tx, &ledger.finish(), &month).await?;
+    }
+    Ok(insertions)
+}
+
+/// Insert prepared messages without idempotency keys (broadcasts, campaigns, benchmarks). Those
+/// to numbers that opted out are stored `suppressed`; with a `ledger` (some organization of the
+/// call is metered) the others reserve credits, all of them or, refused, none.
+pub(crate) async fn insert_bulk(
+    tx: &mut PgConnection,
+    messages: &[NewMessage],
+    ledger: Option<&mut Ledger>,
+) -> Result<(), StoreError> {
+    let refs: Vec<&NewMessage> = messages.iter().collect();
+    let opted_out = credits::opted_out(tx, &refs).await?;
+    let skip = |m: &NewMessage| {
+        !opted_out.is_empty() && opted_out.contains(&(m.scope.org_id, m.to.clone()))
+    };
+    let credits = match ledger {
+        Some(ledger) => ledger.reserve(&refs, skip).map_err(StoreError::Refused)?,
+        None => Vec::new(),
+    };
+    insert_many(tx, messages, &credits).await?;
+    if opted_out.is_empty() {
+        return Ok(());
+    }
+    let suppressed: Vec<&NewMessage> = refs.into_iter().filter(|m| skip(m)).collect();
+    let ids: Vec<Uuid> = suppressed.iter().map(|m| m.id).collect();
+    // The store never reads the clock: the suppression happens as the messages are created.
+    let at = suppressed.iter().map(|m| m.created_at).max();
+    let mut batch = Batch::new(load_states(tx, &ids).await?, at.unwrap_or_default());
+    for id in ids {
+        batch.apply_result(&suppression_on_arrival(id));
+    }
+    write_batch(tx, batch).await
 }
 
 /// Make the idempotency key ours for the resource `id` (a message, or another resource whose
@@ -280,6 +410,9 @@ pub(crate) async fn list(
     }
     if let Some(before) = filter.created_before {
         query.push(" AND created_at < ").push_bind(ts(before));
+    }
+    if let Some(broadcast_id) = filter.broadcast_id {
+        query.push(" AND broadcast_id = ").push_bind(broadcast_id);
     }
     // One extra row tells whether another page exists without a second query.
     query
@@ -399,6 +532,7 @@ fn message(row: &PgRow) -> Result<Message, StoreError> {
         send_at: convert::opt_timestamp(row, 22)?,
         created_at: convert::timestamp(row, 23)?,
         updated_at: convert::timestamp(row, 24)?,
+        broadcast_id: col(row, 25)?,
         history: Vec::new(),
     })
 }

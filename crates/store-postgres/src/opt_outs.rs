@@ -1,8 +1,11 @@
 //! The suppression list on PostgreSQL.
 
-use herald_store::{OptOut, StoreError, cut_page};
+use herald_store::{
+    OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key, resolve_erased,
+    suppression_keys,
+};
 use jiff::Timestamp;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::convert::{Ctx, ts};
@@ -18,7 +21,7 @@ fn opt_out((phone, source, created_at): Row) -> OptOut {
 }
 
 pub(crate) async fn add(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     org_id: Uuid,
     phone: &str,
     source: &str,
@@ -32,17 +35,22 @@ pub(crate) async fn add(
     .bind(phone)
     .bind(source)
     .bind(ts(at))
-    .execute(pool)
+    .execute(conn)
     .await
     .ctx("failed to record an opt-out")?;
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn remove(pool: &PgPool, org_id: Uuid, phone: &str) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM opt_outs WHERE org_id = $1 AND phone = $2")
+pub(crate) async fn remove(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    phone: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("DELETE FROM opt_outs WHERE org_id = $1 AND phone IN ($2, $3)")
         .bind(org_id)
         .bind(phone)
-        .execute(pool)
+        .bind(erased_key(org_id, phone))
+        .execute(conn)
         .await
         .ctx("failed to remove an opt-out")?;
     Ok(done.rows_affected() == 1)
@@ -56,15 +64,35 @@ pub(crate) async fn among(
     if phones.is_empty() {
         return Ok(Vec::new());
     }
+    // Erased people's opt-outs are kept under a one-way key of their number; hashing every
+    // number (the dispatcher checks every message) is only worth it when the organization has
+    // such entries.
+    let erased: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM opt_outs WHERE org_id = $1 AND phone >= 'erased:' AND phone < 'erased;' \
+         LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(pool)
+    .await
+    .ctx("failed to check the suppression list")?;
+    let keys = if erased.is_some() {
+        suppression_keys(org_id, phones)
+    } else {
+        phones.to_vec()
+    };
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT phone, source, created_at FROM opt_outs WHERE org_id = $1 AND phone = ANY($2)",
     )
     .bind(org_id)
-    .bind(phones)
+    .bind(keys)
     .fetch_all(pool)
     .await
     .ctx("failed to check the suppression list")?;
-    Ok(rows.into_iter().map(opt_out).collect())
+    Ok(resolve_erased(
+        org_id,
+        phones,
+        rows.into_iter().map(opt_out).collect(),
+    ))
 }
 
 pub(crate) async fn list(
@@ -86,4 +114,90 @@ pub(crate) async fn list(
     let mut items: Vec<OptOut> = rows.into_iter().map(opt_out).collect();
     let next = cut_page(&mut items, limit, |o| o.phone.clone());
     Ok((items, next))
+}
+
+/// Keep `phone`'s opt-out under its erased key: the number leaves, the opt-out stays.
+pub(crate) async fn forget(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    phone: &str,
+) -> Result<(), StoreError> {
+    let key = erased_key(org_id, phone);
+    sqlx::query(
+        "DELETE FROM opt_outs WHERE org_id = $1 AND phone = $3 \
+         AND EXISTS (SELECT 1 FROM opt_outs WHERE org_id = $1 AND phone = $2)",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .bind(&key)
+    .execute(&mut *conn)
+    .await
+    .ctx("failed to keep an erased number's opt-out")?;
+    sqlx::query("UPDATE opt_outs SET phone = $3 WHERE org_id = $1 AND phone = $2")
+        .bind(org_id)
+        .bind(phone)
+        .bind(&key)
+        .execute(&mut *conn)
+        .await
+        .ctx("failed to keep an erased number's opt-out")?;
+    sqlx::query("UPDATE opt_out_events SET phone = $3 WHERE org_id = $1 AND phone = $2")
+        .bind(org_id)
+        .bind(phone)
+        .bind(&key)
+        .execute(&mut *conn)
+        .await
+        .ctx("failed to keep an erased number's opt-out history")?;
+    Ok(())
+}
+
+/// Add a change to `phone`'s history: what, what said so, the message that asked, when.
+pub(crate) async fn record(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    phone: &str,
+    (action, source, cause, at): (OptOutAction, &str, Option<Uuid>, Timestamp),
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO opt_out_events (org_id, phone, action, source, message_id, occurred_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .bind(action.as_str())
+    .bind(source)
+    .bind(cause)
+    .bind(ts(at))
+    .execute(conn)
+    .await
+    .ctx("failed to record an opt-out change")?;
+    Ok(())
+}
+
+/// `phone`'s history, oldest first, including what it went through before an erasure.
+pub(crate) async fn history(
+    pool: &PgPool,
+    org_id: Uuid,
+    phone: &str,
+) -> Result<Vec<OptOutEvent>, StoreError> {
+    let rows: Vec<(String, String, Option<Uuid>, jiff_sqlx::Timestamp)> = sqlx::query_as(
+        "SELECT action, source, message_id, occurred_at FROM opt_out_events \
+         WHERE org_id = $1 AND phone IN ($2, $3) ORDER BY id",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .bind(erased_key(org_id, phone))
+    .fetch_all(pool)
+    .await
+    .ctx("failed to read an opt-out history")?;
+    rows.into_iter()
+        .map(|(action, source, message_id, at)| {
+            Ok(OptOutEvent {
+                action: OptOutAction::parse(&action)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown action {action:?}")))?,
+                source,
+                message_id,
+                occurred_at: at.to_jiff(),
+            })
+        })
+        .collect()
 }

@@ -283,7 +283,8 @@ pub(crate) async fn load_states(
     }
     let rows = sqlx::query(
         "SELECT id, org_id, status, last_seq, attempts, provider, provider_message_id,
-                error_code, error_message, actual_cost, due_at, lease_expires_at
+                error_code, error_message, actual_cost, due_at, lease_expires_at, credits,
+                estimated_cost, created_at
          FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind(ids)
@@ -307,6 +308,9 @@ fn queue_state(row: &PgRow) -> Result<QueueState, StoreError> {
         actual_cost: convert::opt_amount(row, 9)?,
         due_at: convert::timestamp(row, 10)?,
         lease_expires_at: convert::opt_timestamp(row, 11)?,
+        credits: convert::count(row, 12)?,
+        estimated_cost: convert::amount(row, 13)?,
+        created_at: convert::timestamp(row, 14)?,
     })
 }
 
@@ -314,7 +318,10 @@ fn queue_state(row: &PgRow) -> Result<QueueState, StoreError> {
 /// statement whatever the batch's size.
 pub(crate) async fn write_batch(conn: &mut PgConnection, batch: Batch) -> Result<(), StoreError> {
     let now = batch.now();
-    let (states, events) = batch.finish();
+    let (states, events, credits) = batch.finish();
+    if !credits.is_empty() {
+        crate::credits::settle(conn, &credits).await?;
+    }
     if states.is_empty() && events.is_empty() {
         return Ok(());
     }

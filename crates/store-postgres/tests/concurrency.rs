@@ -58,6 +58,7 @@ fn message(scope: Scope, created_at: Timestamp) -> NewMessage {
         send_at: None,
         max_attempts: 3,
         created_at,
+        broadcast_id: None,
     }
 }
 
@@ -122,6 +123,7 @@ async fn concurrent_requests_with_one_idempotency_key_store_one_message() {
                 Insertion::Created(message) => created.push(message.id),
                 Insertion::Replayed { message_id, .. } => replayed.push(message_id),
                 Insertion::KeyReused => panic!("the same request is never a reused key"),
+                Insertion::Refused(refusal) => panic!("an unmetered organization: {refusal}"),
             }
         }
         assert_eq!(created.len(), 1, "exactly one request stores the message");

@@ -152,20 +152,22 @@ pub(crate) async fn write_states(
     Ok(())
 }
 
-/// Insert new messages. Their first history entry is the row itself (see
-/// [`herald_store::Message::first_change`]).
+/// Insert new messages, each with the credits it reserved (`credits` empty: none did). Their
+/// first history entry is the row itself (see [`herald_store::Message::first_change`]).
 pub(crate) async fn insert_messages(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
+    credits: &[u32],
 ) -> Result<(), StoreError> {
     for range in chunks(messages.len()) {
+        let credits = credits.get(range.clone()).unwrap_or(&[]);
         let chunk = &messages[range];
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency, max_attempts,
-                 due_at, send_at, last_seq, created_at, updated_at) ",
+                 due_at, send_at, last_seq, created_at, updated_at, credits, broadcast_id) ",
         );
-        query.push_values(chunk, |mut row, new| {
+        query.push_values(chunk.iter().enumerate(), |mut row, (i, new)| {
             row.push_bind(new.id)
                 .push_bind(new.scope.org_id)
                 .push_bind(new.scope.mode.as_str())
@@ -186,7 +188,9 @@ pub(crate) async fn insert_messages(
                 .push_bind(new.send_at.map(micros))
                 .push_bind(1_i64)
                 .push_bind(micros(new.created_at))
-                .push_bind(micros(new.created_at));
+                .push_bind(micros(new.created_at))
+                .push_bind(i64::from(credits.get(i).copied().unwrap_or(0)))
+                .push_bind(new.broadcast_id);
         });
         query
             .build()

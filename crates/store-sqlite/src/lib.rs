@@ -7,13 +7,18 @@
 //! run alongside the writer.
 
 mod accounts;
+mod audience;
+mod broadcasts;
 mod bulk;
+mod contacts;
 mod convert;
+mod credits;
 mod inbound;
 mod messages;
 mod opt_outs;
 mod orgs;
 mod queue;
+mod templates;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -177,6 +182,41 @@ fn migrator() -> Migrator {
             6,
             "opt-outs",
             include_str!("../migrations/0006_opt_outs.sql"),
+        ),
+        migration(
+            7,
+            "contacts",
+            include_str!("../migrations/0007_contacts.sql"),
+        ),
+        migration(
+            8,
+            "templates",
+            include_str!("../migrations/0008_templates.sql"),
+        ),
+        migration(
+            9,
+            "lists and segments",
+            include_str!("../migrations/0009_lists_segments.sql"),
+        ),
+        migration(
+            10,
+            "credits",
+            include_str!("../migrations/0010_credits.sql"),
+        ),
+        migration(
+            11,
+            "opt-out history",
+            include_str!("../migrations/0011_opt_out_events.sql"),
+        ),
+        migration(
+            12,
+            "broadcasts",
+            include_str!("../migrations/0012_broadcasts.sql"),
+        ),
+        migration(
+            13,
+            "keywords",
+            include_str!("../migrations/0013_keywords.sql"),
         ),
     ])
 }
@@ -411,19 +451,86 @@ impl Store for SqliteStore {
         org_id: Uuid,
         phone: &str,
         source: &str,
+        cause: Option<Uuid>,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let added = opt_outs::add(&mut tx, org_id, phone, source, at).await?;
+        if added {
+            let change = (OptOutAction::OptOut, source, cause, at);
+            opt_outs::record(&mut tx, org_id, phone, change).await?;
+        }
         tx.commit().await.ctx("failed to record an opt-out")?;
         Ok(added)
     }
 
-    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError> {
+    async fn opt_in(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        cause: Option<Uuid>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let removed = opt_outs::remove(&mut tx, org_id, phone).await?;
+        if removed {
+            let change = (OptOutAction::OptIn, source, cause, at);
+            opt_outs::record(&mut tx, org_id, phone, change).await?;
+        }
         tx.commit().await.ctx("failed to remove an opt-out")?;
         Ok(removed)
+    }
+
+    async fn keyword_settings(&self, org_id: Uuid) -> Result<Option<KeywordSettings>, StoreError> {
+        let row: Option<(Option<String>, String, String)> = sqlx::query_as(
+            "SELECT help_text, opt_out_words, opt_in_words FROM organizations WHERE id = ?1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.reader)
+        .await
+        .ctx("failed to read keyword settings")?;
+        let words = |text: &str| {
+            serde_json::from_str::<Vec<String>>(text)
+                .map_err(|e| StoreError::Corrupt(format!("keyword words: {e}")))
+        };
+        row.map(|(help_text, out, in_)| {
+            Ok(KeywordSettings {
+                help_text,
+                opt_out_words: words(&out)?,
+                opt_in_words: words(&in_)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_keyword_settings(
+        &self,
+        org_id: Uuid,
+        settings: &KeywordSettings,
+    ) -> Result<(), StoreError> {
+        let json = |words: &[String]| serde_json::Value::from(words.to_vec()).to_string();
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE organizations SET help_text = ?2, opt_out_words = ?3, opt_in_words = ?4 \
+             WHERE id = ?1",
+        )
+        .bind(org_id)
+        .bind(&settings.help_text)
+        .bind(json(&settings.opt_out_words))
+        .bind(json(&settings.opt_in_words))
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to save keyword settings")?;
+        tx.commit().await.ctx("failed to save keyword settings")
+    }
+
+    async fn opt_out_history(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<OptOutEvent>, StoreError> {
+        opt_outs::history(&self.reader, org_id, phone).await
     }
 
     async fn opted_out_among(
@@ -501,10 +608,7 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Insertion>, StoreError> {
         let mut tx = self.write().await?;
-        let mut insertions = Vec::with_capacity(items.len());
-        for (message, idempotency) in items {
-            insertions.push(messages::insert(&mut tx, message, idempotency.as_ref(), now).await?);
-        }
+        let insertions = messages::accept(&mut tx, items, now).await?;
         tx.commit()
             .await
             .ctx("failed to commit accepted messages")?;
@@ -512,11 +616,34 @@ impl Store for SqliteStore {
     }
 
     async fn insert_messages(&self, messages: &[NewMessage]) -> Result<u64, StoreError> {
+        let Some(first) = messages.first() else {
+            return Ok(0);
+        };
+        let month = month_of(first.created_at);
+        let mut orgs: Vec<Uuid> = messages.iter().map(|m| m.scope.org_id).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let mut tx = self.write().await?;
+        let metered = credits::load_metered(&mut tx, &orgs, &month).await?;
+        if !metered.is_empty() {
+            // All or nothing for metered organizations: one transaction for the whole call.
+            let mut ledger = Ledger::new(metered);
+            messages::insert_many(&mut tx, messages, Some(&mut ledger)).await?;
+            credits::reserve(&mut tx, &ledger.finish(), &month).await?;
+            tx.commit()
+                .await
+                .ctx("failed to commit inserted messages")?;
+            return Ok(messages.len() as u64);
+        }
         // Each chunk is one transaction: big enough to amortise the commit, small enough that
         // API writes waiting for the lock are not held up for long.
+        let mut tx = Some(tx);
         for chunk in messages.chunks(5_000) {
-            let mut tx = self.write().await?;
-            bulk::insert_messages(&mut tx, chunk).await?;
+            let mut tx = match tx.take() {
+                Some(tx) => tx,
+                None => self.write().await?,
+            };
+            messages::insert_many(&mut tx, chunk, None).await?;
             tx.commit()
                 .await
                 .ctx("failed to commit inserted messages")?;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use herald_store::{
-    Batch, CancelRefusal, IdempotencyRecord, Insertion, Message, MessageFilter, NewMessage, Page,
-    Scope, StatusChange, StoreError,
+    Batch, CancelRefusal, IdempotencyRecord, Insertion, Ledger, Message, MessageFilter, NewMessage,
+    Page, Scope, StatusChange, StoreError, month_of, suppressed_on_arrival, suppression_on_arrival,
 };
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::bulk;
 use crate::convert::{self, Ctx, micros};
+use crate::credits;
 use crate::queue::{load_states, write_batch};
 
 /// Columns read into a [`Message`], in the order [`message`] expects.
@@ -21,29 +22,122 @@ macro_rules! message_columns {
         "id, org_id, mode, api_key_id, recipient, country, sender, body, encoding, segments, kind, \
          priority, status, provider, provider_message_id, error_code, error_message, \
          estimated_cost, actual_cost, currency, attempts, max_attempts, send_at, created_at, \
-         updated_at"
+         updated_at, broadcast_id"
     };
 }
 
-pub(crate) async fn insert(
+/// Store the messages of a batch of requests in the caller's transaction, in order: each request
+/// is checked against its idempotency key, its organization's credits and the suppression list
+/// on its own, so one refused request leaves the others alone. A message to a number that opted
+/// out is stored `suppressed`, never queued, and reserves nothing.
+pub(crate) async fn accept(
     tx: &mut SqliteConnection,
-    new: &NewMessage,
-    idempotency: Option<&IdempotencyRecord>,
+    items: &[(NewMessage, Option<IdempotencyRecord>)],
     now: Timestamp,
-) -> Result<Insertion, StoreError> {
-    if let Some(record) = idempotency
-        && let Some(previous) = check_key(tx, new.scope, record, now).await?
-    {
-        return Ok(previous);
-    }
-    insert_row(tx, new).await?;
-    if let Some(record) = idempotency {
-        store_key(tx, new.scope, new.id, record, now).await?;
-    }
+) -> Result<Vec<Insertion>, StoreError> {
+    let month = month_of(now);
+    let messages: Vec<&NewMessage> = items.iter().map(|(message, _)| message).collect();
+    let mut orgs: Vec<Uuid> = messages.iter().map(|m| m.scope.org_id).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let mut ledger = Ledger::new(credits::load_metered(tx, &orgs, &month).await?);
+    let opted_out = credits::opted_out(tx, &messages).await?;
 
-    // The row is exactly what was asked for (the conformance suite holds both backends to it),
-    // so there is nothing to read back.
-    Ok(Insertion::Created(Box::new(new.initial_record())))
+    let mut insertions = Vec::with_capacity(items.len());
+    let mut suppressed = Vec::new();
+    for (message, idempotency) in items {
+        if let Some(record) = idempotency
+            && let Some(previous) = check_key(tx, message.scope, record, now).await?
+        {
+            insertions.push(previous);
+            continue;
+        }
+        let is_suppressed = !opted_out.is_empty()
+            && opted_out.contains(&(message.scope.org_id, message.to.clone()));
+        let credits = match ledger.reserve(&[message], |_| is_suppressed) {
+            Ok(credits) => credits,
+            Err(refusal) => {
+                insertions.push(Insertion::Refused(refusal));
+                continue;
+            }
+        };
+        bulk::insert_messages(tx, std::slice::from_ref(message), &credits).await?;
+        if let Some(record) = idempotency {
+            store_key(tx, message.scope, message.id, record, now).await?;
+        }
+        if is_suppressed {
+            suppressed.push(insertions.len());
+        }
+        // The row is exactly what was asked for (the conformance suite holds both backends to
+        // it), so there is nothing to read back.
+        insertions.push(Insertion::Created(Box::new(message.initial_record())));
+    }
+    if !suppressed.is_empty() {
+        suppress_on_arrival(tx, &mut insertions, &suppressed, now).await?;
+    }
+    if !ledger.is_empty() {
+        credits::reserve(tx, &ledger.finish(), &month).await?;
+    }
+    Ok(insertions)
+}
+
+/// Insert prepared messages without idempotency keys (broadcasts, campaigns, benchmarks). Those
+/// to numbers that opted out are stored `suppressed`; with a `ledger` (some organization of the
+/// call is metered) the others reserve credits, all of them or, refused, none.
+pub(crate) async fn insert_many(
+    tx: &mut SqliteConnection,
+    messages: &[NewMessage],
+    ledger: Option<&mut Ledger>,
+) -> Result<(), StoreError> {
+    let refs: Vec<&NewMessage> = messages.iter().collect();
+    let opted_out = credits::opted_out(tx, &refs).await?;
+    let skip = |m: &NewMessage| {
+        !opted_out.is_empty() && opted_out.contains(&(m.scope.org_id, m.to.clone()))
+    };
+    let credits = match ledger {
+        Some(ledger) => ledger.reserve(&refs, skip).map_err(StoreError::Refused)?,
+        None => Vec::new(),
+    };
+    bulk::insert_messages(tx, messages, &credits).await?;
+    if opted_out.is_empty() {
+        return Ok(());
+    }
+    let suppressed: Vec<&NewMessage> = refs.into_iter().filter(|m| skip(m)).collect();
+    let ids: Vec<Uuid> = suppressed.iter().map(|m| m.id).collect();
+    // The store never reads the clock: the suppression happens as the messages are created.
+    let at = suppressed.iter().map(|m| m.created_at).max();
+    let mut batch = Batch::new(load_states(tx, &ids).await?, at.unwrap_or_default());
+    for id in ids {
+        batch.apply_result(&suppression_on_arrival(id));
+    }
+    write_batch(tx, batch).await
+}
+
+/// Suppress the just-inserted messages at `positions` of `insertions`.
+async fn suppress_on_arrival(
+    tx: &mut SqliteConnection,
+    insertions: &mut [Insertion],
+    positions: &[usize],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = positions
+        .iter()
+        .filter_map(|&i| match &insertions[i] {
+            Insertion::Created(message) => Some(message.id),
+            _ => None,
+        })
+        .collect();
+    let mut batch = Batch::new(load_states(tx, &ids).await?, now);
+    for id in &ids {
+        batch.apply_result(&suppression_on_arrival(*id));
+    }
+    write_batch(tx, batch).await?;
+    for &i in positions {
+        if let Insertion::Created(message) = &mut insertions[i] {
+            suppressed_on_arrival(message, now);
+        }
+    }
+    Ok(())
 }
 
 /// What a live idempotency key already answers: a replay of its first response, or a refusal
@@ -117,14 +211,6 @@ pub(crate) async fn store_key(
     Ok(())
 }
 
-/// Insert a new message and its first history entry.
-pub(crate) async fn insert_row(
-    tx: &mut SqliteConnection,
-    new: &NewMessage,
-) -> Result<(), StoreError> {
-    bulk::insert_messages(tx, std::slice::from_ref(new)).await
-}
-
 pub(crate) async fn get(
     conn: &mut SqliteConnection,
     scope: Scope,
@@ -178,6 +264,9 @@ pub(crate) async fn list(
     }
     if let Some(before) = filter.created_before {
         query.push(" AND created_at < ").push_bind(micros(before));
+    }
+    if let Some(broadcast_id) = filter.broadcast_id {
+        query.push(" AND broadcast_id = ").push_bind(broadcast_id);
     }
     // One extra row tells whether another page exists without a second query.
     query
@@ -293,6 +382,7 @@ fn message(row: &SqliteRow) -> Result<Message, StoreError> {
         send_at: convert::opt_timestamp(row.get(22))?,
         created_at: convert::timestamp(row.get(23))?,
         updated_at: convert::timestamp(row.get(24))?,
+        broadcast_id: row.get(25),
         history: Vec::new(),
     })
 }

@@ -1,6 +1,9 @@
 //! The suppression list on SQLite.
 
-use herald_store::{OptOut, StoreError, cut_page};
+use herald_store::{
+    OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key, resolve_erased,
+    suppression_keys,
+};
 use jiff::Timestamp;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
@@ -43,9 +46,10 @@ pub(crate) async fn remove(
     org_id: Uuid,
     phone: &str,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query("DELETE FROM opt_outs WHERE org_id = ?1 AND phone = ?2")
+    let done = sqlx::query("DELETE FROM opt_outs WHERE org_id = ?1 AND phone IN (?2, ?3)")
         .bind(org_id)
         .bind(phone)
+        .bind(erased_key(org_id, phone))
         .execute(conn)
         .await
         .ctx("failed to remove an opt-out")?;
@@ -60,17 +64,34 @@ pub(crate) async fn among(
     if phones.is_empty() {
         return Ok(Vec::new());
     }
-    let list = serde_json::to_string(phones).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // Erased people's opt-outs are kept under a one-way key of their number; hashing every
+    // number (the dispatcher checks every message) is only worth it when the organization has
+    // such entries.
+    let erased: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM opt_outs WHERE org_id = ?1 AND phone >= 'erased:' AND phone < 'erased;' \
+         LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(pool)
+    .await
+    .ctx("failed to check the suppression list")?;
+    let keys = if erased.is_some() {
+        serde_json::to_string(&suppression_keys(org_id, phones))
+    } else {
+        serde_json::to_string(phones)
+    }
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT phone, source, created_at FROM opt_outs \
          WHERE org_id = ?1 AND phone IN (SELECT value FROM json_each(?2))",
     )
     .bind(org_id)
-    .bind(list)
+    .bind(keys)
     .fetch_all(pool)
     .await
     .ctx("failed to check the suppression list")?;
-    rows.into_iter().map(opt_out).collect()
+    let found = rows.into_iter().map(opt_out).collect::<Result<_, _>>()?;
+    Ok(resolve_erased(org_id, phones, found))
 }
 
 pub(crate) async fn list(
@@ -95,4 +116,81 @@ pub(crate) async fn list(
         .collect::<Result<Vec<_>, _>>()?;
     let next = cut_page(&mut items, limit, |o| o.phone.clone());
     Ok((items, next))
+}
+
+/// Keep `phone`'s opt-out and its history under its erased key: the number leaves, the
+/// opt-out stays.
+pub(crate) async fn forget(
+    conn: &mut SqliteConnection,
+    org_id: Uuid,
+    phone: &str,
+) -> Result<(), StoreError> {
+    let key = erased_key(org_id, phone);
+    sqlx::query("UPDATE OR REPLACE opt_outs SET phone = ?3 WHERE org_id = ?1 AND phone = ?2")
+        .bind(org_id)
+        .bind(phone)
+        .bind(&key)
+        .execute(&mut *conn)
+        .await
+        .ctx("failed to keep an erased number's opt-out")?;
+    sqlx::query("UPDATE opt_out_events SET phone = ?3 WHERE org_id = ?1 AND phone = ?2")
+        .bind(org_id)
+        .bind(phone)
+        .bind(&key)
+        .execute(&mut *conn)
+        .await
+        .ctx("failed to keep an erased number's opt-out history")?;
+    Ok(())
+}
+
+/// Add a change to `phone`'s history: what, what said so, the message that asked, when.
+pub(crate) async fn record(
+    conn: &mut SqliteConnection,
+    org_id: Uuid,
+    phone: &str,
+    (action, source, cause, at): (OptOutAction, &str, Option<Uuid>, Timestamp),
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO opt_out_events (org_id, phone, action, source, message_id, occurred_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .bind(action.as_str())
+    .bind(source)
+    .bind(cause)
+    .bind(at.as_microsecond())
+    .execute(conn)
+    .await
+    .ctx("failed to record an opt-out change")?;
+    Ok(())
+}
+
+/// `phone`'s history, oldest first, including what it went through before an erasure.
+pub(crate) async fn history(
+    pool: &SqlitePool,
+    org_id: Uuid,
+    phone: &str,
+) -> Result<Vec<OptOutEvent>, StoreError> {
+    let rows: Vec<(String, String, Option<Uuid>, i64)> = sqlx::query_as(
+        "SELECT action, source, message_id, occurred_at FROM opt_out_events \
+         WHERE org_id = ?1 AND phone IN (?2, ?3) ORDER BY id",
+    )
+    .bind(org_id)
+    .bind(phone)
+    .bind(erased_key(org_id, phone))
+    .fetch_all(pool)
+    .await
+    .ctx("failed to read an opt-out history")?;
+    rows.into_iter()
+        .map(|(action, source, message_id, at)| {
+            Ok(OptOutEvent {
+                action: OptOutAction::parse(&action)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown action {action:?}")))?,
+                source,
+                message_id,
+                occurred_at: convert::timestamp(at)?,
+            })
+        })
+        .collect()
 }

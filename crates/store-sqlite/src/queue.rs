@@ -238,7 +238,8 @@ pub(crate) async fn load_states(
     }
     let rows = sqlx::query(
         "SELECT id, org_id, status, last_seq, attempts, provider, provider_message_id,
-                error_code, error_message, actual_cost, due_at, lease_expires_at
+                error_code, error_message, actual_cost, due_at, lease_expires_at, credits,
+                estimated_cost, created_at
          FROM messages WHERE id IN (SELECT unhex(value) FROM json_each(?1))",
     )
     .bind(bulk::id_list(ids))
@@ -260,6 +261,9 @@ pub(crate) async fn load_states(
                 actual_cost: row.get::<Option<i64>, _>(9).map(convert::amount),
                 due_at: convert::timestamp(row.get(10))?,
                 lease_expires_at: convert::opt_timestamp(row.get(11))?,
+                credits: convert::count(row.get(12))?,
+                estimated_cost: convert::amount(row.get(13)),
+                created_at: convert::timestamp(row.get(14))?,
             })
         })
         .collect()
@@ -271,9 +275,13 @@ pub(crate) async fn write_batch(
     batch: Batch,
 ) -> Result<(), StoreError> {
     let now = batch.now();
-    let (states, events) = batch.finish();
+    let (states, events, credits) = batch.finish();
     bulk::write_states(conn, &states, now).await?;
-    bulk::insert_events(conn, &events).await
+    bulk::insert_events(conn, &events).await?;
+    if !credits.is_empty() {
+        crate::credits::settle(conn, &credits).await?;
+    }
+    Ok(())
 }
 
 /// The history entry for a row returned by a bulk move (`RETURNING id, org_id, last_seq`).

@@ -18,7 +18,19 @@ use uuid::Uuid;
 use crate::*;
 
 mod accounts;
+mod audience;
+mod broadcasts;
+mod contacts;
+mod credits;
+mod segments;
+mod templates;
 pub use accounts::*;
+pub use audience::*;
+pub use broadcasts::*;
+pub use contacts::*;
+pub use credits::*;
+pub use segments::*;
+pub use templates::*;
 
 /// A fresh database for one case.
 pub struct Subject {
@@ -97,6 +109,7 @@ macro_rules! conformance_tests {
             a_retry_failed_over_is_named_by_the_provider_that_took_it,
             token_buckets_refill_at_their_rate_and_concurrent_takers_share_them,
             the_suppression_list_is_kept_per_organization,
+            keyword_settings_are_kept_per_organization,
             provider_accounts_read_back_only_in_their_organization,
             provider_account_names_are_unique_per_organization,
             updates_keep_sealed_credentials_unless_replaced_and_refuse_stale_reads,
@@ -105,6 +118,38 @@ macro_rules! conformance_tests {
             an_account_named_by_a_route_cannot_be_deleted,
             an_idempotency_key_replays_an_account_creation,
             inbound_messages_are_stored_once_per_provider_id_and_only_for_their_organization,
+            contacts_are_one_per_number_and_only_their_organizations,
+            contact_updates_refuse_stale_reads_and_taken_numbers,
+            contacts_list_by_filter_and_page_exactly_once,
+            imports_create_new_numbers_and_merge_known_ones,
+            erasing_a_contact_leaves_its_number_nowhere_but_keeps_its_opt_out,
+            lead_statuses_start_with_the_defaults_and_can_be_replaced,
+            templates_read_back_only_in_their_organization,
+            template_names_are_unique_per_organization,
+            template_updates_refuse_stale_reads_and_keep_usage,
+            template_use_is_counted_and_the_last_use_only_moves_forward,
+            listing_templates_filters_and_walks_every_page_exactly_once,
+            an_idempotency_key_replays_a_template_creation,
+            lists_are_named_uniquely_and_kept_per_organization,
+            an_idempotency_key_replays_a_list_creation,
+            list_members_change_in_bulk_and_only_with_the_organizations_contacts,
+            segments_are_named_uniquely_and_kept_per_organization,
+            segment_rules_see_only_the_organizations_contacts_lists_and_history,
+            segment_rules_select_the_same_contacts_in_sql_as_in_memory,
+            an_organization_is_unmetered_until_credits_are_granted,
+            a_send_that_would_overdraw_is_refused_and_stores_nothing,
+            credits_are_consumed_on_sending_and_released_when_a_message_ends_unsent,
+            a_message_suppressed_at_dispatch_releases_its_credits,
+            a_message_to_an_opted_out_number_is_stored_suppressed_and_never_queued,
+            the_spend_limit_refuses_what_would_pass_it,
+            concurrent_sends_against_a_small_balance_never_overdraw,
+            allowed_countries_are_kept_per_organization,
+            usage_sums_a_months_messages_by_country_and_type,
+            broadcasts_are_stored_with_their_messages_and_only_for_their_organization,
+            listing_broadcasts_walks_every_page_newest_first,
+            an_idempotency_key_replays_a_broadcast_creation,
+            a_broadcast_batch_that_would_overdraw_stores_nothing,
+            broadcast_recipients_are_claimed_once_across_batches,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
@@ -161,6 +206,7 @@ fn message(scope: Scope, to: &str, created_at: Timestamp) -> NewMessage {
         send_at: None,
         max_attempts: 3,
         created_at,
+        broadcast_id: None,
     }
 }
 
@@ -1398,24 +1444,25 @@ pub async fn token_buckets_refill_at_their_rate_and_concurrent_takers_share_them
 
 pub async fn the_suppression_list_is_kept_per_organization(subject: &Subject) {
     let store = subject.store.as_ref();
+    let stop_reply = Uuid::now_v7();
     let a = organization(store, "acme").await;
     let b = organization(store, "globex").await;
     assert!(
         store
-            .opt_out(a.org_id, "+14155550100", "api", at(1))
+            .opt_out(a.org_id, "+14155550100", "api", None, at(1))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .opt_out(a.org_id, "+14155550100", "twilio:21610", at(2))
+            .opt_out(a.org_id, "+14155550100", "twilio:21610", None, at(2))
             .await
             .unwrap(),
         "already there: the first source stays"
     );
     assert!(
         store
-            .opt_out(a.org_id, "+14155550101", "sns", at(3))
+            .opt_out(a.org_id, "+14155550101", "sns", None, at(3))
             .await
             .unwrap()
     );
@@ -1454,9 +1501,46 @@ pub async fn the_suppression_list_is_kept_per_organization(subject: &Subject) {
         .unwrap();
     assert_eq!((rest[0].phone.as_str(), last), ("+14155550101", None));
 
-    assert!(store.opt_in(a.org_id, "+14155550100").await.unwrap());
-    assert!(!store.opt_in(a.org_id, "+14155550100").await.unwrap());
-    assert!(!store.opt_in(b.org_id, "+14155550101").await.unwrap());
+    assert!(
+        store
+            .opt_in(a.org_id, "+14155550100", "keyword", Some(stop_reply), at(4))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .opt_in(a.org_id, "+14155550100", "api", None, at(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .opt_in(b.org_id, "+14155550101", "api", None, at(5))
+            .await
+            .unwrap()
+    );
+    let history = store
+        .opt_out_history(a.org_id, "+14155550100")
+        .await
+        .unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.action, e.source.as_str(), e.message_id, e.occurred_at))
+            .collect::<Vec<_>>(),
+        [
+            (OptOutAction::OptOut, "api", None, at(1)),
+            (OptOutAction::OptIn, "keyword", Some(stop_reply), at(4)),
+        ],
+        "only changes are recorded: the repeated opt-out and opt-in changed nothing"
+    );
+    assert!(
+        store
+            .opt_out_history(b.org_id, "+14155550100")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store
             .opted_out_among(a.org_id, &phones)
@@ -1464,5 +1548,27 @@ pub async fn the_suppression_list_is_kept_per_organization(subject: &Subject) {
             .unwrap()
             .len(),
         1
+    );
+}
+
+pub async fn keyword_settings_are_kept_per_organization(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let a = organization(store, "acme").await;
+    let b = organization(store, "globex").await;
+    assert_eq!(
+        store.keyword_settings(a.org_id).await.unwrap(),
+        Some(KeywordSettings::default())
+    );
+    assert_eq!(store.keyword_settings(Uuid::now_v7()).await.unwrap(), None);
+    let mine = KeywordSettings {
+        help_text: Some("Acme: reply STOPPEN to stop".into()),
+        opt_out_words: vec!["STOPPEN".into(), "DÉSABONNER".into()],
+        opt_in_words: vec!["ANMELDEN".into()],
+    };
+    store.set_keyword_settings(a.org_id, &mine).await.unwrap();
+    assert_eq!(store.keyword_settings(a.org_id).await.unwrap(), Some(mine));
+    assert_eq!(
+        store.keyword_settings(b.org_id).await.unwrap(),
+        Some(KeywordSettings::default())
     );
 }

@@ -17,6 +17,9 @@ pub enum StoreError {
     /// The operation conflicts with existing data (e.g. a duplicate key hash).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A bulk insert the organization's credits or spend limit do not cover; nothing was stored.
+    #[error("refused: {0}")]
+    Refused(crate::credits::CreditRefusal),
 }
 
 impl StoreError {

@@ -7,21 +7,35 @@
 //! Time is always passed in, never read from the clock here, so tests control it exactly.
 
 mod accounts;
+mod audience;
+mod broadcasts;
+mod contacts;
+mod credits;
 mod error;
 mod inbound;
 mod model;
 mod opt_outs;
 mod plan;
 pub mod rate;
+pub mod segment;
 mod store;
+mod templates;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use accounts::*;
+pub use audience::*;
+pub use broadcasts::*;
+pub use contacts::*;
+pub use credits::*;
 pub use error::StoreError;
 pub use inbound::InboundMessage;
 pub use model::*;
-pub use opt_outs::OptOut;
+pub use opt_outs::{
+    KeywordSettings, OPTED_OUT, OptOut, OptOutAction, OptOutEvent, erased_key, resolve_erased,
+    suppressed_on_arrival, suppression_keys, suppression_on_arrival,
+};
 pub use plan::{Batch, Change, NewEvent, QueueState, plan_change};
 pub use store::Store;
+pub use templates::*;

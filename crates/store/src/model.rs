@@ -72,6 +72,8 @@ pub struct NewMessage {
     pub send_at: Option<Timestamp>,
     pub max_attempts: u32,
     pub created_at: Timestamp,
+    /// The broadcast that sent it, if any.
+    pub broadcast_id: Option<Uuid>,
 }
 
 impl NewMessage {
@@ -111,6 +113,7 @@ impl NewMessage {
             send_at: self.send_at,
             created_at: self.created_at,
             updated_at: self.created_at,
+            broadcast_id: self.broadcast_id,
             history: Vec::new(),
         };
         message.set_history(Vec::new());
@@ -164,6 +167,8 @@ pub struct Message {
     pub send_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The broadcast that sent it, if any.
+    pub broadcast_id: Option<Uuid>,
     /// Oldest first.
     pub history: Vec<StatusChange>,
 }
@@ -218,6 +223,8 @@ pub enum Insertion {
     },
     /// The key was used before with a different request; nothing was stored.
     KeyReused,
+    /// The organization's credits or spend limit do not cover it; nothing was stored.
+    Refused(crate::credits::CreditRefusal),
 }
 
 /// Filters for listing messages; all optional and combined with AND.
@@ -227,6 +234,8 @@ pub struct MessageFilter {
     pub to: Option<String>,
     pub created_after: Option<Timestamp>,
     pub created_before: Option<Timestamp>,
+    /// Only the messages of this broadcast.
+    pub broadcast_id: Option<Uuid>,
 }
 
 /// One page of a newest-first listing.

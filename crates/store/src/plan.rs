@@ -13,6 +13,7 @@ use herald_domain::status::{self, IllegalTransition, MessageStatus, StatusEvent,
 use jiff::Timestamp;
 use uuid::Uuid;
 
+use crate::credits::{CreditMoves, month_of};
 use crate::model::{ProviderReport, ReportOutcome, SendOutcome, SendResult, Settlement};
 
 /// A status change to write: the new status and its place in the message's history.
@@ -53,6 +54,23 @@ pub struct QueueState {
     pub actual_cost: Option<Amount>,
     pub due_at: Timestamp,
     pub lease_expires_at: Option<Timestamp>,
+    /// Credits the message reserved when it was queued (0 when its organization is unmetered).
+    pub credits: u32,
+    /// Its estimated cost, counted in the month's spend while credits are reserved.
+    pub estimated_cost: Amount,
+    pub created_at: Timestamp,
+}
+
+/// Whether a provider may not yet have the message: while it is in one of these statuses its
+/// credits stay reserved.
+fn before_provider(status: MessageStatus) -> bool {
+    matches!(
+        status,
+        MessageStatus::Scheduled
+            | MessageStatus::Queued
+            | MessageStatus::Sending
+            | MessageStatus::Unknown
+    )
 }
 
 /// A history row to insert.
@@ -86,6 +104,7 @@ pub struct Batch {
     touched: Vec<Uuid>,
     touched_set: HashSet<Uuid>,
     events: Vec<NewEvent>,
+    credits: CreditMoves,
 }
 
 impl Batch {
@@ -98,6 +117,7 @@ impl Batch {
             touched: Vec::new(),
             touched_set: HashSet::new(),
             events: Vec::new(),
+            credits: CreditMoves::default(),
         }
     }
 
@@ -248,14 +268,15 @@ impl Batch {
         )
     }
 
-    /// The rows to write back (only those that changed) and the history rows to insert.
-    pub fn finish(mut self) -> (Vec<QueueState>, Vec<NewEvent>) {
+    /// The rows to write back (only those that changed), the history rows to insert, and what
+    /// the changes did to credits.
+    pub fn finish(mut self) -> (Vec<QueueState>, Vec<NewEvent>, CreditMoves) {
         let states = self
             .touched
             .iter()
             .filter_map(|id| self.states.remove(id))
             .collect();
-        (states, self.events)
+        (states, self.events, self.credits)
     }
 
     fn touch(&mut self, id: Uuid) -> &mut QueueState {
@@ -315,6 +336,24 @@ impl Batch {
         let Some(change) = change else {
             return Ok(false);
         };
+        // Credits settle exactly once: when the message first leaves the statuses in which a
+        // provider may not have it. Nothing moves it back, so duplicates never settle twice.
+        let settled = (state.credits > 0
+            && before_provider(state.status)
+            && !before_provider(change.to))
+        .then(|| {
+            let provider_has_it = match change.to {
+                MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Undelivered => true,
+                MessageStatus::Failed => state.provider_message_id.is_some(),
+                _ => false,
+            };
+            (
+                month_of(state.created_at),
+                provider_has_it,
+                i64::from(state.credits),
+                state.estimated_cost.micros(),
+            )
+        });
         state.status = change.to;
         state.last_seq = change.seq;
         if change.to != MessageStatus::Sending {
@@ -334,6 +373,15 @@ impl Batch {
             None => {}
         }
         let org_id = state.org_id;
+        if let Some((month, provider_has_it, credits, cost)) = settled {
+            let entry = self.credits.moves.entry((org_id, month)).or_default();
+            if provider_has_it {
+                entry.0 += credits;
+            } else {
+                entry.1 += credits;
+                entry.2 += cost;
+            }
+        }
         self.events.push(NewEvent {
             message_id: id,
             org_id,
@@ -372,6 +420,9 @@ mod tests {
             actual_cost: None,
             due_at: Timestamp::UNIX_EPOCH,
             lease_expires_at: Some(Timestamp::UNIX_EPOCH),
+            credits: 0,
+            estimated_cost: Amount::from_micros(0),
+            created_at: Timestamp::UNIX_EPOCH,
         }
     }
 
@@ -403,7 +454,7 @@ mod tests {
             batch.apply_report(id, &report(ReportedStatus::Sent)),
             ReportOutcome::Unchanged
         );
-        let (states, events) = batch.finish();
+        let (states, events, _) = batch.finish();
         assert_eq!(states.len(), 1);
         assert_eq!(
             (states[0].status, states[0].last_seq),
@@ -427,8 +478,41 @@ mod tests {
             batch.apply_report(id, &report(ReportedStatus::Sent)),
             ReportOutcome::Unchanged
         );
-        let (states, events) = batch.finish();
+        let (states, events, _) = batch.finish();
         assert!(states.is_empty() && events.is_empty());
+    }
+
+    #[test]
+    fn credits_settle_once_consumed_when_a_provider_has_the_message_else_released() {
+        let id = Uuid::from_u128(1);
+        let reserved = |status| QueueState {
+            credits: 2,
+            estimated_cost: Amount::from_micros(15_800),
+            ..state(status)
+        };
+        let key = (Uuid::from_u128(2), "1970-01".to_owned());
+
+        let mut batch = Batch::new([reserved(MessageStatus::Sending)], Timestamp::UNIX_EPOCH);
+        batch.apply_report(id, &report(ReportedStatus::Sent));
+        batch.apply_report(id, &report(ReportedStatus::Delivered));
+        batch.apply_report(id, &report(ReportedStatus::Delivered));
+        let (_, _, moves) = batch.finish();
+        assert_eq!(moves.moves, HashMap::from([(key.clone(), (2, 0, 0))]));
+
+        let mut batch = Batch::new([reserved(MessageStatus::Queued)], Timestamp::UNIX_EPOCH);
+        assert_eq!(batch.apply_cancel(id), Some(Ok(())));
+        assert_eq!(
+            batch.apply_cancel(id),
+            Some(Ok(())),
+            "a repeated cancel is a no-op"
+        );
+        let (_, _, moves) = batch.finish();
+        assert_eq!(moves.moves, HashMap::from([(key, (0, 2, 15_800))]));
+
+        // A report on a message already sent settles nothing.
+        let mut batch = Batch::new([reserved(MessageStatus::Sent)], Timestamp::UNIX_EPOCH);
+        batch.apply_report(id, &report(ReportedStatus::Delivered));
+        assert!(batch.finish().2.is_empty());
     }
 
     #[test]
@@ -436,7 +520,7 @@ mod tests {
         let id = Uuid::from_u128(1);
         let mut batch = Batch::new([state(MessageStatus::Delivered)], Timestamp::UNIX_EPOCH);
         batch.apply_report(id, &report(ReportedStatus::Delivered));
-        let (states, events) = batch.finish();
+        let (states, events, _) = batch.finish();
         assert_eq!(states.len(), 1, "provider ids are still filled in");
         assert_eq!(states[0].provider_message_id.as_deref(), Some("SM1"));
         assert!(events.is_empty());

@@ -8,14 +8,21 @@ use crate::error::StoreError;
 use herald_domain::status::MessageStatus;
 
 use crate::accounts::*;
+use crate::audience::AudienceStore;
+use crate::broadcasts::BroadcastStore;
+use crate::contacts::ContactStore;
+use crate::credits::CreditStore;
 use crate::inbound::InboundMessage;
 use crate::model::*;
 use crate::opt_outs::OptOut;
+use crate::templates::TemplateStore;
 
 /// Everything Herald persists. Implemented for SQLite and PostgreSQL; both pass
 /// [`crate::conformance`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    ContactStore + AudienceStore + TemplateStore + CreditStore + BroadcastStore + Send + Sync + 'static
+{
     /// Bring the schema up to date. Safe to run concurrently and repeatedly.
     async fn migrate(&self) -> Result<(), StoreError>;
 
@@ -139,17 +146,46 @@ pub trait Store: Send + Sync + 'static {
     >;
 
     /// Put `phone` (E.164) on the organization's suppression list; `false` when it was already
-    /// there (the first source is kept).
+    /// there (the first source is kept). A change is recorded in the number's history with its
+    /// source and the inbound message that caused it, if any.
     async fn opt_out(
         &self,
         org_id: Uuid,
         phone: &str,
         source: &str,
+        cause: Option<Uuid>,
         at: Timestamp,
     ) -> Result<bool, StoreError>;
 
-    /// Take `phone` off the suppression list; `false` when it was not on it.
-    async fn opt_in(&self, org_id: Uuid, phone: &str) -> Result<bool, StoreError>;
+    /// Take `phone` off the suppression list; `false` when it was not on it. Recorded like
+    /// [`Store::opt_out`].
+    async fn opt_in(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+        source: &str,
+        cause: Option<Uuid>,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// How the organization answers keywords; `None` when there is no such organization.
+    async fn keyword_settings(
+        &self,
+        org_id: Uuid,
+    ) -> Result<Option<crate::opt_outs::KeywordSettings>, StoreError>;
+
+    async fn set_keyword_settings(
+        &self,
+        org_id: Uuid,
+        settings: &crate::opt_outs::KeywordSettings,
+    ) -> Result<(), StoreError>;
+
+    /// Every change to `phone`'s place on the suppression list, oldest first.
+    async fn opt_out_history(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<crate::opt_outs::OptOutEvent>, StoreError>;
 
     /// Which of `phones` are on the organization's suppression list.
     async fn opted_out_among(

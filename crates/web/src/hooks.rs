@@ -177,20 +177,45 @@ async fn store_twilio_inbound(
     answer_keyword(state, org_id, &message).await
 }
 
-/// Act on a keyword message: STOP and its kin put the sender on the organization's
-/// suppression list, START and its kin take it off, HELP is answered with who is writing.
-/// Acting twice on a repeat delivery changes nothing.
+/// Answer an inbound message with TwiML: empty, or the reply a HELP asks for.
 async fn answer_keyword(
     state: &AppState,
     org_id: Uuid,
     message: &herald_store::InboundMessage,
 ) -> Result<Response, Problem> {
-    let Some(keyword) = Keyword::of(&message.body) else {
-        return Ok(twiml(TWIML_EMPTY));
+    Ok(match act_on_keyword(state, org_id, message).await? {
+        None => twiml(TWIML_EMPTY),
+        Some(reply) => twiml(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
+            xml_escape(&reply)
+        )),
+    })
+}
+
+/// Act on a keyword message: STOP and its kin put the sender on the organization's
+/// suppression list, START and its kin take it off, HELP is answered with who is writing (the
+/// reply returned). Acting twice on a repeat delivery changes nothing.
+pub(crate) async fn act_on_keyword(
+    state: &AppState,
+    org_id: Uuid,
+    message: &herald_store::InboundMessage,
+) -> Result<Option<String>, Problem> {
+    let settings = state
+        .engine
+        .store
+        .keyword_settings(org_id)
+        .await?
+        .unwrap_or_default();
+    let extra = herald_domain::keywords::ExtraWords {
+        opt_out: settings.opt_out_words,
+        opt_in: settings.opt_in_words,
+    };
+    let Some(keyword) = Keyword::of_with(&message.body, &extra) else {
+        return Ok(None);
     };
     // Only a phone number can be suppressed (not, say, a chat channel's address).
     let Ok(sender) = PhoneNumber::parse(&message.from, None) else {
-        return Ok(twiml(TWIML_EMPTY));
+        return Ok(None);
     };
     let engine = &state.engine;
     let phone = sender.e164();
@@ -198,28 +223,43 @@ async fn answer_keyword(
         Keyword::OptOut => {
             engine
                 .store
-                .opt_out(org_id, phone, "keyword", message.received_at)
+                .opt_out(
+                    org_id,
+                    phone,
+                    "keyword",
+                    Some(message.id),
+                    message.received_at,
+                )
                 .await?;
-            Ok(twiml(TWIML_EMPTY))
+            Ok(None)
         }
         Keyword::OptIn => {
-            if engine.store.opt_in(org_id, phone).await? {
+            if engine
+                .store
+                .opt_in(
+                    org_id,
+                    phone,
+                    "keyword",
+                    Some(message.id),
+                    message.received_at,
+                )
+                .await?
+            {
                 engine.sns_opt_in(org_id, phone).await;
             }
-            Ok(twiml(TWIML_EMPTY))
+            Ok(None)
         }
         Keyword::Help => {
+            if let Some(text) = settings.help_text {
+                return Ok(Some(text));
+            }
             let name = engine
                 .store
                 .get_organization(org_id)
                 .await?
                 .map_or_else(|| "We".to_owned(), |org| org.name);
-            let text = format!(
+            Ok(Some(format!(
                 "{name}: you get messages from us at this number. Reply STOP to unsubscribe, START to subscribe again."
-            );
-            Ok(twiml(format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{}</Message></Response>",
-                xml_escape(&text)
             )))
         }
     }

@@ -6,15 +6,21 @@
 //! binds the configured address and tests bind port 0.
 
 pub mod auth;
+pub mod broadcasts;
+pub mod contacts;
+pub mod credits;
 pub mod extract;
 pub mod hooks;
 pub mod inbound;
+pub mod lists;
 pub mod messages;
 pub mod opt_outs;
 pub mod paging;
 pub mod problem;
 pub mod provider_routes;
 pub mod providers;
+pub mod segments;
+pub mod templates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +65,10 @@ pub struct AppState {
     modifiers(&BearerKeys),
     tags(
         (name = "messages", description = "Send and track SMS"),
+        (name = "audience", description = "Contacts, lists and segments"),
+        (name = "templates", description = "Message templates"),
+        (name = "broadcasts", description = "One message to many recipients"),
+        (name = "billing", description = "Credits, spend limits and usage"),
         (name = "providers", description = "Provider accounts and the routes that choose between them"),
         (name = "operations", description = "Health"),
     ),
@@ -74,6 +84,10 @@ impl Modify for BearerKeys {
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.description = Some("An API key: `sk_live_…` or `sk_test_…`".into());
         components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
+        let mut operator = Http::new(HttpAuthScheme::Bearer);
+        operator.description =
+            Some("The server's operator token (`operator_token` in the configuration)".into());
+        components.add_security_scheme("operator_token", SecurityScheme::Http(operator));
     }
 }
 
@@ -84,8 +98,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::cancel_message))
         .routes(routes!(inbound::list_inbound))
+        .routes(routes!(inbound::simulate_reply))
         .routes(routes!(opt_outs::list_opt_outs, opt_outs::add_opt_out))
         .routes(routes!(opt_outs::remove_opt_out))
+        .routes(routes!(opt_outs::opt_out_history))
+        .routes(routes!(opt_outs::get_keywords, opt_outs::set_keywords))
         .routes(routes!(opt_outs::sync_sns_opt_outs))
         .routes(routes!(
             providers::create_provider,
@@ -105,6 +122,12 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             provider_routes::put_prefix_route,
             provider_routes::delete_prefix_route
         ))
+        .merge(contacts::routes())
+        .merge(lists::routes())
+        .merge(segments::routes())
+        .merge(templates::routes())
+        .merge(broadcasts::routes())
+        .merge(credits::routes())
         .routes(routes!(health))
         .split_for_parts()
 }

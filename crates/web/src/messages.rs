@@ -26,13 +26,26 @@ use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 #[serde(deny_unknown_fields)]
 pub struct CreateMessage {
     /// The recipient: E.164 (`+14155550100`), or national format read in the organization's
-    /// default region.
-    #[schema(example = "+14155550100", required = true)]
+    /// default region. Give this or `contact_id`.
+    #[schema(example = "+14155550100")]
     pub to: Option<String>,
     /// The text, up to 1,600 characters. It is sent as GSM-7 when every character allows,
-    /// otherwise as UCS-2.
-    #[schema(example = "Your code is 123456", required = true)]
+    /// otherwise as UCS-2. Give this or `template_id`.
+    #[schema(example = "Your code is 123456")]
     pub body: Option<String>,
+    /// Send this template, filled with `variables` (and the fields of `contact_id`), instead
+    /// of a `body`. A required variable without a value refuses the send.
+    // Left out of the request hash when absent, so keys stored before templates still match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<String>,
+    /// Values for the template's variables: strings, numbers or booleans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, example = json!({"code": "123456"}))]
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Send to this contact's phone number instead of `to`; its fields (`first_name`,
+    /// `last_name`, `phone`, `email`, custom fields) fill the template's variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact_id: Option<String>,
     /// `transactional` (the default: OTPs, confirmations) or `promotional` (marketing).
     #[serde(rename = "type", default)]
     #[schema(value_type = String, example = "transactional")]
@@ -113,6 +126,9 @@ pub struct MessageView {
     pub created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    /// The broadcast that sent it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<Uuid>,
     /// Every status the message passed through, oldest first.
     pub status_history: Vec<StatusChangeView>,
 }
@@ -152,6 +168,7 @@ impl From<&Message> for MessageView {
             send_at: m.send_at,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            broadcast_id: m.broadcast_id,
             status_history: m.history.iter().map(StatusChangeView::from).collect(),
         }
     }
@@ -192,8 +209,9 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
         (status = 201, description = "Accepted and stored", body = MessageView),
         (status = 400, description = "Malformed JSON or unknown field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid API key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 402, description = "Not enough credits, or the monthly spend limit would be passed; nothing was queued", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an idempotency key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields (including a destination country the organization may not send to), or an idempotency key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -219,9 +237,19 @@ pub async fn create_message(
             }
         },
     };
+    let source = crate::templates::send_source(
+        &state,
+        &caller,
+        request.to.as_deref(),
+        request.contact_id.as_deref(),
+        request.body.as_deref(),
+        request.template_id.as_deref(),
+        request.variables.as_ref(),
+    )
+    .await?;
     let send = SendRequest {
-        to: request.to.clone(),
-        body: request.body.clone(),
+        to: source.to.clone(),
+        body: source.body.clone(),
         kind: request.kind,
         from: request.from.clone(),
         send_at,
@@ -231,19 +259,45 @@ pub async fn create_message(
     };
     let engine = &state.engine;
     let prepared = engine.prepare(&caller.org, caller.scope(), Some(caller.key.id), &send);
-    let message = match prepared {
+    errors.extend(source.errors);
+    let mut message = match prepared {
         Ok(message) if errors.is_empty() => message,
         Ok(_) => return Err(Problem::invalid_fields(errors)),
         Err(found) => {
-            errors.extend(found.into_iter().map(|e| FieldProblem {
-                field: e.field.into(),
-                code: e.code.into(),
-                message: e.message,
-            }));
+            let explained = |e: &herald_engine::intake::FieldError| {
+                e.code == "required"
+                    && ((e.field == "body" && source.body_failed)
+                        || (e.field == "to" && source.to_failed))
+            };
+            errors.extend(
+                found
+                    .into_iter()
+                    .filter(|e| !explained(e))
+                    .map(|e| FieldProblem {
+                        field: e.field.into(),
+                        code: e.code.into(),
+                        message: e.message,
+                    }),
+            );
             return Err(Problem::invalid_fields(errors));
         }
     };
 
+    if let Err(refused) = engine.check_destination(&caller.org, &message).await? {
+        return Err(Problem::field(
+            &problem::VALIDATION_FAILED,
+            refused.field,
+            refused.code,
+            refused.message,
+        ));
+    }
+
+    if engine
+        .hold_for_quiet_hours(caller.org.id, &mut message)
+        .await?
+    {
+        tracing::debug!(message_id = %message.id, "promotional message held for quiet hours");
+    }
     let first_response = serde_json::to_vec(&MessageView::from(&message.initial_record()))
         .map_err(|e| Problem::internal("failed to render a message", &e))?;
     let idempotency = idempotency_key.map(|key| IdempotencyRecord {
@@ -255,7 +309,17 @@ pub async fn create_message(
     match engine.accept(&message, idempotency.as_ref()).await? {
         Insertion::Created(created) => {
             tracing::info!(message_id = %created.id, to = %mask_phone(&created.to), status = %created.status, "message accepted");
-            let mut response = json_response(StatusCode::CREATED, first_response);
+            if let Some(template_id) = source.template_id {
+                crate::templates::record_use(&state, caller.org.id, template_id).await;
+            }
+            // Suppressed on arrival: answer what was stored, not what was asked.
+            let body = if created.status == message.initial_status() {
+                first_response
+            } else {
+                serde_json::to_vec(&MessageView::from(created.as_ref()))
+                    .map_err(|e| Problem::internal("failed to render a message", &e))?
+            };
+            let mut response = json_response(StatusCode::CREATED, body);
             if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{}", created.id)) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
@@ -274,6 +338,7 @@ pub async fn create_message(
             }
             Ok(response)
         }
+        Insertion::Refused(refusal) => Err(Problem::refused(&refusal)),
         Insertion::KeyReused => Err(Problem::field(
             &problem::IDEMPOTENCY_KEY_REUSED,
             "Idempotency-Key",
@@ -308,6 +373,8 @@ pub struct ListQuery {
     pub created_after: Option<String>,
     /// Only messages created before this time (RFC 3339, exclusive).
     pub created_before: Option<String>,
+    /// Only the messages of this broadcast.
+    pub broadcast_id: Option<String>,
 }
 
 /// List messages, newest first.
@@ -384,6 +451,17 @@ pub async fn list_messages(
     };
     let created_after = time("created_after", query.created_after.as_deref());
     let created_before = time("created_before", query.created_before.as_deref());
+    let broadcast_id = query.broadcast_id.as_deref().and_then(|raw| {
+        let parsed = Uuid::parse_str(raw).ok();
+        if parsed.is_none() {
+            invalid(
+                "broadcast_id",
+                "invalid_id",
+                "`broadcast_id` must be a broadcast id",
+            );
+        }
+        parsed
+    });
     if !errors.is_empty() {
         return Err(Problem::invalid_fields(errors));
     }
@@ -393,6 +471,7 @@ pub async fn list_messages(
         to,
         created_after,
         created_before,
+        broadcast_id,
     };
     let page = state
         .engine

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::paging::{self, ListQuery};
-use crate::problem::{self, Problem, ProblemBody};
+use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 
 /// A number on the suppression list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,7 +144,10 @@ pub async fn add_opt_out(
     live_only(&caller)?;
     let store = &state.engine.store;
     let now = state.engine.clock.now();
-    if store.opt_out(caller.org.id, &phone, "api", now).await? {
+    if store
+        .opt_out(caller.org.id, &phone, "api", None, now)
+        .await?
+    {
         let entry = OptOut {
             phone,
             source: "api".into(),
@@ -185,7 +188,13 @@ pub async fn remove_opt_out(
 ) -> Result<Response, Problem> {
     let phone = phone(&caller, Some(&input))?;
     live_only(&caller)?;
-    if state.engine.store.opt_in(caller.org.id, &phone).await? {
+    let now = state.engine.clock.now();
+    if state
+        .engine
+        .store
+        .opt_in(caller.org.id, &phone, "api", None, now)
+        .await?
+    {
         state.engine.sns_opt_in(caller.org.id, &phone).await;
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
@@ -234,4 +243,222 @@ pub async fn sync_sns_opt_outs(
             Err(Problem::new(&problem::UNAVAILABLE, error))
         }
     }
+}
+
+/// One change to a number's place on the suppression list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OptOutEventView {
+    /// `opt_out` or `opt_in`.
+    pub action: &'static str,
+    /// What caused it: `keyword` (the recipient texted STOP or START), `api`, or the provider
+    /// that reported it (`twilio:21610`, `sns`).
+    pub source: String,
+    /// The inbound message that asked for it.
+    pub message_id: Option<uuid::Uuid>,
+    #[schema(value_type = String, format = DateTime)]
+    pub occurred_at: Timestamp,
+}
+
+impl From<herald_store::OptOutEvent> for OptOutEventView {
+    fn from(e: herald_store::OptOutEvent) -> OptOutEventView {
+        OptOutEventView {
+            action: e.action.as_str(),
+            source: e.source,
+            message_id: e.message_id,
+            occurred_at: e.occurred_at,
+        }
+    }
+}
+
+/// A number's history on the suppression list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OptOutHistory {
+    pub phone: String,
+    /// Whether the number is on the list now.
+    pub opted_out: bool,
+    /// Every change, oldest first.
+    pub events: Vec<OptOutEventView>,
+}
+
+/// Every change to a number's place on the suppression list, oldest first: when, what caused
+/// it, and the message that asked for it.
+#[utoipa::path(
+    get,
+    path = "/v1/opt-outs/{phone}/history",
+    tag = "messages",
+    params(("phone" = String, Path, description = "The number, E.164 (`%2B14155550100`)")),
+    responses(
+        (status = 200, body = OptOutHistory),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn opt_out_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(input): Path<String>,
+) -> Result<Json<OptOutHistory>, Problem> {
+    let phone = phone(&caller, Some(&input))?;
+    let store = &state.engine.store;
+    let events = store.opt_out_history(caller.org.id, &phone).await?;
+    let opted_out = !store
+        .opted_out_among(caller.org.id, std::slice::from_ref(&phone))
+        .await?
+        .is_empty();
+    Ok(Json(OptOutHistory {
+        phone,
+        opted_out,
+        events: events.into_iter().map(OptOutEventView::from).collect(),
+    }))
+}
+
+/// How the organization answers keywords texted to its numbers. The standard words always
+/// apply (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, ARRET, BAJA, ALTO; START, UNSTOP,
+/// YES; HELP, INFO); these add the organization's own, e.g. in its customers' languages.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeywordSettingsBody {
+    /// The answer to HELP (at most 320 characters); `null` for the standard answer naming the
+    /// organization.
+    #[schema(
+        example = "Acme Travel: booking alerts. Reply STOP to unsubscribe. Help: acme.example/sms"
+    )]
+    pub help_text: Option<String>,
+    /// More words that opt a number out.
+    #[serde(default)]
+    #[schema(example = json!(["STOPPEN", "DESABONNER"]))]
+    pub opt_out_words: Vec<String>,
+    /// More words that opt a number back in.
+    #[serde(default)]
+    #[schema(example = json!(["ANMELDEN"]))]
+    pub opt_in_words: Vec<String>,
+}
+
+/// The organization's keyword settings.
+#[utoipa::path(
+    get,
+    path = "/v1/settings/keywords",
+    tag = "messages",
+    responses(
+        (status = 200, body = KeywordSettingsBody),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_keywords(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<KeywordSettingsBody>, Problem> {
+    let settings = state
+        .engine
+        .store
+        .keyword_settings(caller.org.id)
+        .await?
+        .unwrap_or_default();
+    Ok(Json(KeywordSettingsBody {
+        help_text: settings.help_text,
+        opt_out_words: settings.opt_out_words,
+        opt_in_words: settings.opt_in_words,
+    }))
+}
+
+/// Replace the organization's keyword settings. Words are single words, compared without
+/// regard to case; a word cannot both opt out and opt in, nor take back a standard word's
+/// meaning.
+#[utoipa::path(
+    put,
+    path = "/v1/settings/keywords",
+    tag = "messages",
+    request_body = KeywordSettingsBody,
+    responses(
+        (status = 200, body = KeywordSettingsBody),
+        (status = 400, description = "Malformed JSON or unknown field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "A test key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid words or help text", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn set_keywords(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<KeywordSettingsBody>,
+) -> Result<Json<KeywordSettingsBody>, Problem> {
+    use herald_domain::keywords::{HELP, OPT_IN, OPT_OUT, normalize};
+    live_only(&caller)?;
+    let mut errors = Vec::new();
+    let help_text = body
+        .help_text
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    if let Some(text) = &help_text
+        && (text.chars().count() > 320 || text.contains('\0'))
+    {
+        errors.push(FieldProblem {
+            field: "help_text".into(),
+            code: "too_long".into(),
+            message: "`help_text` is at most 320 characters".into(),
+        });
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut words = |field: &str, given: &[String], others: &[&str]| -> Vec<String> {
+        if given.len() > 20 {
+            errors.push(FieldProblem {
+                field: field.into(),
+                code: "too_many_words".into(),
+                message: format!("`{field}` has at most 20 words"),
+            });
+        }
+        let mut kept = Vec::new();
+        for (i, raw) in given.iter().enumerate() {
+            let problem = |code: &str, message: String| FieldProblem {
+                field: format!("{field}[{i}]"),
+                code: code.into(),
+                message,
+            };
+            match normalize(raw) {
+                Some(word)
+                    if word.chars().count() <= 20 && word.chars().all(char::is_alphanumeric) =>
+                {
+                    if others.contains(&word.as_str()) || seen.contains(&word) {
+                        errors.push(problem(
+                            "conflicting_word",
+                            format!("`{word}` already means something else, or is listed twice"),
+                        ));
+                    } else {
+                        seen.push(word.clone());
+                        kept.push(word);
+                    }
+                }
+                _ => errors.push(problem(
+                    "invalid_word",
+                    "a keyword is one word of at most 20 letters or digits".into(),
+                )),
+            }
+        }
+        kept
+    };
+    let not_out: Vec<&str> = OPT_IN.iter().chain(HELP).copied().collect();
+    let not_in: Vec<&str> = OPT_OUT.iter().chain(HELP).copied().collect();
+    let opt_out_words = words("opt_out_words", &body.opt_out_words, &not_out);
+    let opt_in_words = words("opt_in_words", &body.opt_in_words, &not_in);
+    if !errors.is_empty() {
+        return Err(Problem::invalid_fields(errors));
+    }
+    let settings = herald_store::KeywordSettings {
+        help_text,
+        opt_out_words,
+        opt_in_words,
+    };
+    state
+        .engine
+        .store
+        .set_keyword_settings(caller.org.id, &settings)
+        .await?;
+    Ok(Json(KeywordSettingsBody {
+        help_text: settings.help_text,
+        opt_out_words: settings.opt_out_words,
+        opt_in_words: settings.opt_in_words,
+    }))
 }

@@ -21,20 +21,12 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn problem(field: &str, code: &str, message: &str) -> FieldProblem {
-    FieldProblem {
-        field: field.into(),
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
 /// The page size asked for.
 pub fn limit(raw: Option<&str>) -> Result<u32, FieldProblem> {
     match raw.map(str::parse::<u32>) {
         None => Ok(20),
         Some(Ok(limit @ 1..=100)) => Ok(limit),
-        Some(_) => Err(problem(
+        Some(_) => Err(FieldProblem::new(
             "limit",
             "invalid_limit",
             "`limit` must be a whole number from 1 to 100",
@@ -54,7 +46,7 @@ fn cursor<T>(
         .and_then(key)
         .map(Some)
         .ok_or_else(|| {
-            problem(
+            FieldProblem::new(
                 "cursor",
                 "invalid_cursor",
                 "`cursor` is not a cursor this API returned",

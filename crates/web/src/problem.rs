@@ -51,7 +51,11 @@ kinds! {
     LIVE_KEY_REQUIRED = ("live-key-required", FORBIDDEN, "Live key required",
         "Provider accounts and routes configure live traffic: a test key may read them, but only a live key may change them. Nothing was changed.");
     NAME_TAKEN = ("name-taken", CONFLICT, "Name already used",
-        "The organization already has a provider account with this name. Nothing was changed.");
+        "The organization already has one of these (a provider account, a list, a segment) with this name. Nothing was changed.");
+    PHONE_TAKEN = ("phone-taken", CONFLICT, "Phone number already a contact",
+        "The organization already has a contact with this phone number; the detail names it. Change that contact instead. Nothing was changed.");
+    TEMPLATE_NAME_TAKEN = ("template-name-taken", CONFLICT, "Template name already used",
+        "The organization already has a template with this name. Choose another name, or change the existing template. Nothing was changed.");
     PROVIDER_IN_USE = ("provider-in-use", CONFLICT, "Provider account in use",
         "Routes still send through this provider account (`routes` lists them). Remove it from those routes, or delete them, before deleting the account. Nothing was changed.");
     SECRET_KEY_MISSING = ("secret-key-missing", CONFLICT, "No secret key configured",
@@ -60,6 +64,12 @@ kinds! {
         "Request bodies are limited to 64 KiB.");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "Unsupported media type",
         "Request bodies must be JSON, sent with `Content-Type: application/json`.");
+    INSUFFICIENT_CREDITS = ("insufficient-credits", PAYMENT_REQUIRED, "Insufficient credits",
+        "The organization's available credits (balance less what queued messages hold; one credit per segment) do not cover this request. Nothing was queued. Ask the operator to add credits (`herald credits grant`), or wait for queued messages to be sent.");
+    SPEND_LIMIT_REACHED = ("spend-limit-reached", PAYMENT_REQUIRED, "Monthly spend limit reached",
+        "The estimated cost of this request would take the organization's spending this calendar month (UTC) over its limit. Nothing was queued. The operator can raise the limit.");
+    OPERATOR_REQUIRED = ("operator-required", FORBIDDEN, "Operator token required",
+        "Granting credits and setting spend limits need the server's operator token (`operator_token` in the configuration, or `HERALD_OPERATOR_TOKEN`) as `Authorization: Bearer …`; an organization's API key cannot do it. Nothing was changed.");
     INTERNAL = ("internal-error", INTERNAL_SERVER_ERROR, "Internal error",
         "Herald could not complete the request. It has been logged; the request may be retried.");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "Service unavailable",
@@ -74,6 +84,16 @@ pub struct FieldProblem {
     /// A stable machine-readable code, e.g. `invalid_phone`, `required`.
     pub code: String,
     pub message: String,
+}
+
+impl FieldProblem {
+    pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> FieldProblem {
+        FieldProblem {
+            field: field.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// An error response body (RFC 9457).
@@ -93,6 +113,20 @@ pub struct ProblemBody {
     /// For `provider-in-use`: the routes naming the account (`default`, `US`, `US/1415`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<String>>,
+    /// For a template body that does not parse: where the fault is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<SourcePosition>,
+}
+
+/// A place in a text, so an editor can point at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SourcePosition {
+    /// 1-based.
+    pub line: u32,
+    /// 1-based, in characters.
+    pub column: u32,
+    /// 0-based, in characters from the start of the text.
+    pub offset: u32,
 }
 
 /// An error on its way to the client. Boxed: it travels in every handler's `Result`, and the
@@ -118,6 +152,7 @@ impl Problem {
                 errors: Vec::new(),
                 current_status: None,
                 routes: None,
+                position: None,
             },
             status: kind.status,
             headers: Vec::new(),
@@ -158,6 +193,11 @@ impl Problem {
         self
     }
 
+    pub fn with_position(mut self, position: SourcePosition) -> Problem {
+        self.0.body.position = Some(position);
+        self
+    }
+
     pub fn with_header(mut self, name: HeaderName, value: &'static str) -> Problem {
         self.0.headers.push((name, HeaderValue::from_static(value)));
         self
@@ -181,9 +221,23 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// A 402 for a request the organization's credits or spend limit do not cover.
+    pub fn refused(refusal: &herald_store::CreditRefusal) -> Problem {
+        let kind = match refusal {
+            herald_store::CreditRefusal::InsufficientCredits { .. } => &INSUFFICIENT_CREDITS,
+            herald_store::CreditRefusal::SpendLimitReached { .. } => &SPEND_LIMIT_REACHED,
+        };
+        Problem::new(kind, refusal.to_string())
+    }
+}
+
 impl From<herald_store::StoreError> for Problem {
     fn from(error: herald_store::StoreError) -> Problem {
-        Problem::internal("database operation failed", &error)
+        match error {
+            herald_store::StoreError::Refused(refusal) => Problem::refused(&refusal),
+            error => Problem::internal("database operation failed", &error),
+        }
     }
 }
 
