@@ -70,7 +70,12 @@ fn config(limits: HashMap<String, Limits>) -> EngineConfig {
         },
         ..EngineConfig::default()
     };
-    config.dispatcher.batch_size = 10;
+    // One small batch at a time per process: a dispatcher that claimed ahead (several batches
+    // in flight) could take every message before the other first looks, and then the test
+    // would prove nothing about sharing a limit across processes. Each batch takes the limiter
+    // a second or more, while the idle process looks every 20 ms.
+    config.dispatcher.batch_size = 5;
+    config.dispatcher.max_batches = 1;
     config.dispatcher.idle_poll = Duration::from_millis(20);
     config.dispatcher.rate_limits = limits;
     config
