@@ -92,6 +92,10 @@ pub async fn serve(
 
     let shutdown = CancellationToken::new();
     let mut workers = engine.start(shutdown.clone());
+    workers.spawn(herald_engine::broadcasts::resume_periodically(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let app = herald_web::app(AppState {
         engine: engine.clone(),

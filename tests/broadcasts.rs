@@ -2,7 +2,7 @@
 //! (duplicates, invalid, opted-out, not-permitted numbers), consent for promotional sends,
 //! personalised template bodies listed by `broadcast_id`, 402 with nothing queued when credits
 //! do not cover it, bad input named by field, a tenant wall, and a background broadcast over a
-//! segment of 3,000 imported contacts. On both stores.
+//! segment of 3,000 imported contacts, and cancellation. On both stores.
 
 mod support;
 
@@ -48,6 +48,7 @@ on_both_stores!(
     a_background_broadcast_stops_at_the_first_batch_the_credits_refuse,
     the_api_reference_describes_broadcasts,
     numbers_repeated_across_batches_are_counted_as_duplicates,
+    canceling_a_broadcast_cancels_its_unsent_messages_and_releases_their_credits,
 );
 
 async fn start(backend: Backend) -> Option<TestServer> {
@@ -616,6 +617,7 @@ async fn the_api_reference_describes_broadcasts(s: &TestServer) {
     assert!(post["responses"]["402"].is_object(), "{post}");
     assert!(openapi["paths"]["/v1/broadcasts"]["get"].is_object());
     assert!(openapi["paths"]["/v1/broadcasts/{id}"]["get"].is_object());
+    assert!(openapi["paths"]["/v1/broadcasts/{id}/cancel"]["post"]["responses"]["409"].is_object());
     assert!(openapi["components"]["schemas"]["BroadcastView"].is_object());
     let params = openapi["paths"]["/v1/messages"]["get"]["parameters"]
         .as_array()
@@ -648,4 +650,113 @@ async fn numbers_repeated_across_batches_are_counted_as_duplicates(s: &TestServe
                "opted_out": 0, "no_consent": 0, "not_permitted": 0, "not_sent": 0})
     );
     assert_eq!(s.message_count().await, 1_200);
+}
+
+async fn canceling_a_broadcast_cancels_its_unsent_messages_and_releases_their_credits(
+    s: &TestServer,
+) {
+    let key = &s.tenant.live_key;
+    let (status, _) = post(
+        s,
+        OPERATOR,
+        "/v1/credits",
+        json!({"organization_id": s.tenant.org_id, "credits": 10}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let send_at = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
+    let (status, broadcast) = post(
+        s,
+        key,
+        "/v1/broadcasts",
+        json!({"body": "Tomorrow's class is moved", "send_at": send_at, "recipients": [
+            {"type": "phone", "phone": "+14155550101"},
+            {"type": "phone", "phone": "+14155550102"},
+            {"type": "phone", "phone": "+14155550103"},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &broadcast["status"]),
+        (202, &json!("queued")),
+        "{broadcast}"
+    );
+    let id = broadcast["id"].as_str().unwrap();
+    let (_, account) = s.get(key, "/v1/credits").await;
+    assert_eq!(account["reserved"], 3, "{account}");
+
+    // Another organization cannot see it, let alone cancel it.
+    let other = s.other_tenant("globex").await;
+    let path = format!("/v1/broadcasts/{id}/cancel");
+    let (status, problem) = post(s, &other.live_key, &path, json!({})).await;
+    assert_eq!(status, 404, "{problem}");
+    assert_eq!(
+        post(s, key, "/v1/broadcasts/not-an-id/cancel", json!({}))
+            .await
+            .0,
+        404
+    );
+
+    let (status, canceled) = post(s, key, &path, json!({})).await;
+    assert_eq!(status, 200, "{canceled}");
+    assert_eq!(canceled["status"], "canceled");
+    assert_eq!(canceled["canceled"], 3);
+    assert!(canceled["finished_at"].is_string(), "{canceled}");
+    // The counts still say what was queued; the cancellation is counted beside them.
+    assert_eq!(canceled["counts"]["queued"], 3);
+    assert_adds_up(&canceled);
+    let (_, page) = s.get(key, &format!("/v1/messages?broadcast_id={id}")).await;
+    let statuses: Vec<&Value> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["status"])
+        .collect();
+    assert_eq!(statuses, vec!["canceled"; 3], "{page}");
+    let (_, account) = s.get(key, "/v1/credits").await;
+    assert_eq!(
+        (&account["reserved"], &account["balance"]),
+        (&json!(0), &json!(10)),
+        "{account}"
+    );
+
+    // Canceling again changes nothing.
+    let (status, again) = post(s, key, &path, json!({})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["canceled"], 3);
+
+    // A broadcast that failed before queueing anything has nothing to cancel.
+    let mut csv = String::from("phone,lead_status\n");
+    for i in 0..20 {
+        csv.push_str(&format!("+1415301{i:04},lost\n"));
+    }
+    let response = s
+        .client
+        .post(s.url("/v1/contacts/imports"))
+        .bearer_auth(key)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_and_json(response).await.0, 201);
+    let (status, big) = post(
+        s,
+        key,
+        "/v1/broadcasts",
+        json!({"body": "x".repeat(1_000), "recipients": [{"type": "lead_status", "status": "lost"}]}),
+    )
+    .await;
+    assert_eq!(status, 202, "{big}");
+    let failed = finished(s, key, big["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let (status, problem) = post(
+        s,
+        key,
+        &format!("/v1/broadcasts/{}/cancel", big["id"].as_str().unwrap()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["current_status"], "failed", "{problem}");
 }

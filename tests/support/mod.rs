@@ -197,7 +197,11 @@ impl TestServer {
         let tenant = create_tenant(engine.store.as_ref(), "acme").await;
 
         let shutdown = CancellationToken::new();
-        let workers = engine.start(shutdown.clone());
+        let mut workers = engine.start(shutdown.clone());
+        workers.spawn(herald_engine::broadcasts::resume_periodically(
+            engine.clone(),
+            shutdown.clone(),
+        ));
         let app = herald_web::app(AppState {
             twilio: hook,
             sns: sns_hook,

@@ -2,10 +2,11 @@
 //! lists, segments, lead statuses).
 //!
 //! The request is validated whole before anything is stored. Recipients are then resolved in
-//! batches of [`BATCH`]: numbers normalised to E.164, de-duplicated (within the broadcast, by the
-//! database, so memory stays bounded for any audience), and dropped when invalid, opted out,
-//! without consent (promotional only) or in a country the organization may not send to; the
-//! rest are personalised, held for quiet hours and queued with the counts that include them.
+//! batches of at most [`BATCH`]: numbers normalised to E.164, de-duplicated (within the
+//! broadcast, by the database, so memory stays bounded for any audience), and dropped when
+//! invalid, opted out, without consent (promotional only) or in a country the organization may
+//! not send to; the rest are personalised, held for quiet hours and queued with the counts that
+//! include them.
 //!
 //! `requested` is the number of individual recipients resolved: one per phone or contact entry,
 //! one per member of a list, segment or lead status. Each is counted in exactly one outcome, so
@@ -14,11 +15,19 @@
 //!
 //! A small audience (only phone and contact entries, at most [`BATCH`]) is resolved before the
 //! answer and stored in one transaction with its messages: credits that do not cover it refuse
-//! the whole broadcast and nothing is stored. Anything else is resolved in a background task;
+//! the whole broadcast and nothing is stored. Anything else is resolved in the background;
 //! each batch reserves its credits all or nothing, and the first refused batch stops the
 //! broadcast: batches already queued stay queued, the refused batch's recipients are counted
 //! `not_sent`, recipients never resolved are not counted at all, and the status becomes
 //! `partially_queued` (or `failed` when nothing was queued) with the refusal as its error.
+//!
+//! Background resolution survives the process that started it. The resolver holds a [`Lease`]
+//! on the broadcast and stores, in the transaction of each batch, the batch's messages, the
+//! numbers it reached, the counts and its [`Position`] in the recipients. When a process dies,
+//! its lease runs out and [`resume_stalled`] (run by every process) takes the broadcast over
+//! from the last stored position: each recipient is queued once, whatever the crash.
+//! Canceling stops the resolver at its next batch (its write is refused) and cancels the
+//! messages not yet handed to a provider.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,10 +37,12 @@ use herald_domain::phone::PhoneNumber;
 use herald_domain::template::Template;
 use herald_store::segment::{Limits, Rule, parse_rule};
 use herald_store::{
-    Broadcast, BroadcastCounts, BroadcastCreation, BroadcastStatus, Contact, ContactFilter,
-    CreditRefusal, IdempotencyRecord, NewMessage, Organization, Scope, StoreError,
+    BatchOutcome, Broadcast, BroadcastCounts, BroadcastCreation, BroadcastStatus, Contact,
+    ContactFilter, CreditRefusal, IdempotencyRecord, Lease, NewMessage, Organization, Scope,
+    StoreError,
 };
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -43,9 +54,15 @@ use crate::intake::SendRequest;
 pub const BATCH: usize = 1_000;
 /// Most entries one request may list (a list or segment entry counts one).
 pub const MAX_ENTRIES: usize = 10_000;
+/// How long a resolver's hold on a broadcast lasts; renewed with every batch. A broadcast whose
+/// resolver stored nothing for this long is taken over by another process.
+pub const LEASE: SignedDuration = SignedDuration::from_secs(60);
+/// How often each process looks for broadcasts whose resolver died.
+pub const RESUME_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One entry of a broadcast's recipients.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Recipient {
     /// A number in any format the API accepts; an invalid one is counted, not refused.
     Phone(String),
@@ -56,8 +73,9 @@ pub enum Recipient {
     LeadStatus(String),
 }
 
-/// A broadcast request, its shape already checked by the caller.
-#[derive(Clone, Debug, Default)]
+/// A broadcast request, its shape already checked by the caller. Stored with the broadcast (as
+/// its `spec`) so another process can resume resolving it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BroadcastRequest {
     pub recipients: Vec<Recipient>,
     pub body: Option<String>,
@@ -101,6 +119,18 @@ fn field(field: impl Into<String>, code: &'static str, message: impl Into<String
     }
 }
 
+/// How far resolution has come, stored with each batch: every recipient before it has been
+/// counted. Entries are resolved in order; within a list, segment or lead status, contacts in
+/// id order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The first entry not yet wholly resolved.
+    pub entry: usize,
+    /// Within a list, segment or lead-status entry: the last contact resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Uuid>,
+}
+
 /// What a valid request resolves with: the parsed template and the segments' rules.
 struct Plan {
     template: Option<Template>,
@@ -120,7 +150,10 @@ pub async fn start(
     request_json: Value,
     idempotency: Option<IdempotencyRecord>,
 ) -> Result<Started, BroadcastError> {
-    let plan = validate(engine, org, scope, api_key_id, &request).await?;
+    let (plan, errors) = validate(engine, org, scope, api_key_id, &request).await?;
+    if !errors.is_empty() {
+        return Err(BroadcastError::Invalid(errors));
+    }
     let now = engine.clock.now();
     let small = request.recipients.len() <= BATCH
         && request
@@ -137,6 +170,11 @@ pub async fn start(
         error: None,
         created_at: now,
         finished_at: None,
+        spec: None,
+        api_key_id,
+        position: None,
+        lease: None,
+        canceled: 0,
     };
     let mut resolver = Resolver {
         engine: engine.clone(),
@@ -148,11 +186,10 @@ pub async fn start(
         broadcast_id: broadcast.id,
         seen: small.then(HashSet::new),
         counts: BroadcastCounts::default(),
-        saved: BroadcastCounts::default(),
     };
     if small {
         let targets = resolver.direct_targets(0..resolver.request.recipients.len());
-        let messages = resolver.process(targets).await?;
+        let (messages, _) = resolver.process(targets).await?;
         broadcast.counts = resolver.counts;
         broadcast.status = BroadcastStatus::Queued;
         broadcast.finished_at = Some(now);
@@ -172,6 +209,15 @@ pub async fn start(
             BroadcastCreation::Refused(refusal) => Err(BroadcastError::Refused(refusal)),
         };
     }
+    broadcast.spec = Some(
+        serde_json::to_value(&resolver.request)
+            .map_err(|e| StoreError::Corrupt(format!("a broadcast request: {e}")))?,
+    );
+    broadcast.position = Some(position_json(Position::default()));
+    broadcast.lease = Some(Lease {
+        owner: Uuid::now_v7(),
+        until: now + LEASE,
+    });
     match engine
         .store
         .create_broadcast(&broadcast, &[], idempotency.as_ref(), now)
@@ -185,11 +231,130 @@ pub async fn start(
     let running = broadcast.clone();
     tokio::spawn(async move {
         let id = running.id;
-        if let Err(error) = resolver.run(running).await {
-            tracing::error!(%error, broadcast_id = %id, "a broadcast stopped on a store error");
+        if let Err(error) = resolver.run(running, Position::default()).await {
+            tracing::error!(%error, broadcast_id = %id, "a broadcast stopped on a store error; another pass will resume it");
         }
     });
     Ok(Started::Background(broadcast))
+}
+
+fn position_json(position: Position) -> Value {
+    serde_json::to_value(position).expect("a position serializes")
+}
+
+/// Take over every broadcast whose resolver died (its lease ran out) and resolve the rest of
+/// it from where the last stored batch left off. Answers how many were taken over; each is
+/// resolved before this returns.
+pub async fn resume_stalled(engine: &Arc<Engine>) -> Result<usize, StoreError> {
+    let now = engine.clock.now();
+    let stalled = engine.store.stalled_broadcasts(now, 16).await?;
+    let mut resumed = 0;
+    for id in stalled {
+        let lease = Lease {
+            owner: Uuid::now_v7(),
+            until: now + LEASE,
+        };
+        let Some(broadcast) = engine.store.take_over_broadcast(id, lease, now).await? else {
+            // Another process took it first, or it finished.
+            continue;
+        };
+        resumed += 1;
+        tracing::info!(broadcast_id = %id, position = ?broadcast.position, "resuming a broadcast whose resolver stopped");
+        if let Err(error) = resume(engine, broadcast).await {
+            tracing::error!(%error, broadcast_id = %id, "a resumed broadcast stopped on a store error; another pass will resume it");
+        }
+    }
+    Ok(resumed)
+}
+
+/// Look for stalled broadcasts every [`RESUME_EVERY`] until `shutdown`.
+pub async fn resume_periodically(
+    engine: Arc<Engine>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        if let Err(error) = resume_stalled(&engine).await {
+            tracing::error!(%error, "failed to look for stalled broadcasts");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RESUME_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Resolve a broadcast taken over from a resolver that died.
+async fn resume(engine: &Arc<Engine>, mut broadcast: Broadcast) -> Result<(), StoreError> {
+    let store = engine.store.as_ref();
+    let Some(org) = store.get_organization(broadcast.org_id).await? else {
+        return Ok(());
+    };
+    let spec = broadcast
+        .spec
+        .clone()
+        .and_then(|v| serde_json::from_value::<BroadcastRequest>(v).ok());
+    let position = broadcast
+        .position
+        .clone()
+        .and_then(|v| serde_json::from_value::<Position>(v).ok());
+    let (Some(mut request), Some(position)) = (spec, position) else {
+        return give_up(engine, &mut broadcast, "its request cannot be read").await;
+    };
+    // Its time has come while no one resolved it: the rest goes now.
+    let now = engine.clock.now();
+    request.send_at = request.send_at.filter(|at| *at > now);
+    let (plan, errors) = validate(
+        engine,
+        &org,
+        broadcast.scope(),
+        broadcast.api_key_id,
+        &request,
+    )
+    .await?;
+    // Lists, segments and contacts deleted since are simply no longer recipients; anything
+    // else (the template gone or inactive) stops the broadcast.
+    if let Some(error) = errors.iter().find(|e| {
+        !matches!(
+            e.code,
+            "unknown_list" | "unknown_segment" | "unknown_contact" | "unknown_lead_status"
+        )
+    }) {
+        let reason = format!("{}: {}", error.field, error.message);
+        return give_up(engine, &mut broadcast, &reason).await;
+    }
+    let resolver = Resolver {
+        engine: engine.clone(),
+        org,
+        scope: broadcast.scope(),
+        api_key_id: broadcast.api_key_id,
+        request,
+        plan,
+        broadcast_id: broadcast.id,
+        seen: None,
+        counts: broadcast.counts,
+    };
+    resolver.run(broadcast, position).await
+}
+
+/// End a broadcast that cannot be resumed, keeping what it queued.
+async fn give_up(
+    engine: &Engine,
+    broadcast: &mut Broadcast,
+    reason: &str,
+) -> Result<(), StoreError> {
+    tracing::error!(broadcast_id = %broadcast.id, reason, "a broadcast cannot be resumed");
+    broadcast.status = if broadcast.counts.queued > 0 {
+        BroadcastStatus::PartiallyQueued
+    } else {
+        BroadcastStatus::Failed
+    };
+    broadcast.error = Some(format!("resume_failed: {reason}"));
+    broadcast.finished_at = Some(engine.clock.now());
+    engine
+        .store
+        .queue_broadcast_batch(broadcast, &[], &[])
+        .await?;
+    Ok(())
 }
 
 /// Every check that can refuse the request, all reported at once.
@@ -199,7 +364,7 @@ async fn validate(
     scope: Scope,
     api_key_id: Option<Uuid>,
     request: &BroadcastRequest,
-) -> Result<Plan, BroadcastError> {
+) -> Result<(Plan, Vec<FieldError>), StoreError> {
     let store = engine.store.as_ref();
     let mut errors = Vec::new();
     if request.recipients.is_empty() {
@@ -321,8 +486,7 @@ async fn validate(
                     Err(_) => {
                         return Err(StoreError::Corrupt(format!(
                             "segment {id} has a rule that no longer parses"
-                        ))
-                        .into());
+                        )));
                     }
                 },
                 None => errors.push(field(
@@ -362,15 +526,14 @@ async fn validate(
         }
     }
 
-    if errors.is_empty() {
-        Ok(Plan {
+    Ok((
+        Plan {
             template,
             rules,
             contacts,
-        })
-    } else {
-        Err(BroadcastError::Invalid(errors))
-    }
+        },
+        errors,
+    ))
 }
 
 /// Whether every recipient is a phone number that is no contact of the organization.
@@ -426,9 +589,6 @@ struct Resolver {
     /// de-duplicates in the database.
     seen: Option<HashSet<String>>,
     counts: BroadcastCounts,
-    /// The counts last written with a batch: what a broadcast stopped by an error keeps, so a
-    /// batch that was never stored is not counted.
-    saved: BroadcastCounts,
 }
 
 impl Resolver {
@@ -448,189 +608,161 @@ impl Resolver {
             .collect()
     }
 
-    /// Resolve every entry in batches, queueing each batch with its counts, until done or
-    /// refused by credits.
-    async fn run(mut self, mut broadcast: Broadcast) -> Result<(), StoreError> {
-        let result = self.resolve_all(&mut broadcast).await;
-        if let Err(error) = &result {
-            // Leave a final status behind rather than `resolving` forever.
-            broadcast.counts = self.saved;
-            broadcast.status = if self.saved.queued > 0 {
-                BroadcastStatus::PartiallyQueued
-            } else {
-                BroadcastStatus::Failed
-            };
-            broadcast.error = Some(format!("internal_error: {error}"));
-            broadcast.finished_at = Some(self.engine.clock.now());
-            self.engine
-                .store
-                .queue_broadcast_batch(&broadcast, &[])
-                .await?
-                .ok();
-        }
-        result
-    }
-
-    async fn resolve_all(&mut self, broadcast: &mut Broadcast) -> Result<(), StoreError> {
+    /// Resolve every entry from `at` in batches, storing each batch with its counts and the
+    /// position after it, until done, refused by credits, or the broadcast is no longer ours
+    /// (canceled or taken over). A store error stops it as it is: its lease runs out and
+    /// another pass resumes it from the last stored batch.
+    async fn run(mut self, mut broadcast: Broadcast, mut at: Position) -> Result<(), StoreError> {
         let store = self.engine.store.clone();
         let org_id = self.org.id;
         let entries = self.request.recipients.clone();
-        let mut pending: Vec<Target> = Vec::new();
-        for entry in &entries {
-            match entry {
-                Recipient::Phone(phone) => pending.push(Target {
-                    phone: phone.clone(),
-                    contact: None,
-                    lookup: true,
-                }),
-                Recipient::Contact(id) => {
-                    if let Some(contact) = self.plan.contacts.get(id).cloned() {
-                        pending.push(Target::of(contact));
-                    }
+        loop {
+            let Some(entry) = entries.get(at.entry) else {
+                // Nothing left: record the end (also when the last batch was exactly full).
+                return self
+                    .store_batch(&mut broadcast, Vec::new(), at, true)
+                    .await
+                    .map(drop);
+            };
+            let whole = Position {
+                entry: at.entry + 1,
+                after: None,
+            };
+            let within = |next: Option<Uuid>| match next {
+                Some(after) => Position {
+                    entry: at.entry,
+                    after: Some(after),
+                },
+                None => whole,
+            };
+            let (targets, next) = match entry {
+                Recipient::Phone(_) | Recipient::Contact(_) => {
+                    let end = entries[at.entry..]
+                        .iter()
+                        .take(BATCH)
+                        .take_while(|r| matches!(r, Recipient::Phone(_) | Recipient::Contact(_)))
+                        .count()
+                        + at.entry;
+                    let next = Position {
+                        entry: end,
+                        after: None,
+                    };
+                    (self.direct_targets(at.entry..end), next)
                 }
                 Recipient::List(id) => {
-                    let mut after = None;
-                    loop {
-                        let Some(page) =
-                            store.list_members(org_id, *id, after, BATCH as u32).await?
-                        else {
-                            break;
-                        };
-                        self.push_contacts(&mut pending, &page.items).await?;
-                        if !self.flush(broadcast, &mut pending, false).await? {
-                            return Ok(());
-                        }
-                        match page.next {
-                            Some(next) => after = Some(next),
-                            None => break,
-                        }
+                    match store
+                        .list_members(org_id, *id, at.after, BATCH as u32)
+                        .await?
+                    {
+                        // Deleted since: no longer a recipient.
+                        None => (Vec::new(), whole),
+                        Some(page) => (self.contacts(&page.items).await?, within(page.next)),
                     }
                 }
-                Recipient::Segment(id) => {
-                    let Some(rule) = self.plan.rules.get(id).cloned() else {
-                        continue;
-                    };
-                    let at = broadcast.created_at;
-                    let mut after = None;
-                    loop {
+                Recipient::Segment(id) => match self.plan.rules.get(id).cloned() {
+                    None => (Vec::new(), whole),
+                    Some(rule) => {
                         let page = store
-                            .segment_members(org_id, &rule, at, after, BATCH as u32)
+                            .segment_members(
+                                org_id,
+                                &rule,
+                                broadcast.created_at,
+                                at.after,
+                                BATCH as u32,
+                            )
                             .await?;
-                        self.push_contacts(&mut pending, &page.items).await?;
-                        if !self.flush(broadcast, &mut pending, false).await? {
-                            return Ok(());
-                        }
-                        match page.next {
-                            Some(next) => after = Some(next),
-                            None => break,
-                        }
+                        (self.contacts(&page.items).await?, within(page.next))
                     }
-                }
+                },
                 Recipient::LeadStatus(status) => {
                     let filter = ContactFilter {
                         lead_status: Some(status.clone()),
                         ..Default::default()
                     };
-                    let mut after = None;
-                    loop {
-                        let page = store
-                            .list_contacts(org_id, &filter, after, BATCH as u32)
-                            .await?;
-                        pending.extend(page.items.into_iter().map(Target::of));
-                        if !self.flush(broadcast, &mut pending, false).await? {
-                            return Ok(());
-                        }
-                        match page.next {
-                            Some(next) => after = Some(next),
-                            None => break,
-                        }
-                    }
+                    let page = store
+                        .list_contacts(org_id, &filter, at.after, BATCH as u32)
+                        .await?;
+                    let targets = page.items.into_iter().map(Target::of).collect();
+                    (targets, within(page.next))
                 }
-            }
-            if !self.flush(broadcast, &mut pending, false).await? {
+            };
+            let done = next.entry >= entries.len();
+            if !self
+                .store_batch(&mut broadcast, targets, next, done)
+                .await?
+                || done
+            {
                 return Ok(());
             }
+            at = next;
         }
-        self.flush(broadcast, &mut pending, true).await?;
-        Ok(())
     }
 
-    async fn push_contacts(
-        &self,
-        pending: &mut Vec<Target>,
-        ids: &[Uuid],
-    ) -> Result<(), StoreError> {
+    /// The contacts of `ids` still there, as targets.
+    async fn contacts(&self, ids: &[Uuid]) -> Result<Vec<Target>, StoreError> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // A contact deleted since the page was read is simply gone: not a recipient.
         let contacts = self.engine.store.contacts_by_id(self.org.id, ids).await?;
-        pending.extend(contacts.into_iter().map(Target::of));
-        Ok(())
+        Ok(contacts.into_iter().map(Target::of).collect())
     }
 
-    /// Queue full batches of `pending` (all of it when `last`); `false` once credits refused a
-    /// batch and the broadcast stopped.
-    async fn flush(
+    /// Resolve `targets` and store them as one batch with the counts and `next`, the position
+    /// after them (and the end, when `done`). `false` once the broadcast stopped: refused by
+    /// credits, canceled, or taken over.
+    async fn store_batch(
         &mut self,
         broadcast: &mut Broadcast,
-        pending: &mut Vec<Target>,
-        last: bool,
+        targets: Vec<Target>,
+        next: Position,
+        done: bool,
     ) -> Result<bool, StoreError> {
-        while pending.len() >= BATCH || (last && !pending.is_empty()) {
-            let rest = pending.split_off(pending.len().min(BATCH));
-            let batch = std::mem::replace(pending, rest);
-            let before = self.counts;
-            let messages = self.process(batch).await?;
-            broadcast.counts = self.counts;
-            let done = last && pending.is_empty();
-            if done {
-                self.finish(broadcast, BroadcastStatus::Queued, None);
-            }
-            match self
-                .engine
-                .store
-                .queue_broadcast_batch(broadcast, &messages)
-                .await?
-            {
-                Ok(()) => {
-                    self.saved = self.counts;
-                    if !messages.is_empty() {
-                        self.engine.wake.notify_one();
-                    }
-                }
-                Err(refusal) => {
-                    // The refused batch's recipients were resolved but will never be sent.
-                    let refused = self.counts.queued - before.queued;
-                    self.counts.queued = before.queued;
-                    self.counts.not_sent += refused;
-                    broadcast.counts = self.counts;
-                    let status = if self.counts.queued > 0 {
-                        BroadcastStatus::PartiallyQueued
-                    } else {
-                        BroadcastStatus::Failed
-                    };
-                    self.finish(broadcast, status, Some(refusal_code(&refusal)));
-                    self.engine
-                        .store
-                        .queue_broadcast_batch(broadcast, &[])
-                        .await?
-                        .ok();
-                    return Ok(false);
-                }
-            }
+        let before = self.counts;
+        let (messages, reached) = self.process(targets).await?;
+        broadcast.counts = self.counts;
+        broadcast.position = Some(position_json(next));
+        if let Some(lease) = &mut broadcast.lease {
+            lease.until = self.engine.clock.now() + LEASE;
         }
-        if last && broadcast.status == BroadcastStatus::Resolving {
-            // Nothing was left to queue in a final batch: record the end.
-            broadcast.counts = self.counts;
+        if done {
             self.finish(broadcast, BroadcastStatus::Queued, None);
-            self.engine
-                .store
-                .queue_broadcast_batch(broadcast, &[])
-                .await?
-                .ok();
         }
-        Ok(true)
+        match self
+            .engine
+            .store
+            .queue_broadcast_batch(broadcast, &messages, &reached)
+            .await?
+        {
+            BatchOutcome::Stored => {
+                if !messages.is_empty() {
+                    self.engine.wake.notify_one();
+                }
+                Ok(true)
+            }
+            BatchOutcome::Lost => {
+                tracing::info!(broadcast_id = %broadcast.id, "broadcast canceled or taken over; this resolver stops");
+                Ok(false)
+            }
+            BatchOutcome::Refused(refusal) => {
+                // The refused batch's recipients were resolved but will never be sent.
+                let refused = self.counts.queued - before.queued;
+                self.counts.queued = before.queued;
+                self.counts.not_sent += refused;
+                broadcast.counts = self.counts;
+                let status = if self.counts.queued > 0 {
+                    BroadcastStatus::PartiallyQueued
+                } else {
+                    BroadcastStatus::Failed
+                };
+                self.finish(broadcast, status, Some(refusal_code(&refusal)));
+                self.engine
+                    .store
+                    .queue_broadcast_batch(broadcast, &[], &[])
+                    .await?;
+                Ok(false)
+            }
+        }
     }
 
     fn finish(&self, broadcast: &mut Broadcast, status: BroadcastStatus, error: Option<String>) {
@@ -639,8 +771,12 @@ impl Resolver {
         broadcast.finished_at = Some(self.engine.clock.now());
     }
 
-    /// Count a batch of targets and turn those that can be sent into messages.
-    async fn process(&mut self, targets: Vec<Target>) -> Result<Vec<NewMessage>, StoreError> {
+    /// Count a batch of targets and turn those that can be sent into messages; also answers the
+    /// numbers the batch reaches for the first time, to record with it.
+    async fn process(
+        &mut self,
+        targets: Vec<Target>,
+    ) -> Result<(Vec<NewMessage>, Vec<String>), StoreError> {
         let store = self.engine.store.clone();
         let org_id = self.org.id;
         self.counts.requested += targets.len() as u64;
@@ -667,18 +803,25 @@ impl Resolver {
         let before = valid.len();
         valid.retain(|(phone, _)| in_batch.insert(phone.clone()));
         let phones: Vec<String> = valid.iter().map(|(p, _)| p.clone()).collect();
-        let fresh: HashSet<String> = match &mut self.seen {
+        let reached: Vec<String> = match &mut self.seen {
             Some(seen) => phones
                 .into_iter()
                 .filter(|p| seen.insert(p.clone()))
                 .collect(),
-            None => store
-                .claim_broadcast_recipients(self.broadcast_id, &phones)
-                .await?
-                .into_iter()
-                .collect(),
+            None => {
+                let earlier: HashSet<String> = store
+                    .reached_before(self.broadcast_id, &phones)
+                    .await?
+                    .into_iter()
+                    .collect();
+                phones
+                    .into_iter()
+                    .filter(|p| !earlier.contains(p))
+                    .collect()
+            }
         };
-        valid.retain(|(phone, _)| fresh.contains(phone));
+        let fresh: HashSet<&str> = reached.iter().map(String::as_str).collect();
+        valid.retain(|(phone, _)| fresh.contains(phone.as_str()));
         self.counts.duplicates += (before - valid.len()) as u64;
 
         let phones: Vec<String> = valid.iter().map(|(p, _)| p.clone()).collect();
@@ -753,7 +896,7 @@ impl Resolver {
             self.counts.queued += 1;
             messages.push(message);
         }
-        Ok(messages)
+        Ok((messages, reached))
     }
 }
 

@@ -16,7 +16,8 @@ use crate::{credits, messages};
 
 /// Columns read into a [`Broadcast`], in the order [`broadcast`] expects.
 const COLUMNS: &str = "id, org_id, mode, status, request, requested, queued, duplicates, invalid, \
-     opted_out, no_consent, not_permitted, not_sent, error, created_at, finished_at";
+     opted_out, no_consent, not_permitted, not_sent, error, created_at, finished_at, spec, \
+     api_key_id, position, owner, lease_until, canceled";
 
 fn count(row: &PgRow, index: usize) -> Result<u64, StoreError> {
     let value: i64 = col(row, index)?;
@@ -45,6 +46,17 @@ fn broadcast(row: &PgRow) -> Result<Broadcast, StoreError> {
         error: col(row, 13)?,
         created_at: convert::timestamp(row, 14)?,
         finished_at: convert::opt_timestamp(row, 15)?,
+        spec: col::<Option<Json<Value>>>(row, 16)?.map(|Json(v)| v),
+        api_key_id: col(row, 17)?,
+        position: col::<Option<Json<Value>>>(row, 18)?.map(|Json(v)| v),
+        lease: match (
+            col::<Option<Uuid>>(row, 19)?,
+            convert::opt_timestamp(row, 20)?,
+        ) {
+            (Some(owner), Some(until)) => Some(Lease { owner, until }),
+            _ => None,
+        },
+        canceled: count(row, 21)?,
     })
 }
 
@@ -76,13 +88,20 @@ async fn insert_batch(
     Ok(Ok(()))
 }
 
-async fn write_state(tx: &mut PgConnection, b: &Broadcast) -> Result<(), StoreError> {
+/// Write the broadcast's state; with `owner`, only while it is `resolving` and held by that
+/// owner. Answers whether the row was written.
+async fn write_state(
+    tx: &mut PgConnection,
+    b: &Broadcast,
+    owner: Option<Uuid>,
+) -> Result<bool, StoreError> {
     let c = &b.counts;
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE broadcasts SET status = $1, requested = $2, queued = $3, duplicates = $4,
              invalid = $5, opted_out = $6, no_consent = $7, not_permitted = $8, not_sent = $9,
-             error = $10, finished_at = $11
-         WHERE id = $12 AND org_id = $13",
+             error = $10, finished_at = $11, position = $12, owner = $13, lease_until = $14
+         WHERE id = $15 AND org_id = $16
+           AND ($17::uuid IS NULL OR (status = 'resolving' AND owner = $17))",
     )
     .bind(b.status.as_str())
     .bind(signed(c.requested))
@@ -95,12 +114,76 @@ async fn write_state(tx: &mut PgConnection, b: &Broadcast) -> Result<(), StoreEr
     .bind(signed(c.not_sent))
     .bind(&b.error)
     .bind(b.finished_at.map(ts))
+    .bind(b.position.as_ref().map(Json))
+    .bind(b.lease.map(|l| l.owner))
+    .bind(b.lease.map(|l| ts(l.until)))
     .bind(b.id)
     .bind(b.org_id)
+    .bind(owner)
     .execute(&mut *tx)
     .await
     .ctx("failed to update a broadcast")?;
+    Ok(written.rows_affected() == 1)
+}
+
+/// Record that the broadcast reached `phones`.
+async fn record_reached(
+    tx: &mut PgConnection,
+    broadcast_id: Uuid,
+    phones: &[String],
+) -> Result<(), StoreError> {
+    if phones.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO broadcast_recipients (broadcast_id, phone)
+         SELECT $1, phone FROM unnest($2::text[]) AS u(phone)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(broadcast_id)
+    .bind(phones)
+    .execute(&mut *tx)
+    .await
+    .ctx("failed to record broadcast recipients")?;
     Ok(())
+}
+
+/// Cancel up to `limit` of the broadcast's messages that are not yet handed to a provider,
+/// after `after` in id order; answers how many were canceled and the last id looked at.
+async fn cancel_some(
+    tx: &mut PgConnection,
+    b: &Broadcast,
+    after: Option<Uuid>,
+    limit: u32,
+    now: Timestamp,
+) -> Result<(u64, Option<Uuid>), StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM messages
+         WHERE org_id = $1 AND broadcast_id = $2 AND status IN ('queued', 'scheduled')
+           AND ($3::uuid IS NULL OR id > $3)
+         ORDER BY id LIMIT $4",
+    )
+    .bind(b.org_id)
+    .bind(b.id)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *tx)
+    .await
+    .ctx("failed to read a broadcast's messages")?;
+    let last = ids.last().copied();
+    let mut batch = Batch::new(crate::queue::load_states(tx, &ids).await?, now);
+    let canceled = ids
+        .iter()
+        .filter(|id| matches!(batch.apply_cancel(**id), Some(Ok(()))))
+        .count() as u64;
+    crate::queue::write_batch(tx, batch).await?;
+    sqlx::query("UPDATE broadcasts SET canceled = canceled + $1 WHERE id = $2")
+        .bind(signed(canceled))
+        .bind(b.id)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to count canceled messages")?;
+    Ok((canceled, last))
 }
 
 #[async_trait]
@@ -130,8 +213,9 @@ impl BroadcastStore for PostgresStore {
             }
         }
         sqlx::query(
-            "INSERT INTO broadcasts (id, org_id, mode, status, request, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO broadcasts (id, org_id, mode, status, request, created_at, spec,
+                 api_key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(b.id)
         .bind(b.org_id)
@@ -139,10 +223,12 @@ impl BroadcastStore for PostgresStore {
         .bind(b.status.as_str())
         .bind(Json(&b.request))
         .bind(ts(b.created_at))
+        .bind(b.spec.as_ref().map(Json))
+        .bind(b.api_key_id)
         .execute(&mut *tx)
         .await
         .ctx("failed to store a broadcast")?;
-        write_state(&mut tx, b).await?;
+        write_state(&mut tx, b, None).await?;
         if let Err(refusal) = insert_batch(&mut tx, batch).await? {
             // Dropping the transaction rolls back the broadcast row and the key too.
             return Ok(BroadcastCreation::Refused(refusal));
@@ -155,16 +241,25 @@ impl BroadcastStore for PostgresStore {
         &self,
         b: &Broadcast,
         batch: &[NewMessage],
-    ) -> Result<Result<(), CreditRefusal>, StoreError> {
+        reached: &[String],
+    ) -> Result<BatchOutcome, StoreError> {
+        let Some(lease) = b.lease else {
+            return Ok(BatchOutcome::Lost);
+        };
         let mut tx = self.begin().await?;
-        if let Err(refusal) = insert_batch(&mut tx, batch).await? {
-            return Ok(Err(refusal));
+        // The state first: it locks the row, so a cancellation waits for this batch or refuses
+        // it, and a broadcast no longer held writes nothing else either.
+        if !write_state(&mut tx, b, Some(lease.owner)).await? {
+            return Ok(BatchOutcome::Lost);
         }
-        write_state(&mut tx, b).await?;
+        if let Err(refusal) = insert_batch(&mut tx, batch).await? {
+            return Ok(BatchOutcome::Refused(refusal));
+        }
+        record_reached(&mut tx, b.id, reached).await?;
         tx.commit()
             .await
             .ctx("failed to commit a broadcast batch")?;
-        Ok(Ok(()))
+        Ok(BatchOutcome::Stored)
     }
 
     async fn get_broadcast(&self, scope: Scope, id: Uuid) -> Result<Option<Broadcast>, StoreError> {
@@ -201,26 +296,128 @@ impl BroadcastStore for PostgresStore {
         Ok(Page::from_overfetch(items, limit, |b| b.id))
     }
 
-    async fn claim_broadcast_recipients(
+    async fn reached_before(
         &self,
         broadcast_id: Uuid,
         phones: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO broadcast_recipients (broadcast_id, phone)
-             SELECT $1, phone FROM unnest($2::text[]) AS u(phone)
-             ON CONFLICT DO NOTHING RETURNING phone",
+        if phones.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT phone FROM broadcast_recipients
+             WHERE broadcast_id = $1 AND phone = ANY($2::text[])",
         )
         .bind(broadcast_id)
         .bind(phones)
         .fetch_all(&self.pool)
         .await
-        .ctx("failed to record broadcast recipients")?;
-        let fresh: std::collections::HashSet<String> = inserted.into_iter().collect();
+        .ctx("failed to read broadcast recipients")?;
+        let reached: std::collections::HashSet<String> = found.into_iter().collect();
         Ok(phones
             .iter()
-            .filter(|p| fresh.contains(p.as_str()))
+            .filter(|p| reached.contains(p.as_str()))
             .cloned()
             .collect())
+    }
+
+    async fn stalled_broadcasts(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM broadcasts
+             WHERE status = 'resolving' AND (lease_until IS NULL OR lease_until <= $1)
+             ORDER BY created_at LIMIT $2",
+        )
+        .bind(ts(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("failed to find stalled broadcasts")
+    }
+
+    async fn take_over_broadcast(
+        &self,
+        id: Uuid,
+        lease: Lease,
+        now: Timestamp,
+    ) -> Result<Option<Broadcast>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE broadcasts SET owner = $1, lease_until = $2
+             WHERE id = $3 AND status = 'resolving' AND (lease_until IS NULL OR lease_until <= $4)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(lease.owner)
+        .bind(ts(lease.until))
+        .bind(id)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("failed to take over a broadcast")?;
+        row.as_ref().map(broadcast).transpose()
+    }
+
+    async fn cancel_broadcast(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<Broadcast, BroadcastCancelRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        // Locking the row waits for a batch being stored; the resolver's next batch then finds
+        // the broadcast canceled and stops.
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM broadcasts WHERE id = $1 AND org_id = $2 AND mode = $3
+             FOR UPDATE",
+        )
+        .bind(id)
+        .bind(scope.org_id)
+        .bind(scope.mode.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("failed to read the broadcast to cancel")?;
+        let Some(status) = status else {
+            return Ok(Err(BroadcastCancelRefusal::NotFound));
+        };
+        let status: BroadcastStatus = status.parse().map_err(StoreError::Corrupt)?;
+        if matches!(status, BroadcastStatus::Canceled | BroadcastStatus::Failed) {
+            return Ok(Err(BroadcastCancelRefusal::Final(status)));
+        }
+        sqlx::query(
+            "UPDATE broadcasts SET status = 'canceled', finished_at = $1, owner = NULL,
+                 lease_until = NULL
+             WHERE id = $2",
+        )
+        .bind(ts(now))
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to cancel a broadcast")?;
+        tx.commit()
+            .await
+            .ctx("failed to commit a broadcast cancellation")?;
+        let stub = self
+            .get_broadcast(scope, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("canceled broadcast vanished".into()))?;
+        // The messages in short transactions, so sending goes on meanwhile.
+        let mut after = None;
+        loop {
+            let mut tx = self.begin().await?;
+            let (_, last) = cancel_some(&mut tx, &stub, after, 500, now).await?;
+            tx.commit()
+                .await
+                .ctx("failed to commit canceled messages")?;
+            match last {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        self.get_broadcast(scope, id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("canceled broadcast vanished".into()))
+            .map(Ok)
     }
 }

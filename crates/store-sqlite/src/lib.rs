@@ -218,6 +218,11 @@ fn migrator() -> Migrator {
             "keywords",
             include_str!("../migrations/0013_keywords.sql"),
         ),
+        migration(
+            14,
+            "broadcast resumption",
+            include_str!("../migrations/0014_broadcast_resume.sql"),
+        ),
     ])
 }
 

@@ -118,6 +118,46 @@ pub struct Broadcast {
     pub error: Option<String>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The request in the resolver's own form, so another process can take it over.
+    pub spec: Option<serde_json::Value>,
+    /// The key that sent it.
+    pub api_key_id: Option<Uuid>,
+    /// How far resolution has come: every recipient before it is counted (and queued, when it
+    /// could be). Written with each batch.
+    pub position: Option<serde_json::Value>,
+    /// The resolver that holds the broadcast while it is `resolving`, and until when.
+    pub lease: Option<Lease>,
+    /// Queued messages canceled with the broadcast before they were sent. Not one of the
+    /// outcomes `requested` adds up to: they were queued first.
+    pub canceled: u64,
+}
+
+/// A resolver's hold on a `resolving` broadcast. Writes by any other owner are refused, so two
+/// processes never queue the same recipients; a lease that ran out may be taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: Uuid,
+    pub until: Timestamp,
+}
+
+/// What [`BroadcastStore::queue_broadcast_batch`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchOutcome {
+    Stored,
+    /// The messages would overdraw the organization's credits or spend limit; nothing was
+    /// written.
+    Refused(CreditRefusal),
+    /// The broadcast is no longer this resolver's (canceled, or taken over after its lease ran
+    /// out); nothing was written and the resolver must stop.
+    Lost,
+}
+
+/// Why [`BroadcastStore::cancel_broadcast`] did nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BroadcastCancelRefusal {
+    NotFound,
+    /// Already canceled, or failed before anything was queued.
+    Final(BroadcastStatus),
 }
 
 impl Broadcast {
@@ -161,13 +201,17 @@ pub trait BroadcastStore: Send + Sync {
     ) -> Result<BroadcastCreation, StoreError>;
 
     /// Store one more batch of a broadcast's messages together with the broadcast's new status,
-    /// counts, error and end, in one transaction. Refused by credits, nothing is written (the
-    /// caller then records the failure with an empty batch).
+    /// counts, error, end, position and lease, and record that it reached `reached` (E.164
+    /// numbers), in one transaction. Written only while the broadcast is `resolving` and held
+    /// by `broadcast.lease`'s owner; otherwise [`BatchOutcome::Lost`] and nothing is written.
+    /// Refused by credits, nothing is written (the caller then records the end with an empty
+    /// batch).
     async fn queue_broadcast_batch(
         &self,
         broadcast: &Broadcast,
         messages: &[NewMessage],
-    ) -> Result<Result<(), CreditRefusal>, StoreError>;
+        reached: &[String],
+    ) -> Result<BatchOutcome, StoreError>;
 
     async fn get_broadcast(&self, scope: Scope, id: Uuid) -> Result<Option<Broadcast>, StoreError>;
 
@@ -179,11 +223,35 @@ pub trait BroadcastStore: Send + Sync {
         limit: u32,
     ) -> Result<Page<Broadcast>, StoreError>;
 
-    /// Record that the broadcast reaches `phones` (E.164, distinct) and answer those it did
-    /// not reach before, in the order given. De-duplicates across batches in the database.
-    async fn claim_broadcast_recipients(
+    /// Those of `phones` the broadcast reached in an earlier batch, in the order given.
+    async fn reached_before(
         &self,
         broadcast_id: Uuid,
         phones: &[String],
     ) -> Result<Vec<String>, StoreError>;
+
+    /// `resolving` broadcasts of any organization whose lease ran out by `now` (their resolver
+    /// died), oldest first.
+    async fn stalled_broadcasts(&self, now: Timestamp, limit: u32)
+    -> Result<Vec<Uuid>, StoreError>;
+
+    /// Take over a stalled broadcast with `lease`: only if it is still `resolving` and its lease
+    /// ran out by `now`. Answers the broadcast as taken, or `None` when another process took it
+    /// first or it finished.
+    async fn take_over_broadcast(
+        &self,
+        id: Uuid,
+        lease: Lease,
+        now: Timestamp,
+    ) -> Result<Option<Broadcast>, StoreError>;
+
+    /// Cancel a broadcast: it stops resolving (its resolver's next batch is refused) and every
+    /// message of it not yet handed to a provider (queued or scheduled) is canceled, releasing
+    /// its credits. Messages already being sent are not recalled.
+    async fn cancel_broadcast(
+        &self,
+        scope: Scope,
+        id: Uuid,
+        now: Timestamp,
+    ) -> Result<Result<Broadcast, BroadcastCancelRefusal>, StoreError>;
 }

@@ -149,7 +149,9 @@ macro_rules! conformance_tests {
             listing_broadcasts_walks_every_page_newest_first,
             an_idempotency_key_replays_a_broadcast_creation,
             a_broadcast_batch_that_would_overdraw_stores_nothing,
-            broadcast_recipients_are_claimed_once_across_batches,
+            broadcast_recipients_are_recorded_with_their_batch,
+            only_the_resolver_holding_a_broadcast_writes_its_batches,
+            canceling_a_broadcast_cancels_its_unsent_messages_and_stops_resolution,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {

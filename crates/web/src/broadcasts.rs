@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use herald_engine::broadcasts::{
     self as engine_broadcasts, BroadcastError, BroadcastRequest, MAX_ENTRIES, Recipient, Started,
 };
-use herald_store::{Broadcast, BroadcastCounts, IdempotencyRecord};
+use herald_store::{
+    Broadcast, BroadcastCancelRefusal, BroadcastCounts, BroadcastStatus, IdempotencyRecord,
+};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -29,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_broadcast, list_broadcasts))
         .routes(routes!(get_broadcast))
+        .routes(routes!(cancel_broadcast))
 }
 
 /// A request to send one body or template to many recipients.
@@ -107,6 +110,9 @@ pub struct BroadcastView {
     #[schema(value_type = String, example = "live")]
     pub mode: herald_domain::message::Mode,
     pub counts: CountsView,
+    /// Queued messages canceled with the broadcast before they were handed to a provider (not
+    /// one of the outcomes `requested` adds up to: they were queued first).
+    pub canceled: u64,
     /// Why it stopped: `insufficient_credits`, `spend_limit_reached`…
     pub error: Option<String>,
     /// The request as accepted.
@@ -125,6 +131,7 @@ impl From<&Broadcast> for BroadcastView {
             status: b.status.as_str().to_owned(),
             mode: b.mode,
             counts: CountsView::from(&b.counts),
+            canceled: b.canceled,
             error: b.error.clone(),
             request: b.request.clone(),
             created_at: b.created_at,
@@ -414,6 +421,57 @@ pub async fn get_broadcast(
     broadcast
         .map(|b| Json(BroadcastView::from(&b)))
         .ok_or_else(|| Problem::new(&problem::NOT_FOUND, "no such broadcast"))
+}
+
+/// Cancel a broadcast.
+///
+/// Resolution stops (no further batch is queued) and every message of the broadcast not yet
+/// handed to a provider, queued or scheduled, is canceled and its credits released; messages
+/// already being sent are not recalled. Answers the broadcast with `canceled` counting the
+/// messages stopped. Canceling a canceled broadcast returns it unchanged.
+#[utoipa::path(
+    post,
+    path = "/v1/broadcasts/{id}/cancel",
+    tag = "broadcasts",
+    params(("id" = Uuid, Path, description = "The broadcast id")),
+    responses(
+        (status = 200, description = "Canceled", body = BroadcastView),
+        (status = 401, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "It failed before anything was queued", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_broadcast(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<BroadcastView>, Problem> {
+    let id = broadcast_id(&id)?;
+    let engine = &state.engine;
+    let not_found = || Problem::new(&problem::NOT_FOUND, "no such broadcast");
+    match engine
+        .store
+        .cancel_broadcast(caller.scope(), id, engine.clock.now())
+        .await?
+    {
+        Ok(broadcast) => {
+            tracing::info!(broadcast_id = %id, canceled = broadcast.canceled, "broadcast canceled");
+            Ok(Json(BroadcastView::from(&broadcast)))
+        }
+        Err(BroadcastCancelRefusal::NotFound) => Err(not_found()),
+        Err(BroadcastCancelRefusal::Final(BroadcastStatus::Canceled)) => engine
+            .store
+            .get_broadcast(caller.scope(), id)
+            .await?
+            .map(|b| Json(BroadcastView::from(&b)))
+            .ok_or_else(not_found),
+        Err(BroadcastCancelRefusal::Final(status)) => Err(Problem::new(
+            &problem::BROADCAST_NOT_CANCELABLE,
+            format!("the broadcast is {status}; nothing of it was queued"),
+        )
+        .with_current_status(status.as_str())),
+    }
 }
 
 /// List broadcasts, newest first.

@@ -48,6 +48,8 @@ kinds! {
         "This resource does not support the request's HTTP method.");
     NOT_CANCELABLE = ("not-cancelable", CONFLICT, "Message can no longer be canceled",
         "Only scheduled or queued messages can be canceled; this one has already been handed to a provider or has ended.");
+    BROADCAST_NOT_CANCELABLE = ("broadcast-not-cancelable", CONFLICT, "Broadcast cannot be canceled",
+        "The broadcast failed before anything was queued: there is nothing to cancel. Nothing was changed.");
     LIVE_KEY_REQUIRED = ("live-key-required", FORBIDDEN, "Live key required",
         "Provider accounts and routes configure live traffic: a test key may read them, but only a live key may change them. Nothing was changed.");
     NAME_TAKEN = ("name-taken", CONFLICT, "Name already used",

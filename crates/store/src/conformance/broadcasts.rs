@@ -1,6 +1,8 @@
 //! Conformance cases for broadcasts: stored with their first messages in one transaction and
 //! only visible in their scope, later batches written with the counts that include them,
-//! credits reserved all or nothing per batch, and recipients de-duplicated across batches.
+//! credits reserved all or nothing per batch, recipients de-duplicated across batches, batches
+//! written only by the resolver holding the lease, stalled broadcasts taken over once, and
+//! cancellation stopping both resolution and the messages not yet sent.
 
 use uuid::Uuid;
 
@@ -18,6 +20,14 @@ fn broadcast(scope: Scope, status: BroadcastStatus, counts: BroadcastCounts) -> 
         error: None,
         created_at: t0(),
         finished_at: None,
+        spec: Some(serde_json::json!({"recipients": [{"phone": "+12025550100"}]})),
+        api_key_id: None,
+        position: None,
+        lease: Some(Lease {
+            owner: Uuid::now_v7(),
+            until: at(60),
+        }),
+        canceled: 0,
     }
 }
 
@@ -83,11 +93,14 @@ pub async fn broadcasts_are_stored_with_their_messages_and_only_for_their_organi
     b.counts.queued += 1;
     b.status = BroadcastStatus::Queued;
     b.finished_at = Some(at(5));
-    store
-        .queue_broadcast_batch(&b, &[of(&b, "+12025550102")])
-        .await
-        .unwrap()
-        .unwrap();
+    b.position = Some(serde_json::json!({"entry": 1}));
+    assert_eq!(
+        store
+            .queue_broadcast_batch(&b, &[of(&b, "+12025550102")], &[])
+            .await
+            .unwrap(),
+        BatchOutcome::Stored
+    );
     let read = store.get_broadcast(scope, b.id).await.unwrap().unwrap();
     assert_eq!(read, b);
     assert_eq!(read.counts.accounted(), read.counts.requested);
@@ -234,10 +247,22 @@ pub async fn a_broadcast_batch_that_would_overdraw_stores_nothing(subject: &Subj
     b.counts.requested = 3;
     b.counts.queued = 3;
     let refused = store
-        .queue_broadcast_batch(&b, &[of(&b, "+12025550101"), of(&b, "+12025550102")])
+        .queue_broadcast_batch(
+            &b,
+            &[of(&b, "+12025550101"), of(&b, "+12025550102")],
+            &["+12025550101".to_owned()],
+        )
         .await
         .unwrap();
-    assert!(refused.is_err());
+    assert!(matches!(refused, BatchOutcome::Refused(_)), "{refused:?}");
+    // Not even the numbers are recorded as reached.
+    assert!(
+        store
+            .reached_before(b.id, &["+12025550101".to_owned()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.get_broadcast(scope, b.id).await.unwrap(),
         Some(before)
@@ -251,7 +276,7 @@ pub async fn a_broadcast_batch_that_would_overdraw_stores_nothing(subject: &Subj
     assert_eq!(account.reserved, 1);
 }
 
-pub async fn broadcast_recipients_are_claimed_once_across_batches(subject: &Subject) {
+pub async fn broadcast_recipients_are_recorded_with_their_batch(subject: &Subject) {
     let store = subject.store.as_ref();
     let scope = organization(store, "acme").await;
     let b = broadcast(
@@ -272,27 +297,222 @@ pub async fn broadcast_recipients_are_claimed_once_across_batches(subject: &Subj
 
     let phones = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     let batch: Vec<String> = (0..300).map(|i| format!("+1202555{i:04}")).collect();
+    assert!(store.reached_before(b.id, &batch).await.unwrap().is_empty());
     assert_eq!(
-        store
-            .claim_broadcast_recipients(b.id, &batch)
-            .await
-            .unwrap(),
-        batch
+        store.queue_broadcast_batch(&b, &[], &batch).await.unwrap(),
+        BatchOutcome::Stored
     );
-    let fresh = store
-        .claim_broadcast_recipients(
+    let reached = store
+        .reached_before(
             b.id,
             &phones(&["+12025550299", "+12025559999", "+12025550000"]),
         )
         .await
         .unwrap();
-    assert_eq!(fresh, phones(&["+12025559999"]));
-    // Another broadcast reaches the same numbers afresh.
+    assert_eq!(reached, phones(&["+12025550299", "+12025550000"]));
+    // Another broadcast reached none of them.
+    assert!(
+        store
+            .reached_before(other.id, &phones(&["+12025550000"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn only_the_resolver_holding_a_broadcast_writes_its_batches(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let b = broadcast(
+        scope,
+        BroadcastStatus::Resolving,
+        BroadcastCounts::default(),
+    );
+    store.create_broadcast(&b, &[], None, t0()).await.unwrap();
+
+    // A resolver that does not hold it writes nothing.
+    let mut stranger = b.clone();
+    stranger.lease = Some(Lease {
+        owner: Uuid::now_v7(),
+        until: at(60),
+    });
+    stranger.counts.requested = 1;
+    stranger.counts.queued = 1;
+    let outcome = store
+        .queue_broadcast_batch(
+            &stranger,
+            &[of(&b, "+12025550100")],
+            &["+12025550100".to_owned()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, BatchOutcome::Lost);
+    assert_eq!(
+        store.get_broadcast(scope, b.id).await.unwrap(),
+        Some(b.clone())
+    );
+    assert!(messages_of(store, scope, b.id).await.is_empty());
+
+    // Live, it is not stalled; its lease run out, it is, and is taken over exactly once.
+    assert!(
+        !store
+            .stalled_broadcasts(at(59), 10)
+            .await
+            .unwrap()
+            .contains(&b.id)
+    );
+    assert!(
+        store
+            .stalled_broadcasts(at(60), 10)
+            .await
+            .unwrap()
+            .contains(&b.id)
+    );
+    let heir = Lease {
+        owner: Uuid::now_v7(),
+        until: at(120),
+    };
+    assert_eq!(
+        store.take_over_broadcast(b.id, heir, at(59)).await.unwrap(),
+        None
+    );
+    let taken = store
+        .take_over_broadcast(b.id, heir, at(60))
+        .await
+        .unwrap()
+        .expect("a lease that ran out is taken over");
+    assert_eq!(taken.lease, Some(heir));
+    assert_eq!(taken.spec, b.spec);
+    let rival = Lease {
+        owner: Uuid::now_v7(),
+        until: at(120),
+    };
     assert_eq!(
         store
-            .claim_broadcast_recipients(other.id, &phones(&["+12025550000"]))
+            .take_over_broadcast(b.id, rival, at(61))
             .await
             .unwrap(),
-        phones(&["+12025550000"])
+        None
+    );
+
+    // The old resolver, waking up, is refused; the heir writes and finishes.
+    let outcome = store
+        .queue_broadcast_batch(&b, &[of(&b, "+12025550100")], &[])
+        .await
+        .unwrap();
+    assert_eq!(outcome, BatchOutcome::Lost);
+    let mut done = taken.clone();
+    done.counts.requested = 1;
+    done.counts.queued = 1;
+    done.status = BroadcastStatus::Queued;
+    done.finished_at = Some(at(62));
+    assert_eq!(
+        store
+            .queue_broadcast_batch(&done, &[of(&b, "+12025550100")], &[])
+            .await
+            .unwrap(),
+        BatchOutcome::Stored
+    );
+    assert_eq!(messages_of(store, scope, b.id).await.len(), 1);
+    // Finished, it is neither stalled nor written again.
+    assert!(
+        !store
+            .stalled_broadcasts(at(10_000), 10)
+            .await
+            .unwrap()
+            .contains(&b.id)
+    );
+    assert_eq!(
+        store.queue_broadcast_batch(&done, &[], &[]).await.unwrap(),
+        BatchOutcome::Lost
+    );
+}
+
+pub async fn canceling_a_broadcast_cancels_its_unsent_messages_and_stops_resolution(
+    subject: &Subject,
+) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    let other = organization(store, "globex").await;
+    let grant = CreditGrant {
+        id: Uuid::now_v7(),
+        org_id: scope.org_id,
+        credits: 10,
+        reason: None,
+        granted_by: "cli".into(),
+        created_at: t0(),
+    };
+    store
+        .grant_credits(&grant, None, &month_of(t0()))
+        .await
+        .unwrap()
+        .unwrap();
+    let b = broadcast(
+        scope,
+        BroadcastStatus::Resolving,
+        BroadcastCounts {
+            requested: 4,
+            queued: 4,
+            ..Default::default()
+        },
+    );
+    let mut later = of(&b, "+12025550103");
+    later.send_at = Some(at(3600));
+    let first = [
+        of(&b, "+12025550100"),
+        of(&b, "+12025550101"),
+        of(&b, "+12025550102"),
+        later,
+    ];
+    store
+        .create_broadcast(&b, &first, None, t0())
+        .await
+        .unwrap();
+    // One is being sent already: it is not recalled.
+    let claimed = store.claim_due(at(1), at(31), 1).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    assert_eq!(
+        store.cancel_broadcast(other, b.id, at(2)).await.unwrap(),
+        Err(BroadcastCancelRefusal::NotFound)
+    );
+    let canceled = store
+        .cancel_broadcast(scope, b.id, at(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(canceled.status, BroadcastStatus::Canceled);
+    assert_eq!(canceled.canceled, 3);
+    assert_eq!(canceled.finished_at, Some(at(2)));
+    assert_eq!(canceled.counts, b.counts);
+    let messages = messages_of(store, scope, b.id).await;
+    let statuses: Vec<_> = messages.iter().map(|m| m.status).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == herald_domain::status::MessageStatus::Canceled)
+            .count(),
+        3,
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&herald_domain::status::MessageStatus::Sending));
+    // Only the message being sent still holds its credit.
+    let account = store
+        .credit_account(scope.org_id, &month_of(t0()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(account.reserved, 1);
+
+    // The resolver's next batch is refused; a second cancel finds it final.
+    let outcome = store
+        .queue_broadcast_batch(&b, &[of(&b, "+12025550104")], &[])
+        .await
+        .unwrap();
+    assert_eq!(outcome, BatchOutcome::Lost);
+    assert_eq!(messages_of(store, scope, b.id).await.len(), 4);
+    assert_eq!(
+        store.cancel_broadcast(scope, b.id, at(3)).await.unwrap(),
+        Err(BroadcastCancelRefusal::Final(BroadcastStatus::Canceled))
     );
 }
