@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use herald_domain::message::Mode;
+use herald_domain::message::{MessageType, Mode};
+use herald_domain::quiet_hours::QuietHours;
 use herald_providers::{Outbound, Provider, SendError};
 use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
 use jiff::{SignedDuration, Timestamp};
@@ -320,6 +321,8 @@ pub struct DispatchOutcome {
     pub failed: usize,
     pub unanswered: usize,
     pub unclaimed: usize,
+    /// Promotional messages put back until their recipient's quiet hours end.
+    pub deferred: usize,
     pub suppressed: usize,
 }
 
@@ -331,6 +334,7 @@ impl DispatchOutcome {
             SendOutcome::Failed { .. } => self.failed += 1,
             SendOutcome::Unanswered { .. } => self.unanswered += 1,
             SendOutcome::Unclaimed => self.unclaimed += 1,
+            SendOutcome::Deferred { .. } => self.deferred += 1,
             SendOutcome::Suppressed { .. } => self.suppressed += 1,
         }
     }
@@ -345,6 +349,7 @@ pub struct Dispatcher {
     config: DispatcherConfig,
     in_flight: Arc<Semaphore>,
     counters: Arc<Counters>,
+    quiet_hours: QuietHours,
 }
 
 impl Dispatcher {
@@ -355,6 +360,7 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         config: DispatcherConfig,
         counters: Arc<Counters>,
+        quiet_hours: QuietHours,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let limiter = Limiter::new(store.clone(), clock.clone(), &config.rate_limits);
@@ -367,6 +373,7 @@ impl Dispatcher {
             config,
             in_flight,
             counters,
+            quiet_hours,
         }
     }
 
@@ -441,12 +448,14 @@ impl Dispatcher {
                 return Ok(outcome);
             }
         };
+        let (deferred, claimed) = self.defer_for_quiet_hours(claimed).await;
         let mut results: Vec<SendResult> = futures::stream::iter(claimed)
             .map(|message| self.send_one(message, shutdown))
             .buffer_unordered(self.config.max_in_flight.max(1))
             .collect()
             .await;
         results.extend(suppressed);
+        results.extend(deferred);
         for result in &results {
             outcome.count(&result.outcome);
         }
@@ -455,6 +464,65 @@ impl Dispatcher {
             self.counters.outcome(&result.outcome);
         }
         Ok(outcome)
+    }
+
+    /// Promotional messages whose recipient's quiet hours began while they waited (a retry, a
+    /// backlog) go back to the queue until the window opens, without using an attempt. The
+    /// number's country decides at once when the window is open in all of it; otherwise the
+    /// contact's own time zone, when it has one, decides.
+    async fn defer_for_quiet_hours(
+        &self,
+        claimed: Vec<Claimed>,
+    ) -> (Vec<SendResult>, Vec<Claimed>) {
+        use herald_domain::quiet_hours::Whereabouts;
+        let now = self.clock.now();
+        let mut deferred = Vec::new();
+        let mut to_send = Vec::with_capacity(claimed.len());
+        for message in claimed {
+            if message.kind != MessageType::Promotional {
+                to_send.push(message);
+                continue;
+            }
+            let by_country = match message.country {
+                Some(country) => Whereabouts::Country(country),
+                None => Whereabouts::Unknown,
+            };
+            let mut opens = self
+                .quiet_hours
+                .next_allowed(now, by_country, message.country);
+            if opens.is_some_and(|at| at > now) {
+                match self
+                    .store
+                    .find_contact_by_phone(message.scope.org_id, &message.to)
+                    .await
+                {
+                    Ok(contact) => {
+                        let zone = contact
+                            .and_then(|c| c.time_zone)
+                            .and_then(|name| jiff::tz::TimeZone::get(&name).ok());
+                        if let Some(zone) = zone {
+                            opens = self.quiet_hours.next_allowed(
+                                now,
+                                Whereabouts::Zone(&zone),
+                                message.country,
+                            );
+                        }
+                    }
+                    // Unsure where they are: the country's window holds.
+                    Err(error) => tracing::error!(%error, "cannot read a contact's time zone"),
+                }
+            }
+            match opens {
+                Some(until) if until > now => deferred.push(SendResult {
+                    id: message.id,
+                    attempt: message.attempt,
+                    provider: None,
+                    outcome: SendOutcome::Deferred { until },
+                }),
+                _ => to_send.push(message),
+            }
+        }
+        (deferred, to_send)
     }
 
     /// Who among the claimed messages' recipients opted out, by organization and number, with

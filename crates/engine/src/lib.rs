@@ -197,6 +197,7 @@ impl Engine {
             clock.clone(),
             config.dispatcher.clone(),
             counters.clone(),
+            config.intake.quiet_hours.clone(),
         ));
         let maintenance = Arc::new(Maintenance::new(
             store.clone(),

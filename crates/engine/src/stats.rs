@@ -14,6 +14,7 @@ pub struct Counters {
     failed: AtomicU64,
     unanswered: AtomicU64,
     unclaimed: AtomicU64,
+    deferred: AtomicU64,
     suppressed: AtomicU64,
     reports_applied: AtomicU64,
     reports_unchanged: AtomicU64,
@@ -29,6 +30,8 @@ pub struct Stats {
     pub failed: u64,
     pub unanswered: u64,
     pub unclaimed: u64,
+    /// Promotional messages put back until their recipient's quiet hours end.
+    pub deferred: u64,
     pub suppressed: u64,
     pub reports_applied: u64,
     pub reports_unchanged: u64,
@@ -48,6 +51,7 @@ impl Counters {
             SendOutcome::Suppressed { .. } => &self.suppressed,
             SendOutcome::Unanswered { .. } => &self.unanswered,
             SendOutcome::Unclaimed => &self.unclaimed,
+            SendOutcome::Deferred { .. } => &self.deferred,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -72,6 +76,7 @@ impl Counters {
             failed: get(&self.failed),
             unanswered: get(&self.unanswered),
             unclaimed: get(&self.unclaimed),
+            deferred: get(&self.deferred),
             suppressed: get(&self.suppressed),
             reports_applied: get(&self.reports_applied),
             reports_unchanged: get(&self.reports_unchanged),

@@ -124,6 +124,7 @@ on_both_stores!(
     a_dispatcher_that_dies_after_the_provider_took_the_message_never_sends_it_twice,
     shutdown_returns_claimed_but_unsent_messages_to_the_queue,
     a_scheduled_message_waits_for_its_time,
+    a_promotional_retry_due_in_quiet_hours_waits_for_the_window,
 );
 
 impl World {
@@ -526,5 +527,64 @@ async fn a_scheduled_message_waits_for_its_time(backend: Backend) {
     assert_eq!(statuses(&sent), vec![Scheduled, Queued, Sending, Sent]);
     let released_at: Timestamp = sent.history[1].at;
     assert_eq!(released_at, message.send_at.unwrap());
+    w.finish().await;
+}
+
+/// The organization default window, 09:00–21:00, must be open in every US zone: in May from
+/// 19:00 UTC (09:00 in Honolulu) to 01:00 UTC (21:00 in New York).
+async fn a_promotional_retry_due_in_quiet_hours_waits_for_the_window(backend: Backend) {
+    let Some(w) = world(backend, DispatcherConfig::default()).await else {
+        return;
+    };
+    w.clock.set("2026-05-01T20:00:00Z".parse().unwrap());
+    let promotion = SendRequest {
+        to: Some("+14155550100".into()),
+        body: Some("20% off this weekend".into()),
+        kind: herald_domain::message::MessageType::Promotional,
+        ..SendRequest::default()
+    };
+    let message = w.engine.prepare(&w.org, w.scope, None, &promotion).unwrap();
+    let Insertion::Created(created) = w.engine.accept(&message, None).await.unwrap() else {
+        panic!("not created");
+    };
+    let id = created.id;
+    assert_eq!(created.status, Queued, "inside the window: queued at once");
+
+    // The first attempt fails; its retry comes due after 21:00 in New York.
+    w.engine.simulator.inject(Fault::ServerError);
+    assert_eq!(
+        w.engine.dispatcher.dispatch_once().await.unwrap().retried,
+        1
+    );
+    w.clock.set("2026-05-02T01:30:00Z".parse().unwrap());
+    let transactional = w.send("+14155550101").await;
+    let outcome = w.engine.dispatcher.dispatch_once().await.unwrap();
+    assert_eq!(
+        (outcome.claimed, outcome.deferred, outcome.accepted),
+        (2, 1, 1),
+        "the promotion waits; the transactional message goes: {outcome:?}"
+    );
+    assert_eq!(w.get(transactional).await.status, Sent);
+    let waiting = w.get(id).await;
+    assert_eq!(
+        (waiting.status, waiting.attempts),
+        (Queued, 1),
+        "no attempt used"
+    );
+
+    // Nothing goes before 09:00 in Honolulu, and then it is sent.
+    w.clock.set("2026-05-02T18:59:59Z".parse().unwrap());
+    assert_eq!(
+        w.engine.dispatcher.dispatch_once().await.unwrap().claimed,
+        0
+    );
+    w.clock.set("2026-05-02T19:00:00Z".parse().unwrap());
+    assert_eq!(
+        w.engine.dispatcher.dispatch_once().await.unwrap().accepted,
+        1
+    );
+    let sent = w.get(id).await;
+    assert_eq!((sent.status, sent.attempts), (Sent, 2));
+    assert_eq!(w.engine.simulator.times_accepted(id), 1);
     w.finish().await;
 }

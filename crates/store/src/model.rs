@@ -316,6 +316,9 @@ pub enum SendOutcome {
     Unanswered { code: String, message: String },
     /// Never sent (shutdown): back to the queue, and the attempt does not count.
     Unclaimed,
+    /// Not sent: the recipient's quiet hours began while it waited (a promotional message).
+    /// Back to the queue until the window opens; the attempt does not count.
+    Deferred { until: jiff::Timestamp },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

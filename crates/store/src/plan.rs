@@ -176,6 +176,12 @@ impl Batch {
                 effects.refund_attempt = true;
                 StatusEvent::Unclaim
             }
+            SendOutcome::Deferred { until } => {
+                effects.provider = None;
+                effects.due_at = Some(*until);
+                effects.refund_attempt = true;
+                StatusEvent::Unclaim
+            }
         };
         if let Err(illegal) = self.apply(result.id, event, effects) {
             dropped(result.id, illegal);
