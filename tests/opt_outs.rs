@@ -105,6 +105,26 @@ async fn an_opted_out_number_receives_nothing_until_taken_off(s: &TestServer) {
     let uuid = id.parse().unwrap();
     assert_eq!(s.engine.simulator.times_accepted(uuid), 0);
 
+    // With an Idempotency-Key, a retry is answered exactly as the first request was: the
+    // suppressed record, not the `queued` a send would otherwise have answered.
+    let keyed = || {
+        s.client
+            .post(s.url("/v1/messages"))
+            .bearer_auth(key)
+            .header("idempotency-key", "stop-then-retry")
+            .json(&json!({"to": "+14155550100", "body": "Hello again"}))
+            .send()
+    };
+    let first = keyed().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "suppressed", "{first}");
+    let replay = keyed().await.unwrap();
+    assert_eq!(replay.status(), 201);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: Value = replay.json().await.unwrap();
+    assert_eq!(replay, first);
+
     // Another organization's messages to the same number go out.
     let other = s.other_tenant("globex").await;
     assert!(listed(s, &other.live_key).await.is_empty());

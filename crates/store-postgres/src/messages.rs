@@ -234,7 +234,19 @@ pub(crate) async fn accept(
                 .reserve(&[message], |_| is_suppressed)
                 .map(|credits| credits[0])
         };
-        let insertion = insert(tx, message, idempotency.as_ref(), reserve, now).await?;
+        // Suppressed on arrival, the caller is answered with the stored record, not the response
+        // rendered before storing: keep no response, so a replay renders the record too.
+        let record = idempotency.as_ref().map(|record| {
+            if is_suppressed {
+                std::borrow::Cow::Owned(IdempotencyRecord {
+                    response: Vec::new(),
+                    ..record.clone()
+                })
+            } else {
+                std::borrow::Cow::Borrowed(record)
+            }
+        });
+        let insertion = insert(tx, message, record.as_deref(), reserve, now).await?;
         if is_suppressed && matches!(insertion, Insertion::Created(_)) {
             suppressed.push(insertions.len());
         }

@@ -63,6 +63,19 @@ pub(crate) async fn accept(
         };
         bulk::insert_messages(tx, std::slice::from_ref(message), &credits).await?;
         if let Some(record) = idempotency {
+            // Suppressed on arrival, the caller is answered with the stored record, not the
+            // response rendered before storing: keep no response, so a replay renders the
+            // record too.
+            let emptied;
+            let record = if is_suppressed {
+                emptied = IdempotencyRecord {
+                    response: Vec::new(),
+                    ..record.clone()
+                };
+                &emptied
+            } else {
+                record
+            };
             store_key(tx, message.scope, message.id, record, now).await?;
         }
         if is_suppressed {

@@ -329,6 +329,19 @@ pub async fn create_message(
             message_id,
             response,
         } => {
+            // No response kept: the first answer was the stored record (suppressed on
+            // arrival, which never changes), so render it again.
+            let response = if response.is_empty() {
+                let stored = engine
+                    .store
+                    .get_message(caller.scope(), message_id)
+                    .await?
+                    .ok_or_else(|| Problem::new(&problem::NOT_FOUND, "no such message"))?;
+                serde_json::to_vec(&MessageView::from(&stored))
+                    .map_err(|e| Problem::internal("failed to render a message", &e))?
+            } else {
+                response
+            };
             let mut response = json_response(StatusCode::CREATED, response);
             response
                 .headers_mut()
