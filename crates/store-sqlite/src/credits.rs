@@ -138,28 +138,30 @@ pub(crate) async fn settle(
     conn: &mut SqliteConnection,
     moves: &CreditMoves,
 ) -> Result<(), StoreError> {
-    for (org, month, consumed, released, released_cost) in moves.sorted() {
-        sqlx::query(
-            "UPDATE credit_accounts SET balance = balance - ?2, reserved = reserved - ?2 - ?3
-             WHERE org_id = ?1",
-        )
-        .bind(org)
-        .bind(consumed)
-        .bind(released)
-        .execute(&mut *conn)
-        .await
-        .ctx("failed to settle credits")?;
-        if released_cost != 0 {
+    for (org, month, change) in moves.sorted() {
+        if change.consumed != 0 || change.released != 0 {
             sqlx::query(
-                "UPDATE monthly_spend SET spent = max(spent - ?3, 0)
+                "UPDATE credit_accounts SET balance = balance - ?2, reserved = reserved - ?2 - ?3
+                 WHERE org_id = ?1",
+            )
+            .bind(org)
+            .bind(change.consumed)
+            .bind(change.released)
+            .execute(&mut *conn)
+            .await
+            .ctx("failed to settle credits")?;
+        }
+        if change.spend != 0 {
+            sqlx::query(
+                "UPDATE monthly_spend SET spent = max(spent + ?3, 0)
                  WHERE org_id = ?1 AND month = ?2",
             )
             .bind(org)
             .bind(month)
-            .bind(released_cost)
+            .bind(change.spend)
             .execute(&mut *conn)
             .await
-            .ctx("failed to release spend")?;
+            .ctx("failed to settle spend")?;
         }
     }
     Ok(())

@@ -142,6 +142,7 @@ macro_rules! conformance_tests {
             a_message_suppressed_at_dispatch_releases_its_credits,
             a_message_to_an_opted_out_number_is_stored_suppressed_and_never_queued,
             the_spend_limit_refuses_what_would_pass_it,
+            the_spend_limit_counts_actual_costs_once_known,
             concurrent_sends_against_a_small_balance_never_overdraw,
             allowed_countries_are_kept_per_organization,
             usage_sums_a_months_messages_by_country_and_type,

@@ -305,8 +305,20 @@ impl Ledger {
 /// it ended without one. Keyed by organization and the month the message was accepted in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CreditMoves {
-    /// `(org, month)` → (consumed credits, released credits, released estimated cost).
-    pub moves: HashMap<(Uuid, String), (i64, i64, i64)>,
+    pub moves: HashMap<(Uuid, String), CreditMove>,
+}
+
+/// One organization's and month's share of [`CreditMoves`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CreditMove {
+    /// Credits consumed: a provider took the message.
+    pub consumed: i64,
+    /// Credits released: the message ended without a provider.
+    pub released: i64,
+    /// The change to the month's spend, in micros: minus the cost of messages released, plus
+    /// the difference between a provider's actual cost and the cost counted so far (the
+    /// estimate, or an earlier actual cost).
+    pub spend: i64,
 }
 
 impl CreditMoves {
@@ -315,13 +327,11 @@ impl CreditMoves {
     }
 
     /// Every move, sorted by organization so rows are locked in one order.
-    pub fn sorted(&self) -> Vec<(Uuid, String, i64, i64, i64)> {
+    pub fn sorted(&self) -> Vec<(Uuid, String, CreditMove)> {
         let mut moves: Vec<_> = self
             .moves
             .iter()
-            .map(|((org, month), (consumed, released, cost))| {
-                (*org, month.clone(), *consumed, *released, *cost)
-            })
+            .map(|((org, month), change)| (*org, month.clone(), *change))
             .collect();
         moves.sort();
         moves

@@ -321,6 +321,16 @@ impl Batch {
         if change.is_none() && !teaches {
             return Ok(false);
         }
+        // A provider's actual cost replaces what the month's spend counted for a metered
+        // message (its estimate, or an earlier actual cost), so the spend limit sees real costs.
+        if current.credits > 0
+            && let Some(actual) = effects.actual_cost
+            && current.actual_cost != Some(actual)
+        {
+            let counted = current.actual_cost.unwrap_or(current.estimated_cost);
+            let key = (current.org_id, month_of(current.created_at));
+            self.credits.moves.entry(key).or_default().spend += actual.micros() - counted.micros();
+        }
         let state = self.touch(id);
         // Provider identifiers are set once: the first answer that names the message (with the
         // provider's id for it) names it for good, so reports and reconciliation find it there.
@@ -357,7 +367,8 @@ impl Batch {
                 month_of(state.created_at),
                 provider_has_it,
                 i64::from(state.credits),
-                state.estimated_cost.micros(),
+                // What the month's spend counts for it by now.
+                state.actual_cost.unwrap_or(state.estimated_cost).micros(),
             )
         });
         state.status = change.to;
@@ -382,10 +393,10 @@ impl Batch {
         if let Some((month, provider_has_it, credits, cost)) = settled {
             let entry = self.credits.moves.entry((org_id, month)).or_default();
             if provider_has_it {
-                entry.0 += credits;
+                entry.consumed += credits;
             } else {
-                entry.1 += credits;
-                entry.2 += cost;
+                entry.released += credits;
+                entry.spend -= cost;
             }
         }
         self.events.push(NewEvent {
@@ -410,6 +421,7 @@ fn dropped(id: Uuid, illegal: IllegalTransition) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credits::CreditMove;
     use herald_domain::status::ReportedStatus;
 
     fn state(status: MessageStatus) -> QueueState {
@@ -503,7 +515,11 @@ mod tests {
         batch.apply_report(id, &report(ReportedStatus::Delivered));
         batch.apply_report(id, &report(ReportedStatus::Delivered));
         let (_, _, moves) = batch.finish();
-        assert_eq!(moves.moves, HashMap::from([(key.clone(), (2, 0, 0))]));
+        let consumed = CreditMove {
+            consumed: 2,
+            ..CreditMove::default()
+        };
+        assert_eq!(moves.moves, HashMap::from([(key.clone(), consumed)]));
 
         let mut batch = Batch::new([reserved(MessageStatus::Queued)], Timestamp::UNIX_EPOCH);
         assert_eq!(batch.apply_cancel(id), Some(Ok(())));
@@ -513,7 +529,12 @@ mod tests {
             "a repeated cancel is a no-op"
         );
         let (_, _, moves) = batch.finish();
-        assert_eq!(moves.moves, HashMap::from([(key, (0, 2, 15_800))]));
+        let released = CreditMove {
+            released: 2,
+            spend: -15_800,
+            ..CreditMove::default()
+        };
+        assert_eq!(moves.moves, HashMap::from([(key, released)]));
 
         // A report on a message already sent settles nothing.
         let mut batch = Batch::new([reserved(MessageStatus::Sent)], Timestamp::UNIX_EPOCH);

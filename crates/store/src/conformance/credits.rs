@@ -427,6 +427,90 @@ pub async fn the_spend_limit_refuses_what_would_pass_it(subject: &Subject) {
     ));
 }
 
+pub async fn the_spend_limit_counts_actual_costs_once_known(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    granted(store, scope.org_id, 100).await;
+    assert!(
+        store
+            .set_spend_limit(scope.org_id, Some(Amount::from_micros(30_000)))
+            .await
+            .unwrap()
+    );
+    let first = message(scope, "+12025550100", t0());
+    assert!(matches!(
+        accept_one(store, &first).await,
+        Insertion::Created(_)
+    ));
+    assert_eq!(
+        account(store, scope.org_id).await.month_spend,
+        Amount::from_micros(7_900)
+    );
+
+    // The provider charged more than estimated: the actual cost counts from then on.
+    let claim = claim_one(store, at(1)).await;
+    let mut sent = accepted(&claim, "SM1");
+    sent.outcome = SendOutcome::Accepted {
+        provider_message_id: "SM1".into(),
+        cost: Some(Amount::from_micros(20_000)),
+    };
+    store.record_results(&[sent.clone()], at(2)).await.unwrap();
+    store.record_results(&[sent], at(3)).await.unwrap();
+    assert_eq!(
+        account(store, scope.org_id).await.month_spend,
+        Amount::from_micros(20_000),
+        "counted once, however often the result arrives"
+    );
+    // A later, different figure (a report with the final price) replaces it.
+    let mut priced = report(None, "SM1", ReportedStatus::Delivered);
+    priced.cost = Some(Amount::from_micros(18_000));
+    store.apply_reports(&[priced], at(4)).await.unwrap();
+    assert_eq!(
+        account(store, scope.org_id).await.month_spend,
+        Amount::from_micros(18_000)
+    );
+
+    // 18,000 spent: one more estimate of 7,900 fits under 30,000, a second does not.
+    assert!(matches!(
+        accept_one(store, &message(scope, "+12025550101", at(5))).await,
+        Insertion::Created(_)
+    ));
+    let refused = accept_one(store, &message(scope, "+12025550102", at(6))).await;
+    assert_eq!(
+        refused,
+        Insertion::Refused(CreditRefusal::SpendLimitReached {
+            needed: Amount::from_micros(7_900),
+            spent: Amount::from_micros(25_900),
+            limit: Amount::from_micros(30_000),
+        })
+    );
+
+    // An unmetered organization keeps no spend, whatever its costs.
+    let free = organization(store, "free").await;
+    let unmetered = message(free, "+12025550103", at(7));
+    assert!(matches!(
+        accept_one(store, &unmetered).await,
+        Insertion::Created(_)
+    ));
+    let claimed = store
+        .claim_due(at(8), at(38), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == unmetered.id)
+        .expect("claimed");
+    let mut sent = accepted(&claimed, "SM2");
+    sent.outcome = SendOutcome::Accepted {
+        provider_message_id: "SM2".into(),
+        cost: Some(Amount::from_micros(20_000)),
+    };
+    store.record_results(&[sent], at(9)).await.unwrap();
+    assert_eq!(
+        account(store, free.org_id).await.month_spend,
+        Amount::from_micros(0)
+    );
+}
+
 pub async fn concurrent_sends_against_a_small_balance_never_overdraw(subject: &Subject) {
     let store = subject.store.clone();
     let scope = organization(store.as_ref(), "acme").await;
