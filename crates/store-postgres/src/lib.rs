@@ -478,7 +478,10 @@ impl Store for PostgresStore {
         org_id: Uuid,
         phones: &[String],
     ) -> Result<Vec<OptOut>, StoreError> {
-        opt_outs::among(&self.pool, org_id, phones).await
+        let wanted: Vec<(Uuid, &str)> = phones.iter().map(|p| (org_id, p.as_str())).collect();
+        let mut conn = self.pool.acquire().await.ctx("database unreachable")?;
+        let found = opt_outs::among(&mut conn, &wanted).await?;
+        Ok(found.into_iter().map(|(_, entry)| entry).collect())
     }
 
     async fn list_opt_outs(

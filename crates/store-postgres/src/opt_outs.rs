@@ -1,8 +1,7 @@
 //! The suppression list on PostgreSQL.
 
 use herald_store::{
-    OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key, resolve_erased,
-    suppression_keys,
+    ErasedKeys, OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key,
 };
 use jiff::Timestamp;
 use sqlx::{PgConnection, PgPool};
@@ -56,43 +55,61 @@ pub(crate) async fn remove(
     Ok(done.rows_affected() == 1)
 }
 
+/// Who among `wanted` (organization, number) is on their organization's suppression list, with
+/// the entry. Erased people's opt-outs are kept under a one-way key of their number; hashing
+/// every number is only worth it when such entries exist, so the first query also tells
+/// whether they do, and a second looks the keys up only then.
 pub(crate) async fn among(
-    pool: &PgPool,
-    org_id: Uuid,
-    phones: &[String],
-) -> Result<Vec<OptOut>, StoreError> {
-    if phones.is_empty() {
+    conn: &mut PgConnection,
+    wanted: &[(Uuid, &str)],
+) -> Result<Vec<(Uuid, OptOut)>, StoreError> {
+    if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    // Erased people's opt-outs are kept under a one-way key of their number; hashing every
-    // number (the dispatcher checks every message) is only worth it when the organization has
-    // such entries.
-    let erased: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM opt_outs WHERE org_id = $1 AND phone >= 'erased:' AND phone < 'erased;' \
-         LIMIT 1",
+    let orgs: Vec<Uuid> = wanted.iter().map(|(org, _)| *org).collect();
+    let phones: Vec<&str> = wanted.iter().map(|(_, phone)| *phone).collect();
+    let rows: Vec<(Option<Uuid>, String, String, Option<jiff_sqlx::Timestamp>)> = sqlx::query_as(
+        "SELECT o.org_id, o.phone, o.source, o.created_at FROM opt_outs o
+         JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[])) AS w (org_id, phone)
+           ON o.org_id = w.org_id AND o.phone = w.phone
+         UNION ALL
+         SELECT NULL, '', '', NULL WHERE EXISTS (
+             SELECT 1 FROM opt_outs WHERE org_id = ANY($1)
+               AND phone >= 'erased:' AND phone < 'erased;')",
     )
-    .bind(org_id)
-    .fetch_optional(pool)
+    .bind(&orgs)
+    .bind(&phones)
+    .fetch_all(&mut *conn)
     .await
     .ctx("failed to check the suppression list")?;
-    let keys = if erased.is_some() {
-        suppression_keys(org_id, phones)
-    } else {
-        phones.to_vec()
-    };
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT phone, source, created_at FROM opt_outs WHERE org_id = $1 AND phone = ANY($2)",
-    )
-    .bind(org_id)
-    .bind(keys)
-    .fetch_all(pool)
-    .await
-    .ctx("failed to check the suppression list")?;
-    Ok(resolve_erased(
-        org_id,
-        phones,
-        rows.into_iter().map(opt_out).collect(),
-    ))
+    let mut erased = false;
+    let mut found = Vec::new();
+    for (org, phone, source, created_at) in rows {
+        match (org, created_at) {
+            (Some(org), Some(created_at)) => {
+                found.push((org, opt_out((phone, source, created_at))))
+            }
+            _ => erased = true,
+        }
+    }
+    if erased {
+        let keys = ErasedKeys::of(wanted);
+        let rows: Vec<(Uuid, String, String, jiff_sqlx::Timestamp)> = sqlx::query_as(
+            "SELECT org_id, phone, source, created_at FROM opt_outs
+             WHERE org_id = ANY($1) AND phone = ANY($2)",
+        )
+        .bind(&orgs)
+        .bind(keys.keys())
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("failed to check the suppression list")?;
+        for (org, key, source, created_at) in rows {
+            if let Some(phone) = keys.number(org, &key) {
+                found.push((org, opt_out((phone.to_owned(), source, created_at))));
+            }
+        }
+    }
+    Ok(found)
 }
 
 pub(crate) async fn list(

@@ -51,59 +51,21 @@ pub(crate) async fn load_metered(
         .collect())
 }
 
-/// `(org, phone)` pairs among `messages` whose recipient opted out: one query for the batch.
+/// Which of these messages' recipients opted out of their organization, as (organization,
+/// number).
 pub(crate) async fn opted_out(
     conn: &mut SqliteConnection,
     messages: &[&NewMessage],
 ) -> Result<HashSet<(Uuid, String)>, StoreError> {
-    let mut orgs: Vec<Uuid> = messages.iter().map(|m| m.scope.org_id).collect();
-    orgs.sort_unstable();
-    orgs.dedup();
-    let phones: Vec<&str> = messages.iter().map(|m| m.to.as_str()).collect();
-    let phones = serde_json::to_string(&phones).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT org_id, phone FROM opt_outs
-         WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
-           AND phone IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(bulk::id_list(&orgs))
-    .bind(phones)
-    .fetch_all(&mut *conn)
-    .await
-    .ctx("failed to check the suppression list")?;
-    let mut found: HashSet<(Uuid, String)> = rows.into_iter().collect();
-    // Erased people's opt-outs are kept under a one-way key of their number; hashing every
-    // recipient is only worth it when such entries exist.
-    let erased: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM opt_outs WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
-           AND phone >= 'erased:' AND phone < 'erased;' LIMIT 1",
-    )
-    .bind(bulk::id_list(&orgs))
-    .fetch_optional(&mut *conn)
-    .await
-    .ctx("failed to check the suppression list")?;
-    if erased.is_some() {
-        let keys: std::collections::HashMap<String, (Uuid, String)> = messages
-            .iter()
-            .map(|m| {
-                let key = herald_store::erased_key(m.scope.org_id, &m.to);
-                (key, (m.scope.org_id, m.to.clone()))
-            })
-            .collect();
-        let list = serde_json::to_string(&keys.keys().collect::<Vec<_>>())
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let hits: Vec<String> = sqlx::query_scalar(
-            "SELECT phone FROM opt_outs WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
-               AND phone IN (SELECT value FROM json_each(?2))",
-        )
-        .bind(bulk::id_list(&orgs))
-        .bind(list)
-        .fetch_all(&mut *conn)
-        .await
-        .ctx("failed to check the suppression list")?;
-        found.extend(hits.iter().filter_map(|key| keys.get(key).cloned()));
-    }
-    Ok(found)
+    let wanted: Vec<(Uuid, &str)> = messages
+        .iter()
+        .map(|m| (m.scope.org_id, m.to.as_str()))
+        .collect();
+    let found = crate::opt_outs::among(conn, &wanted).await?;
+    Ok(found
+        .into_iter()
+        .map(|(org, entry)| (org, entry.phone))
+        .collect())
 }
 
 /// Add what an accept transaction reserved: `(org, credits, estimated spend)`.

@@ -1,13 +1,13 @@
 //! The suppression list on SQLite.
 
 use herald_store::{
-    OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key, resolve_erased,
-    suppression_keys,
+    ErasedKeys, OptOut, OptOutAction, OptOutEvent, StoreError, cut_page, erased_key,
 };
 use jiff::Timestamp;
 use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
+use crate::bulk;
 use crate::convert::{self, Ctx};
 
 type Row = (String, String, i64);
@@ -56,42 +56,71 @@ pub(crate) async fn remove(
     Ok(done.rows_affected() == 1)
 }
 
+/// Who among `wanted` (organization, number) is on their organization's suppression list, with
+/// the entry. Erased people's opt-outs are kept under a one-way key of their number; hashing
+/// every number is only worth it when such entries exist, so the first query also tells
+/// whether they do, and a second looks the keys up only then.
 pub(crate) async fn among(
-    pool: &SqlitePool,
-    org_id: Uuid,
-    phones: &[String],
-) -> Result<Vec<OptOut>, StoreError> {
-    if phones.is_empty() {
+    conn: &mut SqliteConnection,
+    wanted: &[(Uuid, &str)],
+) -> Result<Vec<(Uuid, OptOut)>, StoreError> {
+    if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    // Erased people's opt-outs are kept under a one-way key of their number; hashing every
-    // number (the dispatcher checks every message) is only worth it when the organization has
-    // such entries.
-    let erased: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM opt_outs WHERE org_id = ?1 AND phone >= 'erased:' AND phone < 'erased;' \
-         LIMIT 1",
+    let mut orgs: Vec<Uuid> = wanted.iter().map(|(org, _)| *org).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    let orgs = bulk::id_list(&orgs);
+    let phones: Vec<&str> = wanted.iter().map(|(_, phone)| *phone).collect();
+    let json =
+        |list: &[&str]| serde_json::to_string(list).map_err(|e| StoreError::Corrupt(e.to_string()));
+    // Orgs × numbers may match an entry no one asked about (a number another organization of
+    // the batch sends to); it is dropped below.
+    let rows: Vec<(Option<Uuid>, String, String, i64)> = sqlx::query_as(
+        "SELECT org_id, phone, source, created_at FROM opt_outs
+         WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
+           AND phone IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT NULL, '', '', 0 WHERE EXISTS (
+             SELECT 1 FROM opt_outs WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
+               AND phone >= 'erased:' AND phone < 'erased;')",
     )
-    .bind(org_id)
-    .fetch_optional(pool)
+    .bind(&orgs)
+    .bind(json(&phones)?)
+    .fetch_all(&mut *conn)
     .await
     .ctx("failed to check the suppression list")?;
-    let keys = if erased.is_some() {
-        serde_json::to_string(&suppression_keys(org_id, phones))
-    } else {
-        serde_json::to_string(phones)
+    let asked: std::collections::HashSet<(Uuid, &str)> = wanted.iter().copied().collect();
+    let mut erased = false;
+    let mut found = Vec::new();
+    for (org, phone, source, created_at) in rows {
+        match org {
+            None => erased = true,
+            Some(org) if asked.contains(&(org, phone.as_str())) => {
+                found.push((org, opt_out((phone, source, created_at))?));
+            }
+            Some(_) => {}
+        }
     }
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT phone, source, created_at FROM opt_outs \
-         WHERE org_id = ?1 AND phone IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(org_id)
-    .bind(keys)
-    .fetch_all(pool)
-    .await
-    .ctx("failed to check the suppression list")?;
-    let found = rows.into_iter().map(opt_out).collect::<Result<_, _>>()?;
-    Ok(resolve_erased(org_id, phones, found))
+    if erased {
+        let keys = ErasedKeys::of(wanted);
+        let rows: Vec<(Uuid, String, String, i64)> = sqlx::query_as(
+            "SELECT org_id, phone, source, created_at FROM opt_outs
+             WHERE org_id IN (SELECT unhex(value) FROM json_each(?1))
+               AND phone IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(&orgs)
+        .bind(json(&keys.keys())?)
+        .fetch_all(&mut *conn)
+        .await
+        .ctx("failed to check the suppression list")?;
+        for (org, key, source, created_at) in rows {
+            if let Some(phone) = keys.number(org, &key) {
+                found.push((org, opt_out((phone.to_owned(), source, created_at))?));
+            }
+        }
+    }
+    Ok(found)
 }
 
 pub(crate) async fn list(

@@ -33,8 +33,8 @@ pub use error::StoreError;
 pub use inbound::InboundMessage;
 pub use model::*;
 pub use opt_outs::{
-    KeywordSettings, OPTED_OUT, OptOut, OptOutAction, OptOutEvent, erased_key, resolve_erased,
-    suppressed_on_arrival, suppression_keys, suppression_on_arrival,
+    ErasedKeys, KeywordSettings, OPTED_OUT, OptOut, OptOutAction, OptOutEvent, erased_key,
+    suppressed_on_arrival, suppression_on_arrival,
 };
 pub use plan::{Batch, Change, NewEvent, QueueState, plan_change};
 pub use store::Store;

@@ -70,29 +70,34 @@ pub fn erased_key(org_id: Uuid, phone: &str) -> String {
     format!("erased:{}", hex::encode(digest))
 }
 
-/// The list entries to look for when checking `phones`: each number and its erased key.
-pub fn suppression_keys(org_id: Uuid, phones: &[String]) -> Vec<String> {
-    phones
-        .iter()
-        .flat_map(|phone| [phone.clone(), erased_key(org_id, phone)])
-        .collect()
+/// The erased keys of numbers being checked against suppression lists, and the numbers they
+/// stand for: an entry found under a key is that number's opt-out.
+pub struct ErasedKeys<'a> {
+    keys: std::collections::HashMap<String, (Uuid, &'a str)>,
 }
 
-/// Entries found for [`suppression_keys`], with erased keys turned back into the numbers
-/// they stand for.
-pub fn resolve_erased(org_id: Uuid, phones: &[String], mut found: Vec<OptOut>) -> Vec<OptOut> {
-    if found.iter().any(|entry| entry.phone.starts_with("erased:")) {
-        for entry in &mut found {
-            if entry.phone.starts_with("erased:")
-                && let Some(phone) = phones
-                    .iter()
-                    .find(|phone| erased_key(org_id, phone) == entry.phone)
-            {
-                entry.phone.clone_from(phone);
-            }
+impl<'a> ErasedKeys<'a> {
+    pub fn of(wanted: &[(Uuid, &'a str)]) -> ErasedKeys<'a> {
+        ErasedKeys {
+            keys: wanted
+                .iter()
+                .map(|&(org_id, phone)| (erased_key(org_id, phone), (org_id, phone)))
+                .collect(),
         }
     }
-    found
+
+    /// The keys to look up.
+    pub fn keys(&self) -> Vec<&str> {
+        self.keys.keys().map(String::as_str).collect()
+    }
+
+    /// The organization and number an entry found under `key` belongs to.
+    pub fn number(&self, org_id: Uuid, key: &str) -> Option<&'a str> {
+        self.keys
+            .get(key)
+            .filter(|(org, _)| *org == org_id)
+            .map(|(_, phone)| *phone)
+    }
 }
 
 /// The error code of a message suppressed because its recipient opted out.
