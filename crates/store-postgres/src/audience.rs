@@ -55,8 +55,9 @@ fn distinct(ids: &[Uuid]) -> Vec<Uuid> {
     ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
-/// Lists and segments are settings, not traffic: their idempotency keys sit with the live ones.
-fn live(org_id: Uuid) -> Scope {
+/// Contacts, lists and segments are settings, not traffic: their idempotency keys sit with the
+/// live ones.
+pub(crate) fn live(org_id: Uuid) -> Scope {
     Scope {
         org_id,
         mode: Mode::Live,

@@ -44,7 +44,7 @@ pub enum AudienceRefusal {
     NameTaken,
 }
 
-/// What a create did with its `Idempotency-Key`.
+/// What creating a contact, list or segment did with its `Idempotency-Key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AudienceCreation {
     Created,

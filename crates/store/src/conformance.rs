@@ -119,6 +119,7 @@ macro_rules! conformance_tests {
             an_idempotency_key_replays_an_account_creation,
             inbound_messages_are_stored_once_per_provider_id_and_only_for_their_organization,
             contacts_are_one_per_number_and_only_their_organizations,
+            an_idempotency_key_replays_a_contact_creation,
             contact_updates_refuse_stale_reads_and_taken_numbers,
             contacts_list_by_filter_and_page_exactly_once,
             imports_create_new_numbers_and_merge_known_ones,

@@ -32,7 +32,11 @@ fn new_segment(org_id: Uuid, name: &str, rule: serde_json::Value) -> Segment {
 
 async fn contact(store: &dyn Store, org_id: Uuid, phone: &str) -> Contact {
     let contact = Contact::new(org_id, phone, Some(Region::parse("US").unwrap()), t0());
-    store.create_contact(&contact).await.unwrap().unwrap();
+    store
+        .create_contact(&contact, None, contact.created_at)
+        .await
+        .unwrap()
+        .unwrap();
     contact
 }
 
