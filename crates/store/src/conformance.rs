@@ -135,6 +135,7 @@ macro_rules! conformance_tests {
             an_idempotency_key_replays_a_list_creation,
             list_members_change_in_bulk_and_only_with_the_organizations_contacts,
             segments_are_named_uniquely_and_kept_per_organization,
+            list_and_segment_updates_refuse_stale_reads,
             segment_rules_see_only_the_organizations_contacts_lists_and_history,
             segment_rules_select_the_same_contacts_in_sql_as_in_memory,
             an_organization_is_unmetered_until_credits_are_granted,

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_store::{AudienceCreation, AudienceRefusal, IdempotencyRecord, List, Membership};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -35,6 +35,9 @@ pub(crate) const MAX_NAME: usize = 200;
 pub(crate) const MAX_DESCRIPTION: usize = 2_000;
 /// Most contact ids in one membership change.
 const MAX_IDS: usize = 1_000;
+/// Reads and writes a change makes before it gives up on a list or segment that other requests
+/// keep changing under it.
+pub(crate) const UPDATE_ATTEMPTS: usize = 5;
 
 /// A list.
 #[derive(Debug, Serialize, ToSchema)]
@@ -230,10 +233,30 @@ pub(crate) fn name_taken(what: &str) -> Problem {
     )])
 }
 
+/// A change that found its list or segment changed by others at every attempt.
+pub(crate) fn busy(what: &str) -> Problem {
+    Problem::new(
+        &problem::UNAVAILABLE,
+        format!("the {what} is being changed by other requests; retry"),
+    )
+}
+
 pub(crate) fn refusal(refusal: AudienceRefusal, what: &str) -> Problem {
     match refusal {
         AudienceRefusal::NotFound => not_found(what),
         AudienceRefusal::NameTaken => name_taken(what),
+        AudienceRefusal::Stale => busy(what),
+    }
+}
+
+/// The `updated_at` of a change to a row read with `read_at`: now, but always after the read.
+/// Two changes within one clock tick must still differ in `updated_at`, or the second one's
+/// stale check would pass over the first and overwrite it.
+pub(crate) fn changed_at(now: Timestamp, read_at: Timestamp) -> Timestamp {
+    if now > read_at {
+        now
+    } else {
+        read_at + SignedDuration::from_micros(1)
     }
 }
 
@@ -448,6 +471,9 @@ pub async fn get_list(
 }
 
 /// Rename a list or change its description.
+///
+/// Only the fields given change. Concurrent changes to the same list are applied one after the
+/// other, never lost.
 #[utoipa::path(
     patch,
     path = "/v1/lists/{id}",
@@ -461,6 +487,7 @@ pub async fn get_list(
         (status = 404, body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Other requests kept changing the list; retry", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -481,22 +508,28 @@ pub async fn update_list(
         return Err(Problem::invalid_fields(errors));
     }
     let store = &state.engine.store;
-    let mut list = store
-        .get_list(caller.org.id, id)
-        .await?
-        .ok_or_else(|| not_found("list"))?;
-    if let Some(Some(name)) = new_name {
-        list.name = name;
+    // A change made between our read and our write is not overwritten: read again and
+    // re-apply, a few times at most.
+    for _ in 0..UPDATE_ATTEMPTS {
+        let mut list = store
+            .get_list(caller.org.id, id)
+            .await?
+            .ok_or_else(|| not_found("list"))?;
+        let read_at = list.updated_at;
+        if let Some(Some(name)) = &new_name {
+            list.name.clone_from(name);
+        }
+        if let Some(Some(description)) = &new_description {
+            list.description.clone_from(description);
+        }
+        list.updated_at = changed_at(state.engine.clock.now(), read_at);
+        match store.update_list(&list, read_at).await? {
+            Ok(()) => return Ok(Json(ListView::from(&list))),
+            Err(AudienceRefusal::Stale) => continue,
+            Err(r) => return Err(refusal(r, "list")),
+        }
     }
-    if let Some(Some(description)) = new_description {
-        list.description = description;
-    }
-    list.updated_at = state.engine.clock.now();
-    store
-        .update_list(&list)
-        .await?
-        .map_err(|r| refusal(r, "list"))?;
-    Ok(Json(ListView::from(&list)))
+    Err(busy("list"))
 }
 
 /// Delete a list. Its contacts stay; only their membership goes.

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use herald_store::segment::{Limits, Rule, parse_rule};
-use herald_store::{IdempotencyRecord, Segment};
+use herald_store::{AudienceRefusal, IdempotencyRecord, Segment};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -22,7 +22,8 @@ use crate::auth::Caller;
 use crate::contacts::ContactView;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
 use crate::lists::{
-    creation, description, field, name, not_found, path_id, present, refusal, request_hash,
+    UPDATE_ATTEMPTS, busy, changed_at, creation, description, field, name, not_found, path_id,
+    present, refusal, request_hash,
 };
 use crate::paging::{self, ListQuery};
 use crate::problem::{FieldProblem, Problem, ProblemBody};
@@ -340,6 +341,9 @@ pub async fn get_segment(
 }
 
 /// Change a segment's name, description or rule.
+///
+/// Only the fields given change. Concurrent changes to the same segment are applied one after
+/// the other, never lost.
 #[utoipa::path(
     patch,
     path = "/v1/segments/{id}",
@@ -353,6 +357,7 @@ pub async fn get_segment(
         (status = 404, body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or rule", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Other requests kept changing the segment; retry", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -379,25 +384,31 @@ pub async fn update_segment(
         check_lists(&state, caller.org.id, raw).await?;
     }
     let store = &state.engine.store;
-    let mut segment = store
-        .get_segment(caller.org.id, id)
-        .await?
-        .ok_or_else(|| not_found("segment"))?;
-    if let Some(Some(name)) = new_name {
-        segment.name = name;
+    // A change made between our read and our write is not overwritten: read again and
+    // re-apply, a few times at most.
+    for _ in 0..UPDATE_ATTEMPTS {
+        let mut segment = store
+            .get_segment(caller.org.id, id)
+            .await?
+            .ok_or_else(|| not_found("segment"))?;
+        let read_at = segment.updated_at;
+        if let Some(Some(name)) = &new_name {
+            segment.name.clone_from(name);
+        }
+        if let Some(Some(description)) = &new_description {
+            segment.description.clone_from(description);
+        }
+        if let Some(rule) = &body.rule {
+            segment.rule.clone_from(rule);
+        }
+        segment.updated_at = changed_at(state.engine.clock.now(), read_at);
+        match store.update_segment(&segment, read_at).await? {
+            Ok(()) => return Ok(Json(SegmentView::from(&segment))),
+            Err(AudienceRefusal::Stale) => continue,
+            Err(r) => return Err(refusal(r, "segment")),
+        }
     }
-    if let Some(Some(description)) = new_description {
-        segment.description = description;
-    }
-    if let Some(rule) = body.rule {
-        segment.rule = rule;
-    }
-    segment.updated_at = state.engine.clock.now();
-    store
-        .update_segment(&segment)
-        .await?
-        .map_err(|r| refusal(r, "segment"))?;
-    Ok(Json(SegmentView::from(&segment)))
+    Err(busy("segment"))
 }
 
 /// Delete a segment. Its contacts are not touched.
