@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use herald_store::segment::{Limits, Rule, parse_rule};
-use herald_store::{AudienceRefusal, IdempotencyRecord, Segment};
+use herald_store::{
+    AudienceCreation, AudienceRefusal, IdempotencyRecord, Page, Segment, Store, StoreError,
+};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,14 +20,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audience::{self, Audience};
 use crate::auth::Caller;
 use crate::contacts::ContactView;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
-use crate::lists::{
-    UPDATE_ATTEMPTS, busy, changed_at, creation, description, field, name, not_found, path_id,
-    present, refusal, request_hash,
-};
-use crate::paging::{self, ListQuery};
+use crate::lists::{description, field, name, not_found, path_id, present};
+use crate::paging::ListQuery;
 use crate::problem::{FieldProblem, Problem, ProblemBody};
 
 /// This module's routes, with their OpenAPI description.
@@ -66,6 +66,54 @@ impl From<&Segment> for SegmentView {
             created_at: s.created_at,
             updated_at: s.updated_at,
         }
+    }
+}
+
+impl Audience for Segment {
+    const WHAT: &'static str = "segment";
+    const PATH: &'static str = "/v1/segments";
+    type View = SegmentView;
+
+    fn view(&self) -> SegmentView {
+        SegmentView::from(self)
+    }
+
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn updated_at_mut(&mut self) -> &mut Timestamp {
+        &mut self.updated_at
+    }
+
+    async fn insert(
+        store: &dyn Store,
+        segment: &Segment,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, AudienceRefusal>, StoreError> {
+        store.create_segment(segment, idempotency, now).await
+    }
+
+    async fn get(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<Segment>, StoreError> {
+        store.get_segment(org_id, id).await
+    }
+
+    async fn update(
+        store: &dyn Store,
+        segment: &Segment,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AudienceRefusal>, StoreError> {
+        store.update_segment(segment, read_at).await
+    }
+
+    async fn page(
+        store: &dyn Store,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<Segment>, StoreError> {
+        store.list_segments(org_id, after, limit).await
     }
 }
 
@@ -251,8 +299,7 @@ pub async fn create_segment(
         return Err(Problem::invalid_fields(errors));
     };
     check_lists(&state, caller.org.id, &rule).await?;
-    let engine = &state.engine;
-    let now = engine.clock.now();
+    let now = state.engine.clock.now();
     let segment = Segment {
         id: Uuid::now_v7(),
         org_id: caller.org.id,
@@ -262,23 +309,7 @@ pub async fn create_segment(
         created_at: now,
         updated_at: now,
     };
-    let first_response = serde_json::to_vec(&SegmentView::from(&segment))
-        .map_err(|e| Problem::internal("failed to render a segment", &e))?;
-    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: request_hash(
-            "POST /v1/segments",
-            &serde_json::to_value(&body).unwrap_or_default(),
-        ),
-        response: first_response.clone(),
-        expires_at: now + engine.config.intake.idempotency_ttl,
-    });
-    let outcome = engine
-        .store
-        .create_segment(&segment, idempotency.as_ref(), now)
-        .await?
-        .map_err(|r| refusal(r, "segment"))?;
-    creation(outcome, first_response, segment.id, "/v1/segments")
+    audience::create(&state, segment, idempotency_key, &body, now).await
 }
 
 /// List the organization's segments, in the order they were created.
@@ -300,16 +331,8 @@ pub async fn list_segments(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SegmentPage>, Problem> {
-    let (limit, after) = paging::params(&query, paging::id_cursor)?;
-    let page = state
-        .engine
-        .store
-        .list_segments(caller.org.id, after, limit)
-        .await?;
-    Ok(Json(SegmentPage {
-        data: page.items.iter().map(SegmentView::from).collect(),
-        next_cursor: page.next.map(paging::encode),
-    }))
+    let (data, next_cursor) = audience::page::<Segment>(&state, caller.org.id, &query).await?;
+    Ok(Json(SegmentPage { data, next_cursor }))
 }
 
 /// Read a segment.
@@ -383,15 +406,7 @@ pub async fn update_segment(
     if let Some(raw) = &body.rule {
         check_lists(&state, caller.org.id, raw).await?;
     }
-    let store = &state.engine.store;
-    // A change made between our read and our write is not overwritten: read again and
-    // re-apply, a few times at most.
-    for _ in 0..UPDATE_ATTEMPTS {
-        let mut segment = store
-            .get_segment(caller.org.id, id)
-            .await?
-            .ok_or_else(|| not_found("segment"))?;
-        let read_at = segment.updated_at;
+    let view = audience::update(&state, caller.org.id, id, |segment: &mut Segment| {
         if let Some(Some(name)) = &new_name {
             segment.name.clone_from(name);
         }
@@ -401,14 +416,9 @@ pub async fn update_segment(
         if let Some(rule) = &body.rule {
             segment.rule.clone_from(rule);
         }
-        segment.updated_at = changed_at(state.engine.clock.now(), read_at);
-        match store.update_segment(&segment, read_at).await? {
-            Ok(()) => return Ok(Json(SegmentView::from(&segment))),
-            Err(AudienceRefusal::Stale) => continue,
-            Err(r) => return Err(refusal(r, "segment")),
-        }
-    }
-    Err(busy("segment"))
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 /// Delete a segment. Its contacts are not touched.
