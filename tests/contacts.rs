@@ -1,6 +1,7 @@
-//! Contacts through `/v1/contacts`: CRUD with filters and a tenant wall, bad input that
-//! changes nothing, CSV import with an exact per-row report, export that imports back, and a
-//! GDPR export and erasure after which the number is nowhere in the database. On both stores.
+//! Contacts through `/v1/contacts`: CRUD with filters and a tenant wall, creations replayed by
+//! their `Idempotency-Key`, bad input that changes nothing, CSV import with an exact per-row
+//! report, export that imports back, and a GDPR export and erasure after which the number is
+//! nowhere in the database. On both stores.
 
 mod support;
 
@@ -37,6 +38,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     contacts_are_created_listed_changed_and_deleted_within_their_organization,
+    an_idempotency_key_replays_a_contact_creation_and_makes_no_second_contact,
     bad_input_is_refused_field_by_field_and_changes_nothing,
     an_import_reports_exactly_its_broken_rows_and_merges_the_rest,
     an_import_with_an_unusable_header_imports_nothing,
@@ -60,6 +62,24 @@ async fn call(
 
 async fn create(s: &TestServer, key: &str, body: Value) -> (u16, Value) {
     call(s, reqwest::Method::POST, key, "/v1/contacts", Some(body)).await
+}
+
+/// A creation with an `Idempotency-Key`, its body sent as written.
+async fn create_with_key(
+    s: &TestServer,
+    key: &str,
+    idempotency_key: &str,
+    body: &str,
+) -> reqwest::Response {
+    s.client
+        .post(s.url("/v1/contacts"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", idempotency_key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn import(s: &TestServer, key: &str, query: &str, csv: &str) -> (u16, Value) {
@@ -200,6 +220,74 @@ async fn contacts_are_created_listed_changed_and_deleted_within_their_organizati
     assert_eq!(status, 204);
     assert_eq!(s.get(key, &path).await.0, 404);
     assert_eq!(s.get(key, "/v1/contacts/not-a-uuid").await.0, 404);
+}
+
+async fn an_idempotency_key_replays_a_contact_creation_and_makes_no_second_contact(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let body = r#"{"phone": "+14155550100", "first_name": "Ada", "custom": {"a": 1, "b": 2}}"#;
+    let first = create_with_key(s, key, "ada-1", body).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let first_body = first.text().await.unwrap();
+    let ada: Value = serde_json::from_str(&first_body).unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/contacts/{}", ada["id"].as_str().unwrap()).as_str()
+    );
+
+    // The same request, spelled differently, replays the first response byte for byte.
+    let respelled = r#"{"custom":{"b":2,"a":1},"first_name":"Ada","phone":"+14155550100"}"#;
+    let again = create_with_key(s, key, "ada-1", respelled).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.text().await.unwrap(), first_body);
+    assert_eq!(all_contacts(s, key).await.len(), 1, "no second contact");
+
+    // The key with another request is refused, and creates nothing.
+    let other = r#"{"phone": "+14155550101", "first_name": "Bob"}"#;
+    let (status, problem) =
+        support::status_and_json(create_with_key(s, key, "ada-1", other).await).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(
+        problem["type"], "/problems/idempotency-key-reused",
+        "{problem}"
+    );
+    assert_eq!(
+        field_codes(&problem),
+        vec![("Idempotency-Key".into(), "idempotency_key_reused".into())]
+    );
+    // Without the key, the number already taken is the 409 it always was.
+    let (status, problem) = create(s, key, json!({"phone": "+14155550100"})).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(all_contacts(s, key).await.len(), 1);
+
+    // A refused create keeps no key: neither a taken number nor bad input uses it up.
+    let (status, problem) =
+        support::status_and_json(create_with_key(s, key, "bob-1", body).await).await;
+    assert_eq!(status, 409, "{problem}");
+    let (status, problem) =
+        support::status_and_json(create_with_key(s, key, "bob-1", r#"{"phone": "12"}"#).await)
+            .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(field_codes(&problem)[0].0, "phone");
+    let bob = create_with_key(s, key, "bob-1", other).await;
+    assert_eq!(bob.status(), 201);
+    assert!(bob.headers().get("idempotent-replayed").is_none());
+    assert_eq!(all_contacts(s, key).await.len(), 2);
+
+    // Another organization's key of the same name is its own.
+    let globex = s.other_tenant("globex").await;
+    let theirs = create_with_key(s, &globex.live_key, "ada-1", body).await;
+    assert_eq!(theirs.status(), 201);
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+    let (_, theirs) = support::status_and_json(theirs).await;
+    assert_ne!(theirs["id"], ada["id"]);
+
+    let (status, problem) = support::status_and_json(create_with_key(s, key, "", body).await).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(field_codes(&problem)[0].0, "Idempotency-Key");
 }
 
 async fn bad_input_is_refused_field_by_field_and_changes_nothing(s: &TestServer) {
@@ -547,12 +635,18 @@ async fn all_contacts_paged(s: &TestServer, key: &str) -> Vec<Value> {
 
 async fn an_erased_person_leaves_no_number_anywhere_in_the_database(s: &TestServer) {
     let key = &s.tenant.live_key;
-    let (_, ada) = create(
-        s,
-        key,
-        json!({"phone": "+14155550100", "first_name": "Adalinda", "email": "adalinda@example.com"}),
+    // Created with a key: the key's replayed response quotes the number and the name too.
+    let (status, ada) = support::status_and_json(
+        create_with_key(
+            s,
+            key,
+            "adalinda-1",
+            r#"{"phone": "+14155550100", "first_name": "Adalinda", "email": "adalinda@example.com"}"#,
+        )
+        .await,
     )
     .await;
+    assert_eq!(status, 201, "{ada}");
     let id = ada["id"].as_str().unwrap();
     let (status, sent) = s
         .send(

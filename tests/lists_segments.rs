@@ -1,10 +1,14 @@
 //! Lists and segments through `/v1/lists` and `/v1/segments`: CRUD, bulk membership counts, a
 //! segment over custom fields, tags, a list and message history selecting exactly the right
-//! contacts, rules refused with the path of each bad node, and the wall between
-//! organizations. On both stores.
+//! contacts, rules refused with the path of each bad node, the wall between organizations, and
+//! concurrent changes that are all kept. On both stores.
 
 mod support;
 
+use std::sync::Arc;
+
+use futures::future::join_all;
+use herald_engine::clock::{Clock, ManualClock};
 use herald_store::InboundMessage;
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -35,6 +39,41 @@ macro_rules! on_both_stores {
         }
     };
 }
+
+/// Cases on a server whose clock stands still, so every change falls within one clock tick.
+macro_rules! on_both_stores_with_a_still_clock {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_still_clock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let server = super::TestServer::start_with_clock(super::Backend::Sqlite, super::support::test_config(), super::still_clock()).await.unwrap();
+                    super::$case(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres_still_clock {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(server) = super::TestServer::start_with_clock(super::Backend::Postgres, super::support::test_config(), super::still_clock()).await else { return };
+                    super::$case(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+fn still_clock() -> Arc<dyn Clock> {
+    Arc::new(ManualClock::new(Timestamp::now()))
+}
+
+on_both_stores_with_a_still_clock!(
+    concurrent_changes_to_a_list_are_all_kept,
+    concurrent_changes_to_a_segment_are_all_kept,
+);
 
 on_both_stores!(
     lists_are_created_renamed_paged_and_deleted,
@@ -195,6 +234,109 @@ async fn lists_are_created_renamed_paged_and_deleted(s: &TestServer) {
     assert_eq!(s.get(key, &path).await.0, 404);
     assert_eq!(delete(s, key, &path, None).await.0, 404);
     assert_eq!(s.get(key, "/v1/lists/not-an-id").await.0, 404);
+}
+
+/// Bursts of ten renames and ten description changes of the row at `path`, all at once. Each
+/// answer is the row as its request wrote it, or a 503 from a request that gave up on a row
+/// others kept changing (a burst leaves many). Every write moves `updated_at` forward, so it
+/// orders the writes; replayed in that order, each answer must hold every earlier write's
+/// field, and the row must end with the last name and the last description: no acknowledged
+/// change was lost. Three bursts make it all but certain that both kinds get through.
+async fn concurrent_renames_and_descriptions_are_all_kept(s: &TestServer, path: &str) {
+    let key = &s.tenant.live_key;
+    let (status, before) = s.get(key, path).await;
+    assert_eq!(status, 200, "{before}");
+    let mut written = Vec::new();
+    for burst in 0..3 {
+        let changes: Vec<(&str, String)> = (0..10)
+            .map(|i| ("name", format!("Name {burst}.{i}")))
+            .chain((0..10).map(|i| ("description", format!("Description {burst}.{i}"))))
+            .collect();
+        let answers = join_all(
+            changes
+                .iter()
+                .map(|(field, value)| patch(s, key, path, json!({ *field: value }))),
+        )
+        .await;
+        for ((field, value), (status, answer)) in changes.into_iter().zip(answers) {
+            match status {
+                200 => {
+                    assert_eq!(answer[field], value.as_str(), "{answer}");
+                    let at: Timestamp = answer["updated_at"].as_str().unwrap().parse().unwrap();
+                    written.push((at, field, value, answer));
+                }
+                503 => assert_eq!(answer["type"], "/problems/unavailable", "{answer}"),
+                _ => panic!("{status}: {answer}"),
+            }
+        }
+    }
+    written.sort_by_key(|(at, ..)| *at);
+    let times: Vec<Timestamp> = written.iter().map(|(at, ..)| *at).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "every write has its own updated_at: {times:?}"
+    );
+    for kind in ["name", "description"] {
+        assert!(
+            written.iter().any(|(_, field, ..)| *field == kind),
+            "some {kind} change got through: {written:?}"
+        );
+    }
+    let mut name = before["name"].clone();
+    let mut description = before["description"].clone();
+    for (_, field, value, answer) in &written {
+        match *field {
+            "name" => name = json!(value),
+            _ => description = json!(value),
+        }
+        assert_eq!(
+            (&answer["name"], &answer["description"]),
+            (&name, &description),
+            "each write kept the writes before it"
+        );
+    }
+    let (status, after) = s.get(key, path).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(
+        (&after["name"], &after["description"]),
+        (&name, &description)
+    );
+    assert_eq!(
+        after,
+        written.last().unwrap().3,
+        "the row is the last write"
+    );
+}
+
+async fn concurrent_changes_to_a_list_are_all_kept(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let (status, list) = post(
+        s,
+        key,
+        "/v1/lists",
+        json!({"name": "Course", "description": "Spring"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{list}");
+    let path = format!("/v1/lists/{}", list["id"].as_str().unwrap());
+    concurrent_renames_and_descriptions_are_all_kept(s, &path).await;
+}
+
+async fn concurrent_changes_to_a_segment_are_all_kept(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let rule = json!({"field": "tag", "op": "eq", "value": "vip"});
+    let (status, segment) = post(
+        s,
+        key,
+        "/v1/segments",
+        json!({"name": "VIPs", "description": "Tagged vip", "rule": rule}),
+    )
+    .await;
+    assert_eq!(status, 201, "{segment}");
+    let path = format!("/v1/segments/{}", segment["id"].as_str().unwrap());
+    concurrent_renames_and_descriptions_are_all_kept(s, &path).await;
+    let (_, after) = s.get(key, &path).await;
+    assert_eq!(after["rule"], rule, "the rule no request changed is kept");
 }
 
 async fn members_are_added_and_removed_in_bulk_with_counts(s: &TestServer) {

@@ -400,7 +400,7 @@ async fn contact(s: &TestServer, org_id: Uuid, phone: &str) -> Contact {
     };
     s.engine
         .store
-        .create_contact(&contact)
+        .create_contact(&contact, None, contact.created_at)
         .await
         .unwrap()
         .unwrap();

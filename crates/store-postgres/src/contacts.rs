@@ -13,7 +13,9 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::PostgresStore;
+use crate::audience::live;
 use crate::convert::{self, Ctx, col, ts};
+use crate::messages;
 
 /// Columns read into a [`Contact`], in the order [`contact`] expects.
 const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
@@ -165,23 +167,42 @@ impl ContactStore for PostgresStore {
     async fn create_contact(
         &self,
         contact: &Contact,
-    ) -> Result<Result<(), ContactRefusal>, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .ctx("failed to reach the database")?;
-        if insert(&mut conn, contact).await? {
-            return Ok(Ok(()));
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, ContactRefusal>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The key is taken before the number: a retry of a create that succeeded finds its
+        // number taken by the contact it made, and must replay rather than be refused; a
+        // concurrent retry waits here for this transaction.
+        if let Some(record) = idempotency {
+            match messages::take_key(&mut tx, live(contact.org_id), contact.id, record, now).await?
+            {
+                None => {}
+                Some(Insertion::Replayed {
+                    message_id,
+                    response,
+                }) => {
+                    return Ok(Ok(AudienceCreation::Replayed {
+                        id: message_id,
+                        response,
+                    }));
+                }
+                Some(_) => return Ok(Ok(AudienceCreation::KeyReused)),
+            }
         }
-        match by_phone(&mut conn, contact.org_id, &contact.phone, false).await? {
-            Some(existing) => Ok(Err(ContactRefusal::PhoneTaken {
-                existing: existing.id,
-            })),
-            None => Err(StoreError::Corrupt(
-                "a contact's number was taken, then vanished".into(),
-            )),
+        if !insert(&mut tx, contact).await? {
+            // Dropping the transaction gives back the key taken for a create that did nothing.
+            return match by_phone(&mut tx, contact.org_id, &contact.phone, false).await? {
+                Some(existing) => Ok(Err(ContactRefusal::PhoneTaken {
+                    existing: existing.id,
+                })),
+                None => Err(StoreError::Corrupt(
+                    "a contact's number was taken, then vanished".into(),
+                )),
+            };
         }
+        tx.commit().await.ctx("failed to commit a contact")?;
+        Ok(Ok(AudienceCreation::Created))
     }
 
     async fn get_contact(&self, org_id: Uuid, id: Uuid) -> Result<Option<Contact>, StoreError> {
@@ -286,13 +307,15 @@ impl ContactStore for PostgresStore {
         let Some(phone) = phone else {
             return Ok(None);
         };
-        // Replayed API responses quote the recipient: the keys go with the messages' numbers.
+        // Replayed API responses quote the recipient: the keys go with the messages' numbers,
+        // and so does the key that created the contact (keys name what they created by id).
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE org_id = $1 AND message_id IN \
-             (SELECT id FROM messages WHERE org_id = $1 AND recipient = $2)",
+            "DELETE FROM idempotency_keys WHERE org_id = $1 AND (message_id = $3 OR message_id IN \
+             (SELECT id FROM messages WHERE org_id = $1 AND recipient = $2))",
         )
         .bind(org_id)
         .bind(&phone)
+        .bind(id)
         .execute(&mut *tx)
         .await
         .ctx("failed to forget a contact's idempotency keys")?;

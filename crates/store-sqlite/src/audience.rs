@@ -63,8 +63,9 @@ fn distinct(ids: &[Uuid]) -> (Vec<Uuid>, String) {
     (ids, json)
 }
 
-/// Lists and segments are settings, not traffic: their idempotency keys sit with the live ones.
-fn live(org_id: Uuid) -> Scope {
+/// Contacts, lists and segments are settings, not traffic: their idempotency keys sit with the
+/// live ones.
+pub(crate) fn live(org_id: Uuid) -> Scope {
     Scope {
         org_id,
         mode: Mode::Live,
@@ -180,8 +181,14 @@ impl SqliteStore {
         Ok(Ok(AudienceCreation::Created))
     }
 
+    /// Run `update`, which writes its row only while the row's `updated_at` is the one read.
+    /// When it wrote nothing, `exists` (binding the organization and the id) tells a row
+    /// changed since the read (stale) from a missing one.
     async fn update_one(
         &self,
+        exists: &'static str,
+        org_id: Uuid,
+        id: Uuid,
         update: sqlx::query::Query<'_, Sqlite, SqliteArguments>,
     ) -> Result<Result<(), AudienceRefusal>, StoreError> {
         let mut tx = self.write().await?;
@@ -190,7 +197,19 @@ impl SqliteStore {
                 tx.commit().await.ctx("failed to commit a change")?;
                 Ok(Ok(()))
             }
-            Ok(_) => Ok(Err(AudienceRefusal::NotFound)),
+            Ok(_) => {
+                let found: Option<i64> = sqlx::query_scalar(exists)
+                    .bind(org_id)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .ctx("failed to find a list or segment")?;
+                Ok(Err(if found.is_some() {
+                    AudienceRefusal::Stale
+                } else {
+                    AudienceRefusal::NotFound
+                }))
+            }
             Err(e) => refusal(e, "failed to update a list or segment").map(Err),
         }
     }
@@ -265,17 +284,25 @@ impl AudienceStore for SqliteStore {
         Ok(Page::from_overfetch(items, limit, |l| l.id))
     }
 
-    async fn update_list(&self, list: &List) -> Result<Result<(), AudienceRefusal>, StoreError> {
+    async fn update_list(
+        &self,
+        list: &List,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AudienceRefusal>, StoreError> {
         self.update_one(
+            "SELECT 1 FROM lists WHERE org_id = ?1 AND id = ?2",
+            list.org_id,
+            list.id,
             sqlx::query(
                 "UPDATE lists SET name = ?3, description = ?4, updated_at = ?5 \
-                 WHERE org_id = ?1 AND id = ?2",
+                 WHERE org_id = ?1 AND id = ?2 AND updated_at = ?6",
             )
             .bind(list.org_id)
             .bind(list.id)
             .bind(list.name.clone())
             .bind(list.description.clone())
-            .bind(micros(list.updated_at)),
+            .bind(micros(list.updated_at))
+            .bind(micros(read_at)),
         )
         .await
     }
@@ -435,18 +462,23 @@ impl AudienceStore for SqliteStore {
     async fn update_segment(
         &self,
         segment: &Segment,
+        read_at: Timestamp,
     ) -> Result<Result<(), AudienceRefusal>, StoreError> {
         self.update_one(
+            "SELECT 1 FROM segments WHERE org_id = ?1 AND id = ?2",
+            segment.org_id,
+            segment.id,
             sqlx::query(
                 "UPDATE segments SET name = ?3, description = ?4, rule = ?5, updated_at = ?6 \
-                 WHERE org_id = ?1 AND id = ?2",
+                 WHERE org_id = ?1 AND id = ?2 AND updated_at = ?7",
             )
             .bind(segment.org_id)
             .bind(segment.id)
             .bind(segment.name.clone())
             .bind(segment.description.clone())
             .bind(segment.rule.to_string())
-            .bind(micros(segment.updated_at)),
+            .bind(micros(segment.updated_at))
+            .bind(micros(read_at)),
         )
         .await
     }

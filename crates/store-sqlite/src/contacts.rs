@@ -10,7 +10,9 @@ use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::SqliteStore;
+use crate::audience::live;
 use crate::convert::{self, Ctx, micros};
+use crate::messages;
 
 /// Columns read into a [`Contact`], in the order [`contact`] expects.
 const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
@@ -148,16 +150,39 @@ impl ContactStore for SqliteStore {
     async fn create_contact(
         &self,
         contact: &Contact,
-    ) -> Result<Result<(), ContactRefusal>, StoreError> {
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, ContactRefusal>, StoreError> {
+        let scope = live(contact.org_id);
         let mut tx = self.write().await?;
+        // The key is checked before the number: a retry of a create that succeeded finds its
+        // number taken by the contact it made, and must replay rather than be refused.
+        if let Some(record) = idempotency
+            && let Some(previous) = messages::check_key(&mut tx, scope, record, now).await?
+        {
+            return Ok(Ok(match previous {
+                Insertion::Replayed {
+                    message_id,
+                    response,
+                } => AudienceCreation::Replayed {
+                    id: message_id,
+                    response,
+                },
+                _ => AudienceCreation::KeyReused,
+            }));
+        }
         if let Some(existing) = by_phone(&mut tx, contact.org_id, &contact.phone).await? {
+            // Dropping the transaction keeps no key for a create that did nothing.
             return Ok(Err(ContactRefusal::PhoneTaken {
                 existing: existing.id,
             }));
         }
         insert(&mut tx, contact).await?;
+        if let Some(record) = idempotency {
+            messages::store_key(&mut tx, scope, contact.id, record, now).await?;
+        }
         tx.commit().await.ctx("failed to commit a contact")?;
-        Ok(Ok(()))
+        Ok(Ok(AudienceCreation::Created))
     }
 
     async fn get_contact(&self, org_id: Uuid, id: Uuid) -> Result<Option<Contact>, StoreError> {
@@ -269,13 +294,15 @@ impl ContactStore for SqliteStore {
         let Some(phone) = phone else {
             return Ok(None);
         };
-        // Replayed API responses quote the recipient: the keys go with the messages' numbers.
+        // Replayed API responses quote the recipient: the keys go with the messages' numbers,
+        // and so does the key that created the contact (keys name what they created by id).
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE org_id = ?1 AND message_id IN \
-             (SELECT id FROM messages WHERE org_id = ?1 AND recipient = ?2)",
+            "DELETE FROM idempotency_keys WHERE org_id = ?1 AND (message_id = ?3 OR message_id IN \
+             (SELECT id FROM messages WHERE org_id = ?1 AND recipient = ?2))",
         )
         .bind(org_id)
         .bind(&phone)
+        .bind(id)
         .execute(&mut *tx)
         .await
         .ctx("failed to forget a contact's idempotency keys")?;

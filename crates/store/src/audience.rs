@@ -42,9 +42,11 @@ pub enum AudienceRefusal {
     NotFound,
     /// The organization already has a list (or segment) with this name.
     NameTaken,
+    /// The list (or segment) changed since the caller read it.
+    Stale,
 }
 
-/// What a create did with its `Idempotency-Key`.
+/// What creating a contact, list or segment did with its `Idempotency-Key`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AudienceCreation {
     Created,
@@ -91,8 +93,14 @@ pub trait AudienceStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Page<List>, StoreError>;
 
-    /// Write the name, description and `updated_at`.
-    async fn update_list(&self, list: &List) -> Result<Result<(), AudienceRefusal>, StoreError>;
+    /// Write the name, description and `updated_at`, only while the stored `updated_at` is
+    /// still `read_at` ([`AudienceRefusal::Stale`] otherwise), so a change made since the read
+    /// is never overwritten.
+    async fn update_list(
+        &self,
+        list: &List,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AudienceRefusal>, StoreError>;
 
     /// Delete a list with its memberships (never the contacts); `false` when there was none.
     async fn delete_list(&self, org_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
@@ -141,10 +149,12 @@ pub trait AudienceStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Page<Segment>, StoreError>;
 
-    /// Write the name, description, rule and `updated_at`.
+    /// Write the name, description, rule and `updated_at`, only while the stored `updated_at`
+    /// is still `read_at` ([`AudienceRefusal::Stale`] otherwise).
     async fn update_segment(
         &self,
         segment: &Segment,
+        read_at: Timestamp,
     ) -> Result<Result<(), AudienceRefusal>, StoreError>;
 
     async fn delete_segment(&self, org_id: Uuid, id: Uuid) -> Result<bool, StoreError>;

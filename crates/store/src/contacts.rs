@@ -6,8 +6,9 @@ use jiff::Timestamp;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::audience::AudienceCreation;
 use crate::error::StoreError;
-use crate::model::Page;
+use crate::model::{IdempotencyRecord, Page};
 
 /// The lead statuses an organization starts with.
 pub const DEFAULT_LEAD_STATUSES: [&str; 5] = ["new", "contacted", "qualified", "customer", "lost"];
@@ -251,11 +252,15 @@ pub struct RowError {
 /// What the store keeps about contacts.
 #[async_trait]
 pub trait ContactStore: Send + Sync + 'static {
-    /// Store a new contact; refused when the organization already has its phone number.
+    /// Store a new contact, keeping `idempotency` (if any) in the same transaction. A key
+    /// already used with the same request answers the contact it created instead; refused
+    /// when the organization already has the phone number, and then no key is kept.
     async fn create_contact(
         &self,
         contact: &Contact,
-    ) -> Result<Result<(), ContactRefusal>, StoreError>;
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, ContactRefusal>, StoreError>;
 
     async fn get_contact(&self, org_id: Uuid, id: Uuid) -> Result<Option<Contact>, StoreError>;
 
@@ -281,7 +286,8 @@ pub trait ContactStore: Send + Sync + 'static {
 
     /// Delete a contact and remove its phone number from everything else the organization
     /// holds: messages to it and from it keep their counts, status and cost, but their number
-    /// and body are redacted. `None` when there is no such contact.
+    /// and body are redacted; idempotency keys whose replayed response quotes the number (the
+    /// contact's creation, messages to it) are forgotten. `None` when there is no such contact.
     async fn erase_contact(
         &self,
         org_id: Uuid,

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use herald_engine::contacts::{self, ContactInput, ImportError, Progress};
 use herald_store::{
-    Contact, ContactFilter, ContactImport, ContactRefusal, InboundMessage, Message, MessageFilter,
-    RowError, Scope, Store,
+    AudienceCreation, Contact, ContactFilter, ContactImport, ContactRefusal, IdempotencyRecord,
+    InboundMessage, Message, MessageFilter, RowError, Scope, Store,
 };
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use crate::lists::{creation, request_hash};
 use crate::paging::{self, ListQuery};
 use crate::problem::{self, FieldProblem, Problem, ProblemBody};
 use crate::providers::{field_problems, present};
@@ -54,7 +55,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// A contact to create, or the fields of one to change. Fields left out stay as they are;
 /// `null` clears one.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContactBody {
     /// E.164, or national in the organization's region. Required on creation.
@@ -185,37 +186,38 @@ fn phone_taken(existing: Uuid) -> Problem {
     )
 }
 
-fn created(view: &ContactView) -> Response {
-    let mut response = (StatusCode::CREATED, Json(view)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/contacts/{}", view.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
 /// Add a contact.
 ///
 /// The phone number is unique within the organization: adding a number twice is a 409 that
-/// names the existing contact, so a retried request never makes a second contact.
+/// names the existing contact, so a retried request never makes a second contact. With an
+/// `Idempotency-Key`, repeating the same request within 24 hours returns the original response
+/// (marked `idempotent-replayed: true`) instead of that 409.
 #[utoipa::path(
     post,
     path = "/v1/contacts",
     tag = "audience",
     request_body = ContactBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: the same key and request within 24 hours return the first response.")),
     responses(
         (status = 201, description = "Created", body = ContactView),
-        (status = 400, description = "Malformed JSON or unknown field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, unknown field or malformed Idempotency-Key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The number is already a contact", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an idempotency key reused with another request", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
 pub async fn create_contact(
     State(state): State<AppState>,
     caller: Caller,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<ContactBody>,
 ) -> Result<Response, Problem> {
+    // Hashed as parsed (validation consumes the body): a retry spelled differently matches.
+    let hash = request_hash(
+        "POST /v1/contacts",
+        &serde_json::to_value(&body).unwrap_or_default(),
+    );
     let store = &state.engine.store;
     let statuses = store.lead_statuses(caller.org.id).await?;
     let valid =
@@ -232,10 +234,23 @@ pub async fn create_contact(
     }
     patch.apply(&mut contact, now);
     contact.updated_at = now;
-    match store.create_contact(&contact).await? {
-        Ok(()) => {
-            tracing::info!(contact_id = %contact.id, org_id = %caller.org.id, "contact created");
-            Ok(created(&ContactView::from(contact)))
+    let first_response = serde_json::to_vec(&ContactView::from(contact.clone()))
+        .map_err(|e| Problem::internal("failed to render a contact", &e))?;
+    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
+        key,
+        request_hash: hash,
+        response: first_response.clone(),
+        expires_at: now + state.engine.config.intake.idempotency_ttl,
+    });
+    match store
+        .create_contact(&contact, idempotency.as_ref(), now)
+        .await?
+    {
+        Ok(outcome) => {
+            if outcome == AudienceCreation::Created {
+                tracing::info!(contact_id = %contact.id, org_id = %caller.org.id, "contact created");
+            }
+            creation(outcome, first_response, contact.id, "/v1/contacts")
         }
         Err(ContactRefusal::PhoneTaken { existing }) => Err(phone_taken(existing)),
         Err(_) => Err(not_found()),

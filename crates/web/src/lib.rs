@@ -5,6 +5,7 @@
 //! [`serve`] is the launch seam: it takes a bound listener and a shutdown token, so the binary
 //! binds the configured address and tests bind port 0.
 
+mod audience;
 pub mod auth;
 pub mod broadcasts;
 pub mod contacts;

@@ -5,7 +5,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_store::{AudienceCreation, AudienceRefusal, IdempotencyRecord, List, Membership};
+use herald_store::{
+    AudienceCreation, AudienceRefusal, IdempotencyRecord, List, Membership, Page, Store, StoreError,
+};
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,6 +17,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audience::{self, Audience};
 use crate::auth::Caller;
 use crate::contacts::ContactView;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
@@ -60,6 +63,54 @@ impl From<&List> for ListView {
             created_at: l.created_at,
             updated_at: l.updated_at,
         }
+    }
+}
+
+impl Audience for List {
+    const WHAT: &'static str = "list";
+    const PATH: &'static str = "/v1/lists";
+    type View = ListView;
+
+    fn view(&self) -> ListView {
+        ListView::from(self)
+    }
+
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn updated_at_mut(&mut self) -> &mut Timestamp {
+        &mut self.updated_at
+    }
+
+    async fn insert(
+        store: &dyn Store,
+        list: &List,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, AudienceRefusal>, StoreError> {
+        store.create_list(list, idempotency, now).await
+    }
+
+    async fn get(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<List>, StoreError> {
+        store.get_list(org_id, id).await
+    }
+
+    async fn update(
+        store: &dyn Store,
+        list: &List,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AudienceRefusal>, StoreError> {
+        store.update_list(list, read_at).await
+    }
+
+    async fn page(
+        store: &dyn Store,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<List>, StoreError> {
+        store.list_lists(org_id, after, limit).await
     }
 }
 
@@ -230,13 +281,6 @@ pub(crate) fn name_taken(what: &str) -> Problem {
     )])
 }
 
-pub(crate) fn refusal(refusal: AudienceRefusal, what: &str) -> Problem {
-    match refusal {
-        AudienceRefusal::NotFound => not_found(what),
-        AudienceRefusal::NameTaken => name_taken(what),
-    }
-}
-
 /// Hash of a create request as parsed, so a retry with other whitespace still matches.
 pub(crate) fn request_hash(route: &str, canonical: &serde_json::Value) -> [u8; 32] {
     let mut hasher = Sha256::new();
@@ -358,8 +402,7 @@ pub async fn create_list(
     let (Some(name), Some(description)) = (name, description) else {
         return Err(Problem::invalid_fields(errors));
     };
-    let engine = &state.engine;
-    let now = engine.clock.now();
+    let now = state.engine.clock.now();
     let list = List {
         id: Uuid::now_v7(),
         org_id: caller.org.id,
@@ -369,23 +412,7 @@ pub async fn create_list(
         created_at: now,
         updated_at: now,
     };
-    let first_response = serde_json::to_vec(&ListView::from(&list))
-        .map_err(|e| Problem::internal("failed to render a list", &e))?;
-    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: request_hash(
-            "POST /v1/lists",
-            &serde_json::to_value(&body).unwrap_or_default(),
-        ),
-        response: first_response.clone(),
-        expires_at: now + engine.config.intake.idempotency_ttl,
-    });
-    let outcome = engine
-        .store
-        .create_list(&list, idempotency.as_ref(), now)
-        .await?
-        .map_err(|r| refusal(r, "list"))?;
-    creation(outcome, first_response, list.id, "/v1/lists")
+    audience::create(&state, list, idempotency_key, &body, now).await
 }
 
 /// List the organization's lists, in the order they were created.
@@ -407,16 +434,8 @@ pub async fn list_lists(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ListPage>, Problem> {
-    let (limit, after) = paging::params(&query, paging::id_cursor)?;
-    let page = state
-        .engine
-        .store
-        .list_lists(caller.org.id, after, limit)
-        .await?;
-    Ok(Json(ListPage {
-        data: page.items.iter().map(ListView::from).collect(),
-        next_cursor: page.next.map(paging::encode),
-    }))
+    let (data, next_cursor) = audience::page::<List>(&state, caller.org.id, &query).await?;
+    Ok(Json(ListPage { data, next_cursor }))
 }
 
 /// Read a list.
@@ -448,6 +467,9 @@ pub async fn get_list(
 }
 
 /// Rename a list or change its description.
+///
+/// Only the fields given change. Concurrent changes to the same list are applied one after the
+/// other, never lost.
 #[utoipa::path(
     patch,
     path = "/v1/lists/{id}",
@@ -461,6 +483,7 @@ pub async fn get_list(
         (status = 404, body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Other requests kept changing the list; retry", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -480,23 +503,16 @@ pub async fn update_list(
     if !errors.is_empty() {
         return Err(Problem::invalid_fields(errors));
     }
-    let store = &state.engine.store;
-    let mut list = store
-        .get_list(caller.org.id, id)
-        .await?
-        .ok_or_else(|| not_found("list"))?;
-    if let Some(Some(name)) = new_name {
-        list.name = name;
-    }
-    if let Some(Some(description)) = new_description {
-        list.description = description;
-    }
-    list.updated_at = state.engine.clock.now();
-    store
-        .update_list(&list)
-        .await?
-        .map_err(|r| refusal(r, "list"))?;
-    Ok(Json(ListView::from(&list)))
+    let view = audience::update(&state, caller.org.id, id, |list: &mut List| {
+        if let Some(Some(name)) = &new_name {
+            list.name.clone_from(name);
+        }
+        if let Some(Some(description)) = &new_description {
+            list.description.clone_from(description);
+        }
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 /// Delete a list. Its contacts stay; only their membership goes.

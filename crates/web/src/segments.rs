@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use herald_store::segment::{Limits, Rule, parse_rule};
-use herald_store::{IdempotencyRecord, Segment};
+use herald_store::{
+    AudienceCreation, AudienceRefusal, IdempotencyRecord, Page, Segment, Store, StoreError,
+};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,13 +20,12 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audience::{self, Audience};
 use crate::auth::Caller;
 use crate::contacts::ContactView;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
-use crate::lists::{
-    creation, description, field, name, not_found, path_id, present, refusal, request_hash,
-};
-use crate::paging::{self, ListQuery};
+use crate::lists::{description, field, name, not_found, path_id, present};
+use crate::paging::ListQuery;
 use crate::problem::{FieldProblem, Problem, ProblemBody};
 
 /// This module's routes, with their OpenAPI description.
@@ -65,6 +66,54 @@ impl From<&Segment> for SegmentView {
             created_at: s.created_at,
             updated_at: s.updated_at,
         }
+    }
+}
+
+impl Audience for Segment {
+    const WHAT: &'static str = "segment";
+    const PATH: &'static str = "/v1/segments";
+    type View = SegmentView;
+
+    fn view(&self) -> SegmentView {
+        SegmentView::from(self)
+    }
+
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn updated_at_mut(&mut self) -> &mut Timestamp {
+        &mut self.updated_at
+    }
+
+    async fn insert(
+        store: &dyn Store,
+        segment: &Segment,
+        idempotency: Option<&IdempotencyRecord>,
+        now: Timestamp,
+    ) -> Result<Result<AudienceCreation, AudienceRefusal>, StoreError> {
+        store.create_segment(segment, idempotency, now).await
+    }
+
+    async fn get(store: &dyn Store, org_id: Uuid, id: Uuid) -> Result<Option<Segment>, StoreError> {
+        store.get_segment(org_id, id).await
+    }
+
+    async fn update(
+        store: &dyn Store,
+        segment: &Segment,
+        read_at: Timestamp,
+    ) -> Result<Result<(), AudienceRefusal>, StoreError> {
+        store.update_segment(segment, read_at).await
+    }
+
+    async fn page(
+        store: &dyn Store,
+        org_id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Page<Segment>, StoreError> {
+        store.list_segments(org_id, after, limit).await
     }
 }
 
@@ -250,8 +299,7 @@ pub async fn create_segment(
         return Err(Problem::invalid_fields(errors));
     };
     check_lists(&state, caller.org.id, &rule).await?;
-    let engine = &state.engine;
-    let now = engine.clock.now();
+    let now = state.engine.clock.now();
     let segment = Segment {
         id: Uuid::now_v7(),
         org_id: caller.org.id,
@@ -261,23 +309,7 @@ pub async fn create_segment(
         created_at: now,
         updated_at: now,
     };
-    let first_response = serde_json::to_vec(&SegmentView::from(&segment))
-        .map_err(|e| Problem::internal("failed to render a segment", &e))?;
-    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: request_hash(
-            "POST /v1/segments",
-            &serde_json::to_value(&body).unwrap_or_default(),
-        ),
-        response: first_response.clone(),
-        expires_at: now + engine.config.intake.idempotency_ttl,
-    });
-    let outcome = engine
-        .store
-        .create_segment(&segment, idempotency.as_ref(), now)
-        .await?
-        .map_err(|r| refusal(r, "segment"))?;
-    creation(outcome, first_response, segment.id, "/v1/segments")
+    audience::create(&state, segment, idempotency_key, &body, now).await
 }
 
 /// List the organization's segments, in the order they were created.
@@ -299,16 +331,8 @@ pub async fn list_segments(
     caller: Caller,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SegmentPage>, Problem> {
-    let (limit, after) = paging::params(&query, paging::id_cursor)?;
-    let page = state
-        .engine
-        .store
-        .list_segments(caller.org.id, after, limit)
-        .await?;
-    Ok(Json(SegmentPage {
-        data: page.items.iter().map(SegmentView::from).collect(),
-        next_cursor: page.next.map(paging::encode),
-    }))
+    let (data, next_cursor) = audience::page::<Segment>(&state, caller.org.id, &query).await?;
+    Ok(Json(SegmentPage { data, next_cursor }))
 }
 
 /// Read a segment.
@@ -340,6 +364,9 @@ pub async fn get_segment(
 }
 
 /// Change a segment's name, description or rule.
+///
+/// Only the fields given change. Concurrent changes to the same segment are applied one after
+/// the other, never lost.
 #[utoipa::path(
     patch,
     path = "/v1/segments/{id}",
@@ -353,6 +380,7 @@ pub async fn get_segment(
         (status = 404, body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "Name taken", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields or rule", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Other requests kept changing the segment; retry", body = ProblemBody, content_type = "application/problem+json"),
     ),
     security(("api_key" = []))
 )]
@@ -378,26 +406,19 @@ pub async fn update_segment(
     if let Some(raw) = &body.rule {
         check_lists(&state, caller.org.id, raw).await?;
     }
-    let store = &state.engine.store;
-    let mut segment = store
-        .get_segment(caller.org.id, id)
-        .await?
-        .ok_or_else(|| not_found("segment"))?;
-    if let Some(Some(name)) = new_name {
-        segment.name = name;
-    }
-    if let Some(Some(description)) = new_description {
-        segment.description = description;
-    }
-    if let Some(rule) = body.rule {
-        segment.rule = rule;
-    }
-    segment.updated_at = state.engine.clock.now();
-    store
-        .update_segment(&segment)
-        .await?
-        .map_err(|r| refusal(r, "segment"))?;
-    Ok(Json(SegmentView::from(&segment)))
+    let view = audience::update(&state, caller.org.id, id, |segment: &mut Segment| {
+        if let Some(Some(name)) = &new_name {
+            segment.name.clone_from(name);
+        }
+        if let Some(Some(description)) = &new_description {
+            segment.description.clone_from(description);
+        }
+        if let Some(rule) = &body.rule {
+            segment.rule.clone_from(rule);
+        }
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 /// Delete a segment. Its contacts are not touched.

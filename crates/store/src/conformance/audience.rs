@@ -1,5 +1,5 @@
 //! Conformance cases for lists and segments: names, pages, bulk membership, the tenant wall,
-//! and what deleting a contact or a list leaves behind.
+//! updates that refuse stale reads, and what deleting a contact or a list leaves behind.
 
 use serde_json::json;
 
@@ -32,7 +32,11 @@ fn new_segment(org_id: Uuid, name: &str, rule: serde_json::Value) -> Segment {
 
 async fn contact(store: &dyn Store, org_id: Uuid, phone: &str) -> Contact {
     let contact = Contact::new(org_id, phone, Some(Region::parse("US").unwrap()), t0());
-    store.create_contact(&contact).await.unwrap().unwrap();
+    store
+        .create_contact(&contact, None, contact.created_at)
+        .await
+        .unwrap()
+        .unwrap();
     contact
 }
 
@@ -74,7 +78,10 @@ pub async fn lists_are_named_uniquely_and_kept_per_organization(subject: &Subjec
     renamed.org_id = globex.org_id;
     renamed.name = "stolen".into();
     assert_eq!(
-        store.update_list(&renamed).await.unwrap(),
+        store
+            .update_list(&renamed, course.updated_at)
+            .await
+            .unwrap(),
         Err(AudienceRefusal::NotFound)
     );
 
@@ -94,13 +101,20 @@ pub async fn lists_are_named_uniquely_and_kept_per_organization(subject: &Subjec
     let mut renamed = guests.clone();
     renamed.name = "Course participants".into();
     assert_eq!(
-        store.update_list(&renamed).await.unwrap(),
+        store
+            .update_list(&renamed, guests.updated_at)
+            .await
+            .unwrap(),
         Err(AudienceRefusal::NameTaken)
     );
     renamed.name = "Gala guests".into();
     renamed.description = None;
     renamed.updated_at = at(60);
-    store.update_list(&renamed).await.unwrap().unwrap();
+    store
+        .update_list(&renamed, guests.updated_at)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.get_list(acme.org_id, guests.id).await.unwrap(),
         Some(renamed.clone())
@@ -335,18 +349,119 @@ pub async fn segments_are_named_uniquely_and_kept_per_organization(subject: &Sub
     changed.rule = json!({"field":"tag","op":"eq","value":"vip"});
     changed.description = Some("now by tag".into());
     changed.updated_at = at(10);
-    store.update_segment(&changed).await.unwrap().unwrap();
+    store
+        .update_segment(&changed, big.updated_at)
+        .await
+        .unwrap()
+        .unwrap();
     let page = store.list_segments(acme.org_id, None, 10).await.unwrap();
     assert_eq!(page.items, vec![changed.clone()]);
     assert_eq!(page.next, None);
     let mut foreign = changed.clone();
     foreign.org_id = globex.org_id;
     assert_eq!(
-        store.update_segment(&foreign).await.unwrap(),
+        store
+            .update_segment(&foreign, changed.updated_at)
+            .await
+            .unwrap(),
         Err(AudienceRefusal::NotFound)
     );
     assert!(store.delete_segment(acme.org_id, big.id).await.unwrap());
     assert_eq!(store.get_segment(acme.org_id, big.id).await.unwrap(), None);
+}
+
+pub async fn list_and_segment_updates_refuse_stale_reads(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let acme = organization(store, "acme").await;
+    let list = new_list(acme.org_id, "Course participants");
+    store.create_list(&list, None, t0()).await.unwrap().unwrap();
+    let mut renamed = list.clone();
+    renamed.name = "Autumn course".into();
+    renamed.updated_at = at(10);
+    store
+        .update_list(&renamed, list.updated_at)
+        .await
+        .unwrap()
+        .unwrap();
+    // A change read before the rename would undo it: refused, whatever it changes.
+    let mut late = list.clone();
+    late.description = Some("read before the rename".into());
+    late.updated_at = at(11);
+    assert_eq!(
+        store.update_list(&late, list.updated_at).await.unwrap(),
+        Err(AudienceRefusal::Stale)
+    );
+    assert_eq!(
+        store.get_list(acme.org_id, list.id).await.unwrap(),
+        Some(renamed.clone()),
+        "a refused change changes nothing"
+    );
+    // Read again, it applies on top of the rename.
+    late.name.clone_from(&renamed.name);
+    store
+        .update_list(&late, renamed.updated_at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.get_list(acme.org_id, list.id).await.unwrap(),
+        Some(late.clone())
+    );
+    let missing = new_list(acme.org_id, "Missing");
+    assert_eq!(
+        store
+            .update_list(&missing, missing.updated_at)
+            .await
+            .unwrap(),
+        Err(AudienceRefusal::NotFound),
+        "stale is only for a list that is there"
+    );
+
+    let segment = new_segment(
+        acme.org_id,
+        "VIPs",
+        json!({"field":"tag","op":"eq","value":"vip"}),
+    );
+    store
+        .create_segment(&segment, None, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut by_consent = segment.clone();
+    by_consent.rule = json!({"field":"consent","op":"eq","value":true});
+    by_consent.updated_at = at(10);
+    store
+        .update_segment(&by_consent, segment.updated_at)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut late = segment.clone();
+    late.name = "Read before".into();
+    late.updated_at = at(11);
+    assert_eq!(
+        store
+            .update_segment(&late, segment.updated_at)
+            .await
+            .unwrap(),
+        Err(AudienceRefusal::Stale)
+    );
+    assert_eq!(
+        store.get_segment(acme.org_id, segment.id).await.unwrap(),
+        Some(by_consent.clone()),
+        "a refused change changes nothing"
+    );
+    let missing = new_segment(
+        acme.org_id,
+        "Missing",
+        json!({"field":"consent","op":"exists"}),
+    );
+    assert_eq!(
+        store
+            .update_segment(&missing, missing.updated_at)
+            .await
+            .unwrap(),
+        Err(AudienceRefusal::NotFound)
+    );
 }
 
 pub async fn segment_rules_see_only_the_organizations_contacts_lists_and_history(

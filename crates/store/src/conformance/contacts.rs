@@ -1,6 +1,7 @@
 //! Conformance cases for contacts: one per number within an organization and invisible to
-//! others, stale updates refused, filters and paging, imports that merge by number, and an
-//! erasure that leaves the number nowhere but keeps the opt-out working.
+//! others, creations replayed by their idempotency key, stale updates refused, filters and
+//! paging, imports that merge by number, and an erasure that leaves the number nowhere (its
+//! creation's key included) but keeps the opt-out working.
 
 use herald_domain::phone::Region;
 use serde_json::json;
@@ -31,7 +32,11 @@ pub async fn contacts_are_one_per_number_and_only_their_organizations(subject: &
     let a = organization(store, "acme").await;
     let b = organization(store, "globex").await;
     let ada = contact(a.org_id, "+14155550100", 1);
-    store.create_contact(&ada).await.unwrap().unwrap();
+    store
+        .create_contact(&ada, None, ada.created_at)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.get_contact(a.org_id, ada.id).await.unwrap().as_ref(),
         Some(&ada),
@@ -39,13 +44,20 @@ pub async fn contacts_are_one_per_number_and_only_their_organizations(subject: &
     );
     let twin = contact(a.org_id, "+14155550100", 2);
     assert_eq!(
-        store.create_contact(&twin).await.unwrap(),
+        store
+            .create_contact(&twin, None, twin.created_at)
+            .await
+            .unwrap(),
         Err(ContactRefusal::PhoneTaken { existing: ada.id })
     );
     assert_eq!(store.get_contact(a.org_id, twin.id).await.unwrap(), None);
 
     let other = contact(b.org_id, "+14155550100", 3);
-    store.create_contact(&other).await.unwrap().unwrap();
+    store
+        .create_contact(&other, None, other.created_at)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(store.get_contact(b.org_id, ada.id).await.unwrap(), None);
     assert_eq!(
         store
@@ -71,13 +83,113 @@ pub async fn contacts_are_one_per_number_and_only_their_organizations(subject: &
     assert_eq!(store.get_contact(a.org_id, ada.id).await.unwrap(), None);
 }
 
+fn idempotency(key: &str, request: u8, response: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        key: key.to_owned(),
+        request_hash: [request; 32],
+        response: response.as_bytes().to_vec(),
+        expires_at: at(86_400),
+    }
+}
+
+pub async fn an_idempotency_key_replays_a_contact_creation(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let a = organization(store, "acme").await;
+    let b = organization(store, "globex").await;
+    let key = idempotency("ada-1", 1, "first");
+    let ada = contact(a.org_id, "+14155550100", 1);
+    assert_eq!(
+        store.create_contact(&ada, Some(&key), at(1)).await.unwrap(),
+        Ok(AudienceCreation::Created)
+    );
+
+    // The retry carries a contact with a new id, as a retried request would.
+    let retry = contact(a.org_id, "+14155550100", 2);
+    assert_eq!(
+        store
+            .create_contact(&retry, Some(&key), at(2))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::Replayed {
+            id: ada.id,
+            response: b"first".to_vec()
+        }),
+        "replayed, not refused for the number its first attempt took"
+    );
+    let other = contact(a.org_id, "+14155550101", 3);
+    assert_eq!(
+        store
+            .create_contact(&other, Some(&idempotency("ada-1", 2, "other")), at(3))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::KeyReused)
+    );
+    assert_eq!(store.get_contact(a.org_id, retry.id).await.unwrap(), None);
+    assert_eq!(store.get_contact(a.org_id, other.id).await.unwrap(), None);
+
+    // A refused create keeps no key: the key is free for the next request.
+    let twin = contact(a.org_id, "+14155550100", 4);
+    let refused = idempotency("twin-1", 3, "twin");
+    assert_eq!(
+        store
+            .create_contact(&twin, Some(&refused), at(4))
+            .await
+            .unwrap(),
+        Err(ContactRefusal::PhoneTaken { existing: ada.id })
+    );
+    let bob = contact(a.org_id, "+14155550102", 5);
+    assert_eq!(
+        store
+            .create_contact(&bob, Some(&idempotency("twin-1", 4, "bob")), at(5))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::Created)
+    );
+
+    // Keys are the organization's own, and end with their time to live.
+    let theirs = contact(b.org_id, "+14155550100", 6);
+    assert_eq!(
+        store
+            .create_contact(&theirs, Some(&key), at(6))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::Created)
+    );
+    let later = contact(a.org_id, "+14155550103", 86_400);
+    let mut renewed = idempotency("ada-1", 5, "later");
+    renewed.expires_at = at(2 * 86_400);
+    assert_eq!(
+        store
+            .create_contact(&later, Some(&renewed), at(86_400))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::Created)
+    );
+    let page = store
+        .list_contacts(a.org_id, &ContactFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [ada.id, bob.id, later.id]
+    );
+}
+
 pub async fn contact_updates_refuse_stale_reads_and_taken_numbers(subject: &Subject) {
     let store = subject.store.as_ref();
     let a = organization(store, "acme").await;
     let ada = contact(a.org_id, "+14155550100", 1);
     let bob = contact(a.org_id, "+14155550101", 1);
-    store.create_contact(&ada).await.unwrap().unwrap();
-    store.create_contact(&bob).await.unwrap().unwrap();
+    store
+        .create_contact(&ada, None, ada.created_at)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .create_contact(&bob, None, bob.created_at)
+        .await
+        .unwrap()
+        .unwrap();
 
     let mut changed = ada.clone();
     let patch = ContactPatch {
@@ -155,11 +267,15 @@ pub async fn contacts_list_by_filter_and_page_exactly_once(subject: &Subject) {
             Vec::new()
         };
         c.lead_status = if i < 3 { "new" } else { "customer" }.into();
-        store.create_contact(&c).await.unwrap().unwrap();
+        store
+            .create_contact(&c, None, c.created_at)
+            .await
+            .unwrap()
+            .unwrap();
         made.push(c.id);
     }
     store
-        .create_contact(&contact(b.org_id, "+14155550100", 0))
+        .create_contact(&contact(b.org_id, "+14155550100", 0), None, at(0))
         .await
         .unwrap()
         .unwrap();
@@ -243,7 +359,11 @@ pub async fn imports_create_new_numbers_and_merge_known_ones(subject: &Subject) 
     let store = subject.store.as_ref();
     let a = organization(store, "acme").await;
     let ada = contact(a.org_id, "+14155550100", 1);
-    store.create_contact(&ada).await.unwrap().unwrap();
+    store
+        .create_contact(&ada, None, ada.created_at)
+        .await
+        .unwrap()
+        .unwrap();
     let rows = vec![
         ContactUpsert {
             phone: "+14155550100".into(),
@@ -312,7 +432,13 @@ pub async fn erasing_a_contact_leaves_its_number_nowhere_but_keeps_its_opt_out(s
     let b = organization(store, "globex").await;
     let phone = "+14155550100";
     let ada = contact(a.org_id, phone, 1);
-    store.create_contact(&ada).await.unwrap().unwrap();
+    // The key's replayed response quotes the number, as an API response would.
+    let key = idempotency("ada-1", 1, phone);
+    store
+        .create_contact(&ada, Some(&key), at(1))
+        .await
+        .unwrap()
+        .unwrap();
     let sent = insert(store, &message(a, phone, at(2))).await;
     let kept = insert(store, &message(b, phone, at(2))).await;
     store
@@ -351,6 +477,16 @@ pub async fn erasing_a_contact_leaves_its_number_nowhere_but_keeps_its_opt_out(s
         }
     );
     assert_eq!(store.get_contact(a.org_id, ada.id).await.unwrap(), None);
+    let again = contact(a.org_id, phone, 4);
+    assert_eq!(
+        store
+            .create_contact(&again, Some(&key), at(4))
+            .await
+            .unwrap(),
+        Ok(AudienceCreation::Created),
+        "the creation's key, and the number it quoted, are gone"
+    );
+    assert!(store.delete_contact(a.org_id, again.id).await.unwrap());
     let redacted = store.get_message(a, sent.id).await.unwrap().unwrap();
     assert_ne!(redacted.to, phone);
     assert_ne!(redacted.body, sent.body);

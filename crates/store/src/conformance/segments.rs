@@ -388,7 +388,11 @@ async fn populate(
         c.consent = p.consent;
         c.country = (i % 3 == 0).then(|| Region::parse("US").unwrap());
         c.updated_at = p.created_at + SignedDuration::from_secs(60);
-        store.create_contact(&c).await.unwrap().unwrap();
+        store
+            .create_contact(&c, None, c.created_at)
+            .await
+            .unwrap()
+            .unwrap();
         for &l in &p.lists {
             members[l].push(c.id);
         }
