@@ -16,7 +16,17 @@ use crate::problem::{self, Problem};
 
 /// Reads and writes a change makes before it gives up on a list or segment that other requests
 /// keep changing under it.
-const UPDATE_ATTEMPTS: usize = 5;
+pub(crate) const UPDATE_ATTEMPTS: u32 = 8;
+
+/// Before attempt `attempt` (from 1) of a change that found its row changed by others: a
+/// random pause, growing with each attempt (up to 64 ms), so writers that collided do not
+/// collide again by re-reading at the same instant.
+pub(crate) async fn back_off(attempt: u32) {
+    use rand::RngExt;
+    let ceiling = 500u64 << attempt.min(7);
+    let pause = rand::rng().random_range(0..=ceiling);
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+}
 
 /// A list or segment: how the API shows it and which store calls keep it.
 pub(crate) trait Audience: Sized + Send + Sync {
@@ -112,7 +122,10 @@ pub(crate) async fn update<A: Audience>(
     change: impl Fn(&mut A) + Send,
 ) -> Result<A::View, Problem> {
     let store = state.engine.store.as_ref();
-    for _ in 0..UPDATE_ATTEMPTS {
+    for attempt in 0..UPDATE_ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
         let mut row = A::get(store, org_id, id)
             .await?
             .ok_or_else(|| not_found(A::WHAT))?;

@@ -420,7 +420,10 @@ pub async fn update_contact(
         contacts::validate(&body.into(), &caller.org, &statuses, false).map_err(field_problems)?;
     // A change made between our read and our write is not overwritten: read again and
     // re-apply, a few times at most.
-    for _ in 0..5 {
+    for attempt in 0..crate::audience::UPDATE_ATTEMPTS {
+        if attempt > 0 {
+            crate::audience::back_off(attempt).await;
+        }
         let Some(mut contact) = store.get_contact(caller.org.id, id).await? else {
             return Err(not_found());
         };
