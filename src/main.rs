@@ -169,7 +169,7 @@ enum RouteCommand {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// dispatch-sim, dispatch-http, fanout or idle (`herald bench list` describes them).
+    /// dispatch-sim, dispatch-http, fanout, import, broadcast or idle (`herald bench list` describes them).
     scenario: String,
     /// Which store to measure.
     #[arg(long, value_enum, default_value = "sqlite")]

@@ -64,12 +64,26 @@ fn check_import(report: &Value) {
     assert_eq!(accounted(report, "created"), N - N / 50, "{report}");
 }
 
+/// Every contact is requested once; one in 100 opted out; the rest are queued.
+fn check_broadcast(report: &Value) {
+    let opted_out = N.div_ceil(100);
+    assert_eq!(accounted(report, "requested"), N, "{report}");
+    assert_eq!(accounted(report, "opted_out"), opted_out, "{report}");
+    assert_eq!(accounted(report, "queued"), N - opted_out, "{report}");
+    assert_eq!(
+        accounted(report, "messages_queued"),
+        N - opted_out,
+        "{report}"
+    );
+}
+
 #[test]
 fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite() {
     check_dispatch_sim(&bench("dispatch-sim", "sqlite", None));
     check_dispatch_http(&bench("dispatch-http", "sqlite", None));
     check_fanout(&bench("fanout", "sqlite", None));
     check_import(&bench("import", "sqlite", None));
+    check_broadcast(&bench("broadcast", "sqlite", None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,6 +100,7 @@ async fn the_scenarios_run_on_postgresql_too() {
     check_dispatch_http(&bench("dispatch-http", "postgres", Some(&admin)));
     check_fanout(&bench("fanout", "postgres", Some(&admin)));
     check_import(&bench("import", "postgres", Some(&admin)));
+    check_broadcast(&bench("broadcast", "postgres", Some(&admin)));
     let idle = bench("idle", "postgres", Some(&admin));
     assert!(idle["metrics"]["idle_rss_mb"].as_f64().unwrap() > 0.0);
 }

@@ -2,6 +2,7 @@
 //! fresh database and reported as a table or one JSON object. Numbers come from here, never
 //! from timed tests; the smoke tests only check that every message is accounted for.
 
+mod broadcast;
 mod child;
 pub mod db;
 mod dispatch;
@@ -39,6 +40,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "import",
         "a CSV file of N contacts imported (upsert by phone, per-row report), in bounded memory",
+    ),
+    (
+        "broadcast",
+        "a broadcast to a lead status of N contacts resolved and queued in the background, in bounded memory",
     ),
     (
         "idle",
@@ -118,6 +123,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         "fanout" => fanout::run(options, &db).await,
         "idle" => idle::run(options, &db).await,
         "import" => import::run(options, &db).await,
+        "broadcast" => broadcast::run(options, &db).await,
         _ => unreachable!("checked above"),
     };
     db.finish().await?;
