@@ -149,7 +149,7 @@ pub(crate) async fn list(
     let rows = sqlx::query(concat!(
         "SELECT ",
         columns!(),
-        " FROM provider_accounts WHERE org_id = $1 AND ($2::uuid IS NULL OR id > $2) \
+        " FROM provider_accounts WHERE org_id = $1 AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') \
           ORDER BY id LIMIT $3"
     ))
     .bind(org_id)

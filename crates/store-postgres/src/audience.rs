@@ -257,7 +257,7 @@ impl AudienceStore for PostgresStore {
     ) -> Result<Page<List>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {LIST_COLUMNS} FROM lists l WHERE l.org_id = $1 \
-             AND ($2::uuid IS NULL OR l.id > $2) ORDER BY l.id LIMIT $3"
+             AND l.id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY l.id LIMIT $3"
         )))
         .bind(org_id)
         .bind(after)
@@ -371,7 +371,7 @@ impl AudienceStore for PostgresStore {
         }
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT contact_id FROM list_members WHERE list_id = $1 \
-             AND ($2::uuid IS NULL OR contact_id > $2) ORDER BY contact_id LIMIT $3",
+             AND contact_id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY contact_id LIMIT $3",
         )
         .bind(list_id)
         .bind(after)
@@ -425,7 +425,7 @@ impl AudienceStore for PostgresStore {
     ) -> Result<Page<Segment>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {SEGMENT_COLUMNS} FROM segments WHERE org_id = $1 \
-             AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+             AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') ORDER BY id LIMIT $3"
         )))
         .bind(org_id)
         .bind(after)
@@ -481,7 +481,7 @@ impl AudienceStore for PostgresStore {
         let compiled = sql::compile(rule, Dialect::Postgres, now, 4);
         // The fragment is this crate's compiler output: fixed SQL with numbered placeholders.
         let query = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT c.id FROM contacts c WHERE c.org_id = $1 AND ($2::uuid IS NULL OR c.id > $2) \
+            "SELECT c.id FROM contacts c WHERE c.org_id = $1 AND c.id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') \
              AND {} ORDER BY c.id LIMIT $3",
             compiled.sql
         )))

@@ -160,7 +160,7 @@ async fn cancel_some(
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT id FROM messages
          WHERE org_id = $1 AND broadcast_id = $2 AND status IN ('queued', 'scheduled')
-           AND ($3::uuid IS NULL OR id > $3)
+           AND id > coalesce($3::uuid, '00000000-0000-0000-0000-000000000000')
          ORDER BY id LIMIT $4",
     )
     .bind(b.org_id)
@@ -283,7 +283,7 @@ impl BroadcastStore for PostgresStore {
     ) -> Result<Page<Broadcast>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM broadcasts WHERE org_id = $1 AND mode = $2
-             AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+             AND id < coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff') ORDER BY id DESC LIMIT $4"
         )))
         .bind(scope.org_id)
         .bind(scope.mode.as_str())

@@ -374,7 +374,7 @@ impl ContactStore for PostgresStore {
     ) -> Result<Page<Contact>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM contacts WHERE org_id = $1 \
-             AND ($2::uuid IS NULL OR id > $2) \
+             AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') \
              AND ($3::text IS NULL OR tags @> jsonb_build_array($3::text)) \
              AND ($4::text IS NULL OR lead_status = $4) \
              AND ($5::text IS NULL OR strpos(lower(coalesce(first_name, '') || ' ' || \
@@ -527,7 +527,7 @@ impl ContactStore for PostgresStore {
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "SELECT e.row, e.field, e.code, e.message FROM contact_import_errors e \
              JOIN contact_imports i ON i.id = e.import_id \
-             WHERE i.org_id = $1 AND e.import_id = $2 AND ($3::bigint IS NULL OR e.row > $3) \
+             WHERE i.org_id = $1 AND e.import_id = $2 AND e.row > coalesce($3::bigint, -1) \
              ORDER BY e.row, e.field LIMIT $4",
         )
         .bind(org_id)

@@ -120,7 +120,7 @@ pub(crate) async fn list(
 ) -> Result<(Vec<OptOut>, Option<String>), StoreError> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT phone, source, created_at FROM opt_outs \
-         WHERE org_id = $1 AND ($2::text IS NULL OR phone > $2) ORDER BY phone LIMIT $3",
+         WHERE org_id = $1 AND phone > coalesce($2::text, '') ORDER BY phone LIMIT $3",
     )
     .bind(org_id)
     .bind(after)

@@ -143,7 +143,7 @@ impl TemplateStore for PostgresStore {
             "SELECT ",
             columns!(),
             " FROM message_templates \
-             WHERE org_id = $1 AND ($2::uuid IS NULL OR id > $2) \
+             WHERE org_id = $1 AND id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') \
              AND ($3::text IS NULL OR category = $3) AND ($4::boolean IS NULL OR active = $4) \
              ORDER BY id LIMIT $5"
         ))

@@ -141,7 +141,7 @@ pub(crate) async fn list(
     // One more than asked tells whether there is a next page.
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM provider_accounts \
-         WHERE org_id = ?1 AND (?2 IS NULL OR id > ?2) ORDER BY id LIMIT ?3"
+         WHERE org_id = ?1 AND id > coalesce(?2, x'') ORDER BY id LIMIT ?3"
     )))
     .bind(org_id)
     .bind(after)

@@ -361,7 +361,7 @@ impl ContactStore for SqliteStore {
     ) -> Result<Page<Contact>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM contacts WHERE org_id = ?1 \
-             AND (?2 IS NULL OR id > ?2) \
+             AND id > coalesce(?2, x'') \
              AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?3)) \
              AND (?4 IS NULL OR lead_status = ?4) \
              AND (?5 IS NULL OR instr(lower(coalesce(first_name, '') || ' ' || \
@@ -509,7 +509,7 @@ impl ContactStore for SqliteStore {
         let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
             "SELECT e.row, e.field, e.code, e.message FROM contact_import_errors e \
              JOIN contact_imports i ON i.id = e.import_id \
-             WHERE i.org_id = ?1 AND e.import_id = ?2 AND (?3 IS NULL OR e.row > ?3) \
+             WHERE i.org_id = ?1 AND e.import_id = ?2 AND e.row > coalesce(?3, -1) \
              ORDER BY e.row, e.field LIMIT ?4",
         )
         .bind(org_id)

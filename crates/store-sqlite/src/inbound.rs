@@ -39,7 +39,7 @@ pub(crate) async fn list(
     let rows = sqlx::query(
         "SELECT id, org_id, provider, provider_message_id, from_number, to_number, body, \
          received_at FROM inbound_messages \
-         WHERE org_id = ?1 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+         WHERE org_id = ?1 AND id < coalesce(?2, x'ffffffffffffffffffffffffffffffff') ORDER BY id DESC LIMIT ?3",
     )
     .bind(org_id)
     .bind(after)

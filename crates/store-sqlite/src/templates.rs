@@ -184,7 +184,7 @@ impl TemplateStore for SqliteStore {
         // One more than asked tells whether there is a next page.
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM message_templates \
-             WHERE org_id = ?1 AND (?2 IS NULL OR id > ?2) \
+             WHERE org_id = ?1 AND id > coalesce(?2, x'') \
              AND (?3 IS NULL OR category = ?3) AND (?4 IS NULL OR active = ?4) \
              ORDER BY id LIMIT ?5"
         )))
