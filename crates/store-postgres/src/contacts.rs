@@ -76,6 +76,66 @@ async fn by_phone(
     .transpose()
 }
 
+/// The organization's contacts with these numbers, by number, locked for this transaction.
+async fn by_phones(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    phones: &[&str],
+) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM contacts WHERE org_id = $1 AND phone = ANY($2) \
+         ORDER BY id FOR UPDATE"
+    )))
+    .bind(org_id)
+    .bind(phones)
+    .fetch_all(&mut *conn)
+    .await
+    .ctx("failed to find contacts by phone")?;
+    rows.iter()
+        .map(|row| contact(row).map(|c| (c.phone.clone(), c)))
+        .collect()
+}
+
+/// Insert new contacts, many to a statement, skipping numbers taken meanwhile; returns how
+/// many were inserted.
+async fn insert_many(conn: &mut PgConnection, contacts: &[Contact]) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for chunk in contacts.chunks(1_000) {
+        let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO contacts (id, org_id, phone, country, first_name, last_name, email, \
+             time_zone, language, lead_status, tags, custom, consent, consent_source, consent_at, \
+             created_at, updated_at) ",
+        );
+        query.push_values(chunk, |mut row, c| {
+            row.push_bind(c.id)
+                .push_bind(c.org_id)
+                .push_bind(c.phone.clone())
+                .push_bind(c.country.as_ref().map(|r| r.as_str().to_owned()))
+                .push_bind(c.first_name.clone())
+                .push_bind(c.last_name.clone())
+                .push_bind(c.email.clone())
+                .push_bind(c.time_zone.clone())
+                .push_bind(c.language.clone())
+                .push_bind(c.lead_status.clone())
+                .push_bind(Json(c.tags.clone()))
+                .push_bind(Json(c.custom.clone()))
+                .push_bind(c.consent)
+                .push_bind(c.consent_source.clone())
+                .push_bind(c.consent_at.map(ts))
+                .push_bind(ts(c.created_at))
+                .push_bind(ts(c.updated_at));
+        });
+        query.push(" ON CONFLICT (org_id, phone) DO NOTHING");
+        inserted += query
+            .build()
+            .execute(&mut *conn)
+            .await
+            .ctx("failed to store contacts")?
+            .rows_affected();
+    }
+    Ok(inserted)
+}
+
 /// Insert `c` unless its number is taken; returns whether it was inserted.
 async fn insert(conn: &mut PgConnection, c: &Contact) -> Result<bool, StoreError> {
     let done = sqlx::query(
@@ -160,6 +220,49 @@ async fn update(
 /// Counts are bigint; beyond `i64` they cannot come from a real file.
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// [`ContactStore::upsert_contacts`] one row at a time: each number inserted unless taken (a
+/// concurrent import's insert makes this one wait for it), else locked and updated.
+async fn upsert_one_by_one(
+    store: &PostgresStore,
+    org_id: Uuid,
+    rows: &[ContactUpsert],
+    default_lead_status: &str,
+    now: Timestamp,
+) -> Result<Vec<Upserted>, StoreError> {
+    let mut tx = store.begin().await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut fresh = Contact::new(org_id, &row.phone, row.country, now);
+        fresh.lead_status = default_lead_status.to_owned();
+        row.patch.apply(&mut fresh, now);
+        fresh.updated_at = now;
+        if insert(&mut tx, &fresh).await? {
+            outcomes.push(Upserted::Created(fresh.id));
+            continue;
+        }
+        let Some(mut existing) = by_phone(&mut tx, org_id, &row.phone, true).await? else {
+            return Err(StoreError::Corrupt(
+                "a contact's number was taken, then vanished".into(),
+            ));
+        };
+        let read_at = existing.updated_at;
+        if row.patch.apply(&mut existing, now) {
+            if let Err(refusal) = update(&mut tx, &existing, read_at).await? {
+                return Err(StoreError::Corrupt(format!(
+                    "an import changed a contact's number: {refusal:?}"
+                )));
+            }
+            outcomes.push(Upserted::Updated(existing.id));
+        } else {
+            outcomes.push(Upserted::Unchanged(existing.id));
+        }
+    }
+    tx.commit()
+        .await
+        .ctx("failed to commit imported contacts")?;
+    Ok(outcomes)
 }
 
 #[async_trait]
@@ -406,33 +509,24 @@ impl ContactStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Vec<Upserted>, StoreError> {
         let mut tx = self.begin().await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut fresh = Contact::new(org_id, &row.phone, row.country, now);
-            fresh.lead_status = default_lead_status.to_owned();
-            row.patch.apply(&mut fresh, now);
-            fresh.updated_at = now;
-            if insert(&mut tx, &fresh).await? {
-                outcomes.push(Upserted::Created(fresh.id));
-                continue;
-            }
-            let Some(mut existing) = by_phone(&mut tx, org_id, &row.phone, true).await? else {
-                return Err(StoreError::Corrupt(
-                    "a contact's number was taken, then vanished".into(),
-                ));
-            };
-            let read_at = existing.updated_at;
-            if row.patch.apply(&mut existing, now) {
-                if let Err(refusal) = update(&mut tx, &existing, read_at).await? {
-                    return Err(StoreError::Corrupt(format!(
-                        "an import changed a contact's number: {refusal:?}"
-                    )));
-                }
-                outcomes.push(Upserted::Updated(existing.id));
-            } else {
-                outcomes.push(Upserted::Unchanged(existing.id));
+        let phones: Vec<&str> = rows.iter().map(|row| row.phone.as_str()).collect();
+        let existing = by_phones(&mut tx, org_id, &phones).await?;
+        let plan = UpsertPlan::of(org_id, rows, default_lead_status, now, existing);
+        if insert_many(&mut tx, &plan.created).await? != plan.created.len() as u64 {
+            // Another import created some of these numbers since the read: start again, one
+            // row at a time, which waits for it.
+            drop(tx);
+            return upsert_one_by_one(self, org_id, rows, default_lead_status, now).await;
+        }
+        for (contact, read_at) in &plan.updated {
+            // The rows are locked since the read: the write cannot be stale.
+            if let Err(refusal) = update(&mut tx, contact, *read_at).await? {
+                return Err(StoreError::Corrupt(format!(
+                    "an import changed a contact's number: {refusal:?}"
+                )));
             }
         }
+        let outcomes = plan.outcomes;
         tx.commit()
             .await
             .ctx("failed to commit imported contacts")?;

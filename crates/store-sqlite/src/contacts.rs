@@ -6,7 +6,7 @@ use herald_store::*;
 use jiff::Timestamp;
 use serde_json::{Map, Value};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::SqliteStore;
@@ -72,6 +72,63 @@ async fn by_phone(
     .as_ref()
     .map(contact)
     .transpose()
+}
+
+/// The organization's contacts with these numbers, by number.
+async fn by_phones(
+    conn: &mut SqliteConnection,
+    org_id: Uuid,
+    phones: &[&str],
+) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
+    let list = serde_json::to_string(phones).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM contacts WHERE org_id = ?1 \
+         AND phone IN (SELECT value FROM json_each(?2))"
+    )))
+    .bind(org_id)
+    .bind(list)
+    .fetch_all(&mut *conn)
+    .await
+    .ctx("failed to find contacts by phone")?;
+    rows.iter()
+        .map(|row| contact(row).map(|c| (c.phone.clone(), c)))
+        .collect()
+}
+
+/// Insert new contacts, many to a statement (17 binds each, well within SQLite's limit).
+async fn insert_many(conn: &mut SqliteConnection, contacts: &[Contact]) -> Result<(), StoreError> {
+    for chunk in contacts.chunks(1_000) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO contacts (id, org_id, phone, country, first_name, last_name, email, \
+             time_zone, language, lead_status, tags, custom, consent, consent_source, consent_at, \
+             created_at, updated_at) ",
+        );
+        query.push_values(chunk, |mut row, c| {
+            row.push_bind(c.id)
+                .push_bind(c.org_id)
+                .push_bind(c.phone.clone())
+                .push_bind(c.country.as_ref().map(|r| r.as_str().to_owned()))
+                .push_bind(c.first_name.clone())
+                .push_bind(c.last_name.clone())
+                .push_bind(c.email.clone())
+                .push_bind(c.time_zone.clone())
+                .push_bind(c.language.clone())
+                .push_bind(c.lead_status.clone())
+                .push_bind(strings(&c.tags))
+                .push_bind(json(Value::Object(c.custom.clone())))
+                .push_bind(c.consent)
+                .push_bind(c.consent_source.clone())
+                .push_bind(c.consent_at.map(micros))
+                .push_bind(micros(c.created_at))
+                .push_bind(micros(c.updated_at));
+        });
+        query
+            .build()
+            .execute(&mut *conn)
+            .await
+            .ctx("failed to store contacts")?;
+    }
+    Ok(())
 }
 
 async fn insert(conn: &mut SqliteConnection, c: &Contact) -> Result<(), StoreError> {
@@ -393,28 +450,15 @@ impl ContactStore for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Upserted>, StoreError> {
         let mut tx = self.write().await?;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for row in rows {
-            match by_phone(&mut tx, org_id, &row.phone).await? {
-                Some(mut existing) => {
-                    let read_at = existing.updated_at;
-                    if row.patch.apply(&mut existing, now) {
-                        update(&mut tx, &existing, read_at).await?;
-                        outcomes.push(Upserted::Updated(existing.id));
-                    } else {
-                        outcomes.push(Upserted::Unchanged(existing.id));
-                    }
-                }
-                None => {
-                    let mut fresh = Contact::new(org_id, &row.phone, row.country, now);
-                    fresh.lead_status = default_lead_status.to_owned();
-                    row.patch.apply(&mut fresh, now);
-                    fresh.updated_at = now;
-                    insert(&mut tx, &fresh).await?;
-                    outcomes.push(Upserted::Created(fresh.id));
-                }
-            }
+        let phones: Vec<&str> = rows.iter().map(|row| row.phone.as_str()).collect();
+        let existing = by_phones(&mut tx, org_id, &phones).await?;
+        let plan = UpsertPlan::of(org_id, rows, default_lead_status, now, existing);
+        insert_many(&mut tx, &plan.created).await?;
+        // The single writer holds the database: nothing can have changed them since the read.
+        for (contact, read_at) in &plan.updated {
+            update(&mut tx, contact, *read_at).await?;
         }
+        let outcomes = plan.outcomes;
         tx.commit()
             .await
             .ctx("failed to commit imported contacts")?;

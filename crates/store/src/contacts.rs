@@ -173,6 +173,92 @@ pub enum Upserted {
     Unchanged(Uuid),
 }
 
+/// How a batch of import rows lands on the contacts already there: what to insert, what to
+/// write back, and what became of each row. Both backends read the batch's numbers in one
+/// query, plan with this, and write in bulk.
+#[derive(Debug, Default)]
+pub struct UpsertPlan {
+    /// Each row's outcome, in order.
+    pub outcomes: Vec<Upserted>,
+    /// New contacts, in the order their numbers first appeared.
+    pub created: Vec<Contact>,
+    /// Changed contacts, each with the `updated_at` it was read with.
+    pub updated: Vec<(Contact, Timestamp)>,
+}
+
+impl UpsertPlan {
+    /// Apply `rows` in order to `existing` (the organization's contacts with the rows' numbers,
+    /// by number). A number given twice in the batch is created (or read) once, and the later
+    /// row updates it, as if the rows had been written one by one.
+    pub fn of(
+        org_id: Uuid,
+        rows: &[ContactUpsert],
+        default_lead_status: &str,
+        now: Timestamp,
+        mut existing: std::collections::HashMap<String, Contact>,
+    ) -> UpsertPlan {
+        struct Pending {
+            contact: Contact,
+            /// `None` for a contact this batch creates.
+            read_at: Option<Timestamp>,
+            changed: bool,
+        }
+        let mut pending: std::collections::HashMap<&str, Pending> =
+            std::collections::HashMap::with_capacity(rows.len());
+        let mut order: Vec<&str> = Vec::with_capacity(rows.len());
+        let mut outcomes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let entry = match pending.entry(row.phone.as_str()) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    order.push(row.phone.as_str());
+                    match existing.remove(&row.phone) {
+                        Some(contact) => entry.insert(Pending {
+                            read_at: Some(contact.updated_at),
+                            contact,
+                            changed: false,
+                        }),
+                        None => {
+                            let mut fresh = Contact::new(org_id, &row.phone, row.country, now);
+                            fresh.lead_status = default_lead_status.to_owned();
+                            row.patch.apply(&mut fresh, now);
+                            fresh.updated_at = now;
+                            outcomes.push(Upserted::Created(fresh.id));
+                            entry.insert(Pending {
+                                contact: fresh,
+                                read_at: None,
+                                changed: true,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            };
+            if row.patch.apply(&mut entry.contact, now) {
+                entry.changed = true;
+                outcomes.push(Upserted::Updated(entry.contact.id));
+            } else {
+                outcomes.push(Upserted::Unchanged(entry.contact.id));
+            }
+        }
+        let mut plan = UpsertPlan {
+            outcomes,
+            ..UpsertPlan::default()
+        };
+        for phone in order {
+            let Some(entry) = pending.remove(phone) else {
+                continue;
+            };
+            match entry.read_at {
+                None => plan.created.push(entry.contact),
+                Some(read_at) if entry.changed => plan.updated.push((entry.contact, read_at)),
+                Some(_) => {}
+            }
+        }
+        plan
+    }
+}
+
 /// One row of an import: a phone number (E.164) with the fields the file gave.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContactUpsert {

@@ -390,6 +390,16 @@ pub async fn imports_create_new_numbers_and_merge_known_ones(subject: &Subject) 
                 ..Default::default()
             },
         },
+        // A number new to the organization, given again in the same batch: created once, then
+        // updated.
+        ContactUpsert {
+            phone: "+14155550101".into(),
+            country: Some(Region::parse("US").unwrap()),
+            patch: ContactPatch {
+                last_name: Some(Some("Builder".into())),
+                ..Default::default()
+            },
+        },
     ];
     let outcomes = store
         .upsert_contacts(a.org_id, &rows, "new", at(10))
@@ -403,7 +413,8 @@ pub async fn imports_create_new_numbers_and_merge_known_ones(subject: &Subject) 
         [
             Upserted::Updated(ada.id),
             Upserted::Created(bob),
-            Upserted::Unchanged(ada.id)
+            Upserted::Unchanged(ada.id),
+            Upserted::Updated(bob),
         ]
     );
     let merged = store.get_contact(a.org_id, ada.id).await.unwrap().unwrap();
@@ -420,8 +431,12 @@ pub async fn imports_create_new_numbers_and_merge_known_ones(subject: &Subject) 
     assert_eq!(merged.updated_at, at(10));
     let bob = store.get_contact(a.org_id, bob).await.unwrap().unwrap();
     assert_eq!(
-        (bob.first_name.as_deref(), bob.lead_status.as_str()),
-        (Some("Bob"), "new")
+        (
+            bob.first_name.as_deref(),
+            bob.last_name.as_deref(),
+            bob.lead_status.as_str()
+        ),
+        (Some("Bob"), Some("Builder"), "new")
     );
     assert_eq!((bob.created_at, bob.updated_at), (at(10), at(10)));
 }
