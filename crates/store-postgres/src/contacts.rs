@@ -76,7 +76,8 @@ async fn by_phone(
     .transpose()
 }
 
-/// The organization's contacts with these numbers, by number, locked for this transaction.
+/// The organization's contacts with these numbers, by number, locked for this transaction in
+/// number order (the unique index's), so two imports lock shared rows in the same order.
 async fn by_phones(
     conn: &mut PgConnection,
     org_id: Uuid,
@@ -84,7 +85,7 @@ async fn by_phones(
 ) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM contacts WHERE org_id = $1 AND phone = ANY($2) \
-         ORDER BY id FOR UPDATE"
+         ORDER BY phone FOR UPDATE"
     )))
     .bind(org_id)
     .bind(phones)

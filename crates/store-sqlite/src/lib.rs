@@ -223,6 +223,11 @@ fn migrator() -> Migrator {
             "broadcast resumption",
             include_str!("../migrations/0014_broadcast_resume.sql"),
         ),
+        migration(
+            15,
+            "contacts by lead status in id order",
+            include_str!("../migrations/0015_contacts_by_lead_status.sql"),
+        ),
     ])
 }
 
