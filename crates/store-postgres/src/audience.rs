@@ -344,14 +344,16 @@ impl AudienceStore for PostgresStore {
             return Ok(None);
         }
         let known = known_contacts(&mut tx, org_id, &ids).await?;
-        let removed =
-            sqlx::query("DELETE FROM list_members WHERE list_id = $1 AND contact_id = ANY($2)")
-                .bind(list_id)
-                .bind(&ids)
-                .execute(&mut *tx)
-                .await
-                .ctx("failed to remove list members")?
-                .rows_affected();
+        let removed = sqlx::query(
+            "DELETE FROM list_members WHERE list_id = $1 \
+                 AND contact_id IN (SELECT unnest($2::uuid[]))",
+        )
+        .bind(list_id)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to remove list members")?
+        .rows_affected();
         tx.commit()
             .await
             .ctx("failed to commit removed list members")?;

@@ -305,8 +305,8 @@ impl BroadcastStore for PostgresStore {
             return Ok(Vec::new());
         }
         let found: Vec<String> = sqlx::query_scalar(
-            "SELECT phone FROM broadcast_recipients
-             WHERE broadcast_id = $1 AND phone = ANY($2::text[])",
+            "SELECT r.phone FROM unnest($2::text[]) AS w (wanted)
+             JOIN broadcast_recipients r ON r.broadcast_id = $1 AND r.phone = w.wanted",
         )
         .bind(broadcast_id)
         .bind(phones)

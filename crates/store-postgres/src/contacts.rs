@@ -77,15 +77,17 @@ async fn by_phone(
 }
 
 /// The organization's contacts with these numbers, by number, locked for this transaction in
-/// number order (the unique index's), so two imports lock shared rows in the same order.
+/// number order (the unique index's), so two imports lock shared rows in the same order. A
+/// join on the numbers, not `phone = ANY($2)`: a generic plan for that may scan every contact
+/// of the organization, testing each against the whole array.
 async fn by_phones(
     conn: &mut PgConnection,
     org_id: Uuid,
     phones: &[&str],
 ) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM contacts WHERE org_id = $1 AND phone = ANY($2) \
-         ORDER BY phone FOR UPDATE"
+        "SELECT {COLUMNS} FROM unnest($2::text[]) AS w (wanted) \
+         JOIN contacts ON org_id = $1 AND phone = w.wanted ORDER BY phone FOR UPDATE OF contacts"
     )))
     .bind(org_id)
     .bind(phones)

@@ -94,12 +94,14 @@ pub(crate) async fn among(
     }
     if erased {
         let keys = ErasedKeys::of(wanted);
+        let (key_orgs, key_phones): (Vec<Uuid>, Vec<&str>) = keys.keys().into_iter().unzip();
         let rows: Vec<(Uuid, String, String, jiff_sqlx::Timestamp)> = sqlx::query_as(
-            "SELECT org_id, phone, source, created_at FROM opt_outs
-             WHERE org_id = ANY($1) AND phone = ANY($2)",
+            "SELECT o.org_id, o.phone, o.source, o.created_at FROM opt_outs o
+             JOIN unnest($1::uuid[], $2::text[]) AS w (org_id, phone)
+               ON o.org_id = w.org_id AND o.phone = w.phone",
         )
-        .bind(&orgs)
-        .bind(keys.keys())
+        .bind(&key_orgs)
+        .bind(&key_phones)
         .fetch_all(&mut *conn)
         .await
         .ctx("failed to check the suppression list")?;

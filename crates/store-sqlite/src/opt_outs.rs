@@ -110,7 +110,13 @@ pub(crate) async fn among(
                AND phone IN (SELECT value FROM json_each(?2))",
         )
         .bind(&orgs)
-        .bind(json(&keys.keys())?)
+        .bind(json(
+            &keys
+                .keys()
+                .into_iter()
+                .map(|(_, key)| key)
+                .collect::<Vec<_>>(),
+        )?)
         .fetch_all(&mut *conn)
         .await
         .ctx("failed to check the suppression list")?;

@@ -86,9 +86,12 @@ impl<'a> ErasedKeys<'a> {
         }
     }
 
-    /// The keys to look up.
-    pub fn keys(&self) -> Vec<&str> {
-        self.keys.keys().map(String::as_str).collect()
+    /// The keys to look up, each with its organization.
+    pub fn keys(&self) -> Vec<(Uuid, &str)> {
+        self.keys
+            .iter()
+            .map(|(key, (org_id, _))| (*org_id, key.as_str()))
+            .collect()
     }
 
     /// The organization and number an entry found under `key` belongs to.
