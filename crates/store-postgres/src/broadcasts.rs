@@ -305,8 +305,11 @@ impl BroadcastStore for PostgresStore {
             return Ok(Vec::new());
         }
         let found: Vec<String> = sqlx::query_scalar(
+            // One probe of the key per number: a join or '= ANY' may be planned as a scan of
+            // every number the broadcast reached.
             "SELECT r.phone FROM unnest($2::text[]) AS w (wanted)
-             JOIN broadcast_recipients r ON r.broadcast_id = $1 AND r.phone = w.wanted",
+             CROSS JOIN LATERAL (SELECT phone FROM broadcast_recipients
+                 WHERE broadcast_id = $1 AND phone = w.wanted LIMIT 1) r",
         )
         .bind(broadcast_id)
         .bind(phones)

@@ -68,10 +68,12 @@ pub(crate) async fn among(
     }
     let orgs: Vec<Uuid> = wanted.iter().map(|(org, _)| *org).collect();
     let phones: Vec<&str> = wanted.iter().map(|(_, phone)| *phone).collect();
+    // One probe of the key per number, whatever the planner thinks of the list's size.
     let rows: Vec<(Option<Uuid>, String, String, Option<jiff_sqlx::Timestamp>)> = sqlx::query_as(
-        "SELECT o.org_id, o.phone, o.source, o.created_at FROM opt_outs o
-         JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[])) AS w (org_id, phone)
-           ON o.org_id = w.org_id AND o.phone = w.phone
+        "SELECT o.org_id, o.phone, o.source, o.created_at
+         FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[])) AS w (org_id, phone)
+         CROSS JOIN LATERAL (SELECT org_id, phone, source, created_at FROM opt_outs
+             WHERE org_id = w.org_id AND phone = w.phone LIMIT 1) o
          UNION ALL
          SELECT NULL, '', '', NULL WHERE EXISTS (
              SELECT 1 FROM opt_outs WHERE org_id = ANY($1)
@@ -96,9 +98,10 @@ pub(crate) async fn among(
         let keys = ErasedKeys::of(wanted);
         let (key_orgs, key_phones): (Vec<Uuid>, Vec<&str>) = keys.keys().into_iter().unzip();
         let rows: Vec<(Uuid, String, String, jiff_sqlx::Timestamp)> = sqlx::query_as(
-            "SELECT o.org_id, o.phone, o.source, o.created_at FROM opt_outs o
-             JOIN unnest($1::uuid[], $2::text[]) AS w (org_id, phone)
-               ON o.org_id = w.org_id AND o.phone = w.phone",
+            "SELECT o.org_id, o.phone, o.source, o.created_at
+             FROM unnest($1::uuid[], $2::text[]) AS w (org_id, phone)
+             CROSS JOIN LATERAL (SELECT org_id, phone, source, created_at FROM opt_outs
+                 WHERE org_id = w.org_id AND phone = w.phone LIMIT 1) o",
         )
         .bind(&key_orgs)
         .bind(&key_phones)
