@@ -147,6 +147,19 @@ impl PhoneNumber {
         })
     }
 
+    /// A number this system validated and stored earlier (a contact's), rebuilt from its E.164
+    /// form and region without parsing it again: parsing costs tens of microseconds, which a
+    /// broadcast to a million contacts would pay for every one. `None` for a non-geographic
+    /// number (no region), which must be parsed.
+    pub fn stored(e164: &str, region: Option<Region>) -> Option<PhoneNumber> {
+        let region = region?;
+        Some(PhoneNumber {
+            e164: e164.to_owned(),
+            region: Some(region),
+            country_code: region.calling_code(),
+        })
+    }
+
     /// The number in E.164, e.g. `+14155550100`: what providers are sent and what is stored.
     pub fn e164(&self) -> &str {
         &self.e164

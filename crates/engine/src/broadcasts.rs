@@ -782,27 +782,36 @@ impl Resolver {
         self.counts.requested += targets.len() as u64;
 
         // Normalise; a bare number may belong to a contact, whose fields and consent apply.
+        // A contact's number was validated when it was stored: it is not parsed again.
         let mut valid = Vec::with_capacity(targets.len());
         for target in targets {
-            match PhoneNumber::parse(&target.phone, Some(self.org.default_region)) {
-                Ok(number) => {
-                    let e164 = number.e164().to_owned();
-                    let contact = match target.contact {
-                        Some(contact) => Some(contact),
-                        None if target.lookup => store.find_contact_by_phone(org_id, &e164).await?,
-                        None => None,
-                    };
-                    valid.push((e164, contact));
-                }
-                Err(_) => self.counts.invalid += 1,
-            }
+            let stored = target
+                .contact
+                .as_ref()
+                .and_then(|c| PhoneNumber::stored(&c.phone, c.country));
+            let number = match stored {
+                Some(number) => number,
+                None => match PhoneNumber::parse(&target.phone, Some(self.org.default_region)) {
+                    Ok(number) => number,
+                    Err(_) => {
+                        self.counts.invalid += 1;
+                        continue;
+                    }
+                },
+            };
+            let contact = match target.contact {
+                Some(contact) => Some(contact),
+                None if target.lookup => store.find_contact_by_phone(org_id, number.e164()).await?,
+                None => None,
+            };
+            valid.push((number.e164().to_owned(), contact, number));
         }
 
         // De-duplicate within the batch, then against earlier batches.
         let mut in_batch = HashSet::with_capacity(valid.len());
         let before = valid.len();
-        valid.retain(|(phone, _)| in_batch.insert(phone.clone()));
-        let phones: Vec<String> = valid.iter().map(|(p, _)| p.clone()).collect();
+        valid.retain(|(phone, _, _)| in_batch.insert(phone.clone()));
+        let phones: Vec<String> = valid.iter().map(|(p, _, _)| p.clone()).collect();
         let reached: Vec<String> = match &mut self.seen {
             Some(seen) => phones
                 .into_iter()
@@ -821,10 +830,10 @@ impl Resolver {
             }
         };
         let fresh: HashSet<&str> = reached.iter().map(String::as_str).collect();
-        valid.retain(|(phone, _)| fresh.contains(phone.as_str()));
+        valid.retain(|(phone, _, _)| fresh.contains(phone.as_str()));
         self.counts.duplicates += (before - valid.len()) as u64;
 
-        let phones: Vec<String> = valid.iter().map(|(p, _)| p.clone()).collect();
+        let phones: Vec<String> = valid.iter().map(|(p, _, _)| p.clone()).collect();
         let opted_out: HashSet<String> = if phones.is_empty() {
             HashSet::new()
         } else {
@@ -838,7 +847,7 @@ impl Resolver {
 
         let promotional = self.request.kind == MessageType::Promotional;
         let mut messages = Vec::with_capacity(valid.len());
-        for (phone, contact) in valid {
+        for (phone, contact, number) in valid {
             if opted_out.contains(&phone) {
                 self.counts.opted_out += 1;
                 continue;
@@ -869,6 +878,7 @@ impl Resolver {
             };
             let send = SendRequest {
                 to: Some(phone),
+                to_number: Some(number),
                 body: Some(body),
                 kind: self.request.kind,
                 from: self.request.from.clone(),

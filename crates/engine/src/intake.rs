@@ -50,6 +50,9 @@ impl Default for IntakeConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SendRequest {
     pub to: Option<String>,
+    /// `to` already validated (a stored contact's number, or one the caller parsed): used
+    /// instead of parsing `to` again.
+    pub to_number: Option<PhoneNumber>,
     pub body: Option<String>,
     pub kind: MessageType,
     pub from: Option<String>,
@@ -92,6 +95,7 @@ pub fn prepare(
     let mut errors = Vec::new();
 
     let to = match request.to.as_deref().map(str::trim) {
+        _ if request.to_number.is_some() => request.to_number.clone(),
         None | Some("") => {
             errors.push(FieldError::new("to", "required", "`to` is required"));
             None

@@ -249,6 +249,7 @@ pub async fn create_message(
     .await?;
     let send = SendRequest {
         to: source.to.clone(),
+        to_number: None,
         body: source.body.clone(),
         kind: request.kind,
         from: request.from.clone(),

@@ -17,6 +17,23 @@ fn a_number_from_a_crown_dependency_belongs_to_it_not_to_the_uk() {
 }
 
 #[test]
+fn a_stored_number_is_rebuilt_as_it_was_parsed() {
+    for (input, default) in [
+        ("(415) 555-0100", "US"),
+        ("07911 123456", "GB"),
+        ("+33 6 12 34 56 78", "US"),
+        ("+1 204 555 0100", "US"),
+    ] {
+        let parsed = PhoneNumber::parse(input, Some(region(default))).unwrap();
+        let stored = PhoneNumber::stored(parsed.e164(), parsed.region());
+        assert_eq!(stored.as_ref(), Some(&parsed), "{input}");
+    }
+    // Without a region (a non-geographic number) it must be parsed.
+    let freephone = PhoneNumber::parse("+800 1234 5678", None).unwrap();
+    assert_eq!(PhoneNumber::stored(freephone.e164(), freephone.region()), None);
+}
+
+#[test]
 fn a_non_geographic_number_has_no_region() {
     let number = PhoneNumber::parse("+800 1234 5678", None).unwrap();
     assert_eq!(number.e164(), "+80012345678");
