@@ -30,7 +30,10 @@ fn a_stored_number_is_rebuilt_as_it_was_parsed() {
     }
     // Without a region (a non-geographic number) it must be parsed.
     let freephone = PhoneNumber::parse("+800 1234 5678", None).unwrap();
-    assert_eq!(PhoneNumber::stored(freephone.e164(), freephone.region()), None);
+    assert_eq!(
+        PhoneNumber::stored(freephone.e164(), freephone.region()),
+        None
+    );
 }
 
 #[test]
