@@ -111,14 +111,6 @@ pub enum BroadcastError {
     Store(#[from] StoreError),
 }
 
-fn field(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        code,
-        message: message.into(),
-    }
-}
-
 /// How far resolution has come, stored with each batch: every recipient before it has been
 /// counted. Entries are resolved in order; within a list, segment or lead status, contacts in
 /// id order.
@@ -368,7 +360,7 @@ async fn validate(
     let store = engine.store.as_ref();
     let mut errors = Vec::new();
     if request.recipients.is_empty() {
-        errors.push(field(
+        errors.push(FieldError::new(
             "recipients",
             "required",
             "`recipients` must list at least one recipient",
@@ -380,7 +372,7 @@ async fn validate(
         (Some(body), None) => Some(body.clone()),
         (None, Some(_)) => Some("x".to_owned()),
         _ => {
-            errors.push(field(
+            errors.push(FieldError::new(
                 "body",
                 "body_or_template",
                 "give exactly one of `body` and `template_id`",
@@ -402,7 +394,7 @@ async fn validate(
                 found
                     .into_iter()
                     .filter(|e| e.field != "to")
-                    .map(|e| field(e.field, e.code, e.message)),
+                    .map(|e| FieldError::new(e.field, e.code, e.message)),
             );
         }
     }
@@ -410,12 +402,12 @@ async fn validate(
     let mut template = None;
     if let Some(id) = request.template_id {
         match store.get_template(org.id, id).await? {
-            None => errors.push(field(
+            None => errors.push(FieldError::new(
                 "template_id",
                 "unknown_template",
                 "`template_id` names no template of this organization",
             )),
-            Some(stored) if !stored.active => errors.push(field(
+            Some(stored) if !stored.active => errors.push(FieldError::new(
                 "template_id",
                 "inactive_template",
                 "the template is inactive; activate it before sending with it",
@@ -463,7 +455,7 @@ async fn validate(
     for (i, recipient) in request.recipients.iter().enumerate() {
         match recipient {
             Recipient::Phone(_) => {}
-            Recipient::Contact(id) if !contacts.contains_key(id) => errors.push(field(
+            Recipient::Contact(id) if !contacts.contains_key(id) => errors.push(FieldError::new(
                 format!("recipients[{i}].id"),
                 "unknown_contact",
                 "names no contact of this organization",
@@ -471,7 +463,7 @@ async fn validate(
             Recipient::Contact(_) => {}
             Recipient::List(id) => {
                 if store.get_list(org.id, *id).await?.is_none() {
-                    errors.push(field(
+                    errors.push(FieldError::new(
                         format!("recipients[{i}].id"),
                         "unknown_list",
                         "names no list of this organization",
@@ -489,20 +481,22 @@ async fn validate(
                         )));
                     }
                 },
-                None => errors.push(field(
+                None => errors.push(FieldError::new(
                     format!("recipients[{i}].id"),
                     "unknown_segment",
                     "names no segment of this organization",
                 )),
             },
-            Recipient::LeadStatus(status) if !statuses.contains(status) => errors.push(field(
-                format!("recipients[{i}].status"),
-                "unknown_lead_status",
-                format!(
-                    "is not one of the organization's lead statuses ({})",
-                    statuses.join(", ")
-                ),
-            )),
+            Recipient::LeadStatus(status) if !statuses.contains(status) => {
+                errors.push(FieldError::new(
+                    format!("recipients[{i}].status"),
+                    "unknown_lead_status",
+                    format!(
+                        "is not one of the organization's lead statuses ({})",
+                        statuses.join(", ")
+                    ),
+                ))
+            }
             Recipient::LeadStatus(_) => {}
         }
     }
@@ -515,7 +509,7 @@ async fn validate(
             .filter(|name| !request.variables.contains_key(*name) && *name != "phone")
             .collect();
         if !missing.is_empty() && errors.is_empty() && only_strangers(engine, org, request).await? {
-            errors.push(field(
+            errors.push(FieldError::new(
                 "variables",
                 "missing_variables",
                 format!(

@@ -59,31 +59,23 @@ pub enum TemplateError {
     Store(#[from] StoreError),
 }
 
-fn field(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        code,
-        message: message.into(),
-    }
-}
-
 /// A trimmed, non-empty, single-line text of at most `max` characters.
 fn short_text(name: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) -> String {
     let value = value.trim();
     if value.is_empty() {
-        errors.push(field(
+        errors.push(FieldError::new(
             name,
             "required",
             format!("`{name}` must not be empty"),
         ));
     } else if value.chars().count() > max {
-        errors.push(field(
+        errors.push(FieldError::new(
             name,
             "too_long",
             format!("`{name}` is longer than {max} characters"),
         ));
     } else if value.chars().any(char::is_control) {
-        errors.push(field(
+        errors.push(FieldError::new(
             name,
             "invalid_character",
             format!("`{name}` must not contain control characters"),
@@ -95,14 +87,14 @@ fn short_text(name: &str, value: &str, max: usize, errors: &mut Vec<FieldError>)
 /// Check a template body's size and characters, then parse it.
 pub fn parse_body(body: &str) -> Result<Template, TemplateError> {
     if body.trim().is_empty() {
-        return Err(TemplateError::Invalid(vec![field(
+        return Err(TemplateError::Invalid(vec![FieldError::new(
             "body",
             "required",
             "`body` must not be empty",
         )]));
     }
     if body.chars().count() > MAX_BODY_CHARS {
-        return Err(TemplateError::Invalid(vec![field(
+        return Err(TemplateError::Invalid(vec![FieldError::new(
             "body",
             "body_too_long",
             format!("`body` is longer than {MAX_BODY_CHARS} characters"),
@@ -110,7 +102,7 @@ pub fn parse_body(body: &str) -> Result<Template, TemplateError> {
     }
     // U+0000 has no place in an SMS and PostgreSQL cannot store it in text.
     if body.contains('\0') {
-        return Err(TemplateError::Invalid(vec![field(
+        return Err(TemplateError::Invalid(vec![FieldError::new(
             "body",
             "invalid_character",
             "`body` must not contain NUL characters",
@@ -127,7 +119,7 @@ fn check_declared(
     errors: &mut Vec<FieldError>,
 ) {
     if declared.len() > MAX_DECLARED {
-        errors.push(field(
+        errors.push(FieldError::new(
             "variables",
             "too_many",
             format!("a template declares at most {MAX_DECLARED} variables"),
@@ -136,13 +128,13 @@ fn check_declared(
     }
     for (i, variable) in declared.iter().enumerate() {
         if !template.variables().iter().any(|v| v.name == variable.name) {
-            errors.push(field(
+            errors.push(FieldError::new(
                 format!("variables[{i}].name"),
                 "unused_variable",
                 format!("the body does not use `{}`", variable.name),
             ));
         } else if declared[..i].iter().any(|v| v.name == variable.name) {
-            errors.push(field(
+            errors.push(FieldError::new(
                 format!("variables[{i}].name"),
                 "duplicate_variable",
                 format!("`{}` is declared twice", variable.name),
@@ -156,7 +148,7 @@ fn check_declared(
                 .as_ref()
                 .is_some_and(|t| t.chars().count() > MAX_NOTE_CHARS)
             {
-                errors.push(field(
+                errors.push(FieldError::new(
                     format!("variables[{i}].{note}"),
                     "too_long",
                     format!("`{note}` is longer than {MAX_NOTE_CHARS} characters"),
@@ -215,7 +207,11 @@ pub fn new_template(
         ("body", input.body.is_some()),
     ] {
         if !given {
-            missing.push(field(name, "required", format!("`{name}` is required")));
+            missing.push(FieldError::new(
+                name,
+                "required",
+                format!("`{name}` is required"),
+            ));
         }
     }
     if !missing.is_empty() {
@@ -333,7 +329,7 @@ pub fn variables(
             Some(None) => {
                 values.remove(key);
             }
-            None => errors.push(field(
+            None => errors.push(FieldError::new(
                 format!("variables.{key}"),
                 "invalid_variable",
                 format!("`variables.{key}` must be a string, number, boolean or null"),
@@ -374,14 +370,14 @@ pub async fn render_for_send(
 ) -> Result<(String, MessageTemplate), SendTemplateError> {
     let invalid = |f: FieldError| SendTemplateError::Invalid(vec![f]);
     let Some(stored) = store.get_template(org_id, id).await? else {
-        return Err(invalid(field(
+        return Err(invalid(FieldError::new(
             "template_id",
             "unknown_template",
             "`template_id` names no template of this organization",
         )));
     };
     if !stored.active {
-        return Err(invalid(field(
+        return Err(invalid(FieldError::new(
             "template_id",
             "inactive_template",
             "the template is inactive; activate it before sending with it",
@@ -392,7 +388,7 @@ pub async fn render_for_send(
     })?;
     match template.render(lookup(values)) {
         Ok(body) => Ok((body, stored)),
-        Err(missing) => Err(invalid(field(
+        Err(missing) => Err(invalid(FieldError::new(
             "variables",
             "missing_variables",
             format!("the template needs a value for: {}", missing.0.join(", ")),

@@ -4,8 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_engine::broadcasts::{
     self as engine_broadcasts, BroadcastError, BroadcastRequest, MAX_ENTRIES, Recipient, Started,
 };
@@ -148,19 +148,11 @@ pub struct BroadcastPage {
     pub next_cursor: Option<String>,
 }
 
-fn field(field: impl Into<String>, code: &str, message: impl Into<String>) -> FieldProblem {
-    FieldProblem {
-        field: field.into(),
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
 /// One recipient entry, or what is wrong with it (fields named `recipients[i].…`).
 fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<Recipient> {
     let at = |name: &str| format!("recipients[{i}].{name}");
     let Some(object) = entry.as_object() else {
-        errors.push(field(
+        errors.push(FieldProblem::new(
             format!("recipients[{i}]"),
             "invalid_recipient",
             "each recipient is an object with a `type`",
@@ -168,7 +160,7 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
         return None;
     };
     let Some(kind) = object.get("type").and_then(Value::as_str) else {
-        errors.push(field(
+        errors.push(FieldProblem::new(
             at("type"),
             "required",
             "`type` is one of phone, contact, list, segment, lead_status",
@@ -180,7 +172,7 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
         "contact" | "list" | "segment" => "id",
         "lead_status" => "status",
         _ => {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 at("type"),
                 "invalid_type",
                 "`type` is one of phone, contact, list, segment, lead_status",
@@ -191,7 +183,7 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
     let mut ok = true;
     for name in object.keys() {
         if name != "type" && name != key {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 at(name),
                 "unknown_field",
                 format!("a `{kind}` recipient has only `type` and `{key}`"),
@@ -202,7 +194,7 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
     let text = match object.get(key).and_then(Value::as_str).map(str::trim) {
         Some(text) if !text.is_empty() => text,
         _ => {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 at(key),
                 "required",
                 format!("`{key}` is required and must be a non-empty string"),
@@ -215,7 +207,11 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
     }
     if key == "id" {
         let Ok(id) = Uuid::parse_str(text) else {
-            errors.push(field(at("id"), "invalid_id", "`id` must be a UUID"));
+            errors.push(FieldProblem::new(
+                at("id"),
+                "invalid_id",
+                "`id` must be a UUID",
+            ));
             return None;
         };
         return Some(match kind {
@@ -234,24 +230,13 @@ fn recipient(i: usize, entry: &Value, errors: &mut Vec<FieldProblem>) -> Option<
 fn accepted(view: &BroadcastView, replayed: bool) -> Result<Response, Problem> {
     let body = serde_json::to_vec(view)
         .map_err(|e| Problem::internal("failed to render a broadcast", &e))?;
-    let mut response = (
+    let location = format!("/v1/broadcasts/{}", view.id);
+    Ok(crate::json_response(
         StatusCode::ACCEPTED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
         body,
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/broadcasts/{}", view.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+        Some(&location),
+        replayed,
+    ))
 }
 
 /// Send a broadcast.
@@ -289,8 +274,12 @@ pub async fn create_broadcast(
     let mut errors = Vec::new();
     let mut recipients = Vec::new();
     match &body.recipients {
-        None => errors.push(field("recipients", "required", "`recipients` is required")),
-        Some(entries) if entries.len() > MAX_ENTRIES => errors.push(field(
+        None => errors.push(FieldProblem::new(
+            "recipients",
+            "required",
+            "`recipients` is required",
+        )),
+        Some(entries) if entries.len() > MAX_ENTRIES => errors.push(FieldProblem::new(
             "recipients",
             "too_many_recipients",
             format!("`recipients` holds at most {MAX_ENTRIES} entries; use a list or segment"),
@@ -306,7 +295,7 @@ pub async fn create_broadcast(
     let template_id = body.template_id.as_deref().and_then(|raw| {
         let parsed = Uuid::parse_str(raw.trim()).ok();
         if parsed.is_none() {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 "template_id",
                 "unknown_template",
                 "`template_id` names no template of this organization",
@@ -317,7 +306,7 @@ pub async fn create_broadcast(
     let send_at = body.send_at.as_deref().and_then(|text| {
         let parsed = text.parse::<Timestamp>().ok();
         if parsed.is_none() {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 "send_at",
                 "invalid_datetime",
                 "`send_at` must be an RFC 3339 date-time, e.g. 2026-12-01T09:30:00Z",
@@ -326,7 +315,7 @@ pub async fn create_broadcast(
         parsed
     });
     if body.body.is_some() && body.template_id.is_some() {
-        errors.push(field(
+        errors.push(FieldProblem::new(
             "template_id",
             "body_or_template",
             "give `body` or `template_id`, not both",
@@ -383,10 +372,7 @@ pub async fn create_broadcast(
         }
         Ok(Started::KeyReused) => Err(crate::lists::key_reused()),
         Err(BroadcastError::Invalid(found)) => Err(Problem::invalid_fields(
-            found
-                .into_iter()
-                .map(|e| field(e.field, e.code, e.message))
-                .collect(),
+            found.into_iter().map(FieldProblem::from).collect(),
         )),
         Err(BroadcastError::Refused(refusal)) => Err(Problem::refused(&refusal)),
         Err(BroadcastError::Store(error)) => Err(error.into()),

@@ -9,8 +9,8 @@
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use herald_domain::message::{MessageType, Mode};
 use herald_domain::money::Amount;
 use herald_domain::phone::Region;
@@ -192,24 +192,6 @@ fn request_hash(org_id: Uuid, credits: i64, reason: Option<&str>) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn grant_response(body: Vec<u8>, replayed: bool) -> Response {
-    let mut response = (
-        StatusCode::CREATED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
-
 fn organization_id(input: Option<&str>, errors: &mut Vec<FieldProblem>) -> Option<Uuid> {
     match input.map(str::trim) {
         None | Some("") => {
@@ -343,9 +325,19 @@ pub async fn grant_credits(
     {
         Ok(GrantOutcome::Granted(account)) => {
             tracing::info!(org_id = %org_id, credits, balance = account.balance, "credits granted");
-            Ok(grant_response(first_response, false))
+            Ok(crate::json_response(
+                StatusCode::CREATED,
+                first_response,
+                None,
+                false,
+            ))
         }
-        Ok(GrantOutcome::Replayed { response, .. }) => Ok(grant_response(response, true)),
+        Ok(GrantOutcome::Replayed { response, .. }) => Ok(crate::json_response(
+            StatusCode::CREATED,
+            response,
+            None,
+            true,
+        )),
         Ok(GrantOutcome::KeyReused) => Err(Problem::field(
             &problem::IDEMPOTENCY_KEY_REUSED,
             "Idempotency-Key",

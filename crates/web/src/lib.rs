@@ -139,6 +139,35 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The whole application.
+/// A JSON answer, with the `Location` of what it describes and, when it repeats the answer to an
+/// earlier request with the same `Idempotency-Key`, `idempotent-replayed: true`.
+pub(crate) fn json_response(
+    status: StatusCode,
+    body: Vec<u8>,
+    location: Option<&str>,
+    replayed: bool,
+) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
 pub fn app(state: AppState) -> Router {
     let (api, openapi) = api();
     api.route("/problems/{slug}", get(problem::describe))

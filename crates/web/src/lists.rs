@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_store::{
     AudienceCreation, AudienceRefusal, IdempotencyRecord, List, Membership, Page, Store, StoreError,
 };
@@ -214,23 +214,15 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-pub(crate) fn field(name: &str, code: &str, message: impl Into<String>) -> FieldProblem {
-    FieldProblem {
-        field: name.to_owned(),
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
 /// A name as stored: trimmed, 1 to [`MAX_NAME`] characters.
 pub(crate) fn name(raw: Option<&str>, errors: &mut Vec<FieldProblem>) -> Option<String> {
     match raw.map(str::trim) {
         None | Some("") => {
-            errors.push(field("name", "required", "`name` is required"));
+            errors.push(FieldProblem::new("name", "required", "`name` is required"));
             None
         }
         Some(name) if name.chars().count() > MAX_NAME => {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 "name",
                 "too_long",
                 format!("`name` has at most {MAX_NAME} characters"),
@@ -248,7 +240,7 @@ pub(crate) fn description(
 ) -> Option<Option<String>> {
     match raw.map(str::trim) {
         Some(text) if text.chars().count() > MAX_DESCRIPTION => {
-            errors.push(field(
+            errors.push(FieldProblem::new(
                 "description",
                 "too_long",
                 format!("`description` has at most {MAX_DESCRIPTION} characters"),
@@ -274,7 +266,7 @@ pub(crate) fn name_taken(what: &str) -> Problem {
         &problem::NAME_TAKEN,
         format!("the organization already has a {what} with this name"),
     )
-    .with_errors(vec![field(
+    .with_errors(vec![FieldProblem::new(
         "name",
         "name_taken",
         format!("another {what} has this name"),
@@ -288,28 +280,6 @@ pub(crate) fn request_hash(route: &str, canonical: &serde_json::Value) -> [u8; 3
     hasher.update(b"\n");
     hasher.update(canonical.to_string());
     hasher.finalize().into()
-}
-
-/// A `201 Created` with its `Location`, from a body rendered once (and kept for replays).
-pub(crate) fn created(body: Vec<u8>, location: String, replayed: bool) -> Response {
-    let mut response = (
-        StatusCode::CREATED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
 }
 
 pub(crate) fn key_reused() -> Problem {
@@ -329,26 +299,32 @@ pub(crate) fn creation(
     collection: &str,
 ) -> Result<Response, Problem> {
     match outcome {
-        AudienceCreation::Created => {
-            Ok(created(first_response, format!("{collection}/{id}"), false))
-        }
-        AudienceCreation::Replayed { id, response } => {
-            Ok(created(response, format!("{collection}/{id}"), true))
-        }
+        AudienceCreation::Created => Ok(crate::json_response(
+            StatusCode::CREATED,
+            first_response,
+            Some(&format!("{collection}/{id}")),
+            false,
+        )),
+        AudienceCreation::Replayed { id, response } => Ok(crate::json_response(
+            StatusCode::CREATED,
+            response,
+            Some(&format!("{collection}/{id}")),
+            true,
+        )),
         AudienceCreation::KeyReused => Err(key_reused()),
     }
 }
 
 fn contact_ids(body: Members) -> Result<Vec<Uuid>, Problem> {
     let Some(raw) = body.contact_ids else {
-        return Err(Problem::invalid_fields(vec![field(
+        return Err(Problem::invalid_fields(vec![FieldProblem::new(
             "contact_ids",
             "required",
             "`contact_ids` is required",
         )]));
     };
     if raw.is_empty() || raw.len() > MAX_IDS {
-        return Err(Problem::invalid_fields(vec![field(
+        return Err(Problem::invalid_fields(vec![FieldProblem::new(
             "contact_ids",
             "invalid_count",
             format!("`contact_ids` holds 1 to {MAX_IDS} ids"),
@@ -359,8 +335,8 @@ fn contact_ids(body: Members) -> Result<Vec<Uuid>, Problem> {
     for (i, text) in raw.iter().enumerate() {
         match Uuid::parse_str(text) {
             Ok(id) => ids.push(id),
-            Err(_) => errors.push(field(
-                &format!("contact_ids/{i}"),
+            Err(_) => errors.push(FieldProblem::new(
+                format!("contact_ids/{i}"),
                 "invalid_id",
                 "not a contact id",
             )),

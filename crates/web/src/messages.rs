@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_domain::phone::{PhoneNumber, mask_phone};
 use herald_engine::intake::SendRequest;
 use herald_store::{
@@ -182,18 +182,6 @@ pub struct MessagePage {
     pub next_cursor: Option<String>,
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
 /// Send a message.
 ///
 /// Validates, encodes and prices the message and stores it durably before answering; a
@@ -320,11 +308,13 @@ pub async fn create_message(
                 serde_json::to_vec(&MessageView::from(created.as_ref()))
                     .map_err(|e| Problem::internal("failed to render a message", &e))?
             };
-            let mut response = json_response(StatusCode::CREATED, body);
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{}", created.id)) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            Ok(response)
+            let location = format!("/v1/messages/{}", created.id);
+            Ok(crate::json_response(
+                StatusCode::CREATED,
+                body,
+                Some(&location),
+                false,
+            ))
         }
         Insertion::Replayed {
             message_id,
@@ -343,13 +333,9 @@ pub async fn create_message(
             } else {
                 response
             };
-            let mut response = json_response(StatusCode::CREATED, response);
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/messages/{message_id}")) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
+            let location = format!("/v1/messages/{message_id}");
+            let response =
+                crate::json_response(StatusCode::CREATED, response, Some(&location), true);
             Ok(response)
         }
         Insertion::Refused(refusal) => Err(Problem::refused(&refusal)),

@@ -88,6 +88,12 @@ pub struct FieldProblem {
     pub message: String,
 }
 
+impl From<herald_engine::accounts::FieldError> for FieldProblem {
+    fn from(error: herald_engine::accounts::FieldError) -> FieldProblem {
+        FieldProblem::new(error.field, error.code, error.message)
+    }
+}
+
 impl FieldProblem {
     pub fn new(field: impl Into<String>, code: &str, message: impl Into<String>) -> FieldProblem {
         FieldProblem {

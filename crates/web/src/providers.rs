@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_domain::message::Mode;
 use herald_engine::accounts::{self, AccountError, AccountInput, FieldError};
 use herald_store::{AccountCreation, IdempotencyRecord, ProviderAccount, RouteKey};
@@ -190,22 +190,6 @@ fn request_hash(body: &ProviderBody) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>, id: Uuid) -> Response {
-    let mut response = (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/providers/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
 /// The engine's input from a request body; credentials that are not strings are errors here.
 fn input(body: ProviderBody) -> Result<AccountInput, Problem> {
     let mut errors = Vec::new();
@@ -254,16 +238,7 @@ pub(crate) fn field_problems(errors: Vec<FieldError>) -> Problem {
         [only] => only.message.clone(),
         many => format!("{} fields are invalid", many.len()),
     };
-    Problem::new(kind, detail).with_errors(
-        errors
-            .into_iter()
-            .map(|e| FieldProblem {
-                field: e.field,
-                code: e.code.to_owned(),
-                message: e.message,
-            })
-            .collect(),
-    )
+    Problem::new(kind, detail).with_errors(errors.into_iter().map(FieldProblem::from).collect())
 }
 
 pub(crate) fn account_problem(error: AccountError) -> Problem {
@@ -364,18 +339,22 @@ pub async fn create_provider(
     match stored {
         AccountCreation::Created => {
             tracing::info!(account_id = %account.id, org_id = %account.org_id, kind = account.kind.as_str(), "provider account created");
-            Ok(json_response(
+            let location = format!("/v1/providers/{}", account.id);
+            Ok(crate::json_response(
                 StatusCode::CREATED,
                 first_response,
-                account.id,
+                Some(&location),
+                false,
             ))
         }
         AccountCreation::Replayed { id, response } => {
-            let mut response = json_response(StatusCode::CREATED, response, id);
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(response)
+            let location = format!("/v1/providers/{id}");
+            Ok(crate::json_response(
+                StatusCode::CREATED,
+                response,
+                Some(&location),
+                true,
+            ))
         }
         AccountCreation::KeyReused => Err(Problem::field(
             &problem::IDEMPOTENCY_KEY_REUSED,

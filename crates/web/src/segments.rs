@@ -24,7 +24,7 @@ use crate::audience::{self, Audience};
 use crate::auth::Caller;
 use crate::contacts::ContactView;
 use crate::extract::{ApiJson, ApiQuery, IdempotencyKey};
-use crate::lists::{description, field, name, not_found, path_id, present};
+use crate::lists::{description, name, not_found, path_id, present};
 use crate::paging::ListQuery;
 use crate::problem::{FieldProblem, Problem, ProblemBody};
 
@@ -169,7 +169,7 @@ pub struct Preview {
 /// Read a rule, naming each bad node by its path under `rule`.
 fn rule(raw: Option<&Value>, errors: &mut Vec<FieldProblem>) -> Option<Rule> {
     let Some(raw) = raw else {
-        errors.push(field("rule", "required", "`rule` is required"));
+        errors.push(FieldProblem::new("rule", "required", "`rule` is required"));
         return None;
     };
     match parse_rule(raw, &Limits::default()) {
@@ -237,8 +237,8 @@ async fn check_lists(state: &AppState, org_id: Uuid, raw: &Value) -> Result<(), 
             }
         };
         if !exists {
-            errors.push(field(
-                &format!("rule{path}"),
+            errors.push(FieldProblem::new(
+                format!("rule{path}"),
                 "unknown_list",
                 format!("the organization has no list {id}"),
             ));

@@ -7,13 +7,12 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use herald_domain::encoding;
 use herald_domain::message::MessageType;
 use herald_domain::phone::{PhoneNumber, Region};
 use herald_domain::template::Template;
-use herald_engine::accounts::FieldError;
 use herald_engine::templates::{self, SendTemplateError, TemplateError, TemplateInput};
 use herald_store::{
     Contact, DeclaredVariable, IdempotencyRecord, MessageTemplate, TemplateCreation, TemplateFilter,
@@ -239,22 +238,6 @@ fn request_hash(body: &TemplateBody) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn created(body: Vec<u8>, id: Uuid) -> Response {
-    let mut response = (
-        StatusCode::CREATED,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/templates/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
-}
-
 /// Create a template.
 ///
 /// The body is parsed first: a malformed placeholder is refused with 422 naming `body`, with
@@ -301,14 +284,22 @@ pub async fn create_template(
     match stored {
         TemplateCreation::Created => {
             tracing::info!(template_id = %template.id, org_id = %template.org_id, "template created");
-            Ok(created(first_response, template.id))
+            let location = format!("/v1/templates/{}", template.id);
+            Ok(crate::json_response(
+                StatusCode::CREATED,
+                first_response,
+                Some(&location),
+                false,
+            ))
         }
         TemplateCreation::Replayed { id, response } => {
-            let mut response = created(response, id);
-            response
-                .headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(response)
+            let location = format!("/v1/templates/{id}");
+            Ok(crate::json_response(
+                StatusCode::CREATED,
+                response,
+                Some(&location),
+                true,
+            ))
         }
         TemplateCreation::KeyReused => Err(Problem::field(
             &problem::IDEMPOTENCY_KEY_REUSED,
@@ -528,14 +519,6 @@ pub struct PreviewView {
     pub currency: String,
 }
 
-fn field_problem(error: FieldError) -> FieldProblem {
-    FieldProblem {
-        field: error.field,
-        code: error.code.to_owned(),
-        message: error.message,
-    }
-}
-
 /// The contact named by `raw`, or why there is none: an id of another organization reads the
 /// same as one that does not exist.
 async fn contact(
@@ -593,7 +576,7 @@ async fn preview(
     let values = match templates::variables(contact.as_ref(), &given) {
         Ok(values) => values,
         Err(found) => {
-            errors.extend(found.into_iter().map(field_problem));
+            errors.extend(found.into_iter().map(FieldProblem::from));
             Default::default()
         }
     };
@@ -774,7 +757,9 @@ pub(crate) async fn send_source(
                 match templates::variables(contact_found.as_ref(), variables.unwrap_or(&empty)) {
                     Ok(values) => values,
                     Err(found) => {
-                        source.errors.extend(found.into_iter().map(field_problem));
+                        source
+                            .errors
+                            .extend(found.into_iter().map(FieldProblem::from));
                         return Ok(source);
                     }
                 };
@@ -792,7 +777,9 @@ pub(crate) async fn send_source(
                     source.template_id = Some(template.id);
                 }
                 Err(SendTemplateError::Invalid(found)) => {
-                    source.errors.extend(found.into_iter().map(field_problem));
+                    source
+                        .errors
+                        .extend(found.into_iter().map(FieldProblem::from));
                 }
                 Err(SendTemplateError::Store(error)) => return Err(error.into()),
             }
