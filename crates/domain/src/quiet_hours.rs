@@ -122,6 +122,17 @@ pub enum Whereabouts<'a> {
     Unknown,
 }
 
+impl<'a> Whereabouts<'a> {
+    /// The recipient's own zone when known, else their number's country.
+    pub fn of(zone: Option<&'a TimeZone>, country: Option<Region>) -> Whereabouts<'a> {
+        match (zone, country) {
+            (Some(zone), _) => Whereabouts::Zone(zone),
+            (None, Some(country)) => Whereabouts::Country(country),
+            (None, None) => Whereabouts::Unknown,
+        }
+    }
+}
+
 /// The windows in force: one by default, and per-country overrides.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QuietHours {

@@ -896,39 +896,15 @@ impl Resolver {
                 continue;
             }
             message.broadcast_id = Some(self.broadcast_id);
-            hold_for_quiet_hours(&self.engine, contact.as_ref(), &mut message);
+            crate::hold_for_quiet_hours(
+                &self.engine.config.intake.quiet_hours,
+                contact.as_ref(),
+                &mut message,
+            );
             self.counts.queued += 1;
             messages.push(message);
         }
         Ok((messages, reached))
-    }
-}
-
-/// [`Engine::hold_for_quiet_hours`] with the contact already at hand, so a batch costs no
-/// lookup per message.
-fn hold_for_quiet_hours(engine: &Engine, contact: Option<&Contact>, message: &mut NewMessage) {
-    use herald_domain::quiet_hours::Whereabouts;
-    if message.kind != MessageType::Promotional {
-        return;
-    }
-    let zone = contact
-        .and_then(|c| c.time_zone.as_deref())
-        .and_then(|name| jiff::tz::TimeZone::get(name).ok());
-    let whereabouts = match (&zone, message.country) {
-        (Some(zone), _) => Whereabouts::Zone(zone),
-        (None, Some(country)) => Whereabouts::Country(country),
-        (None, None) => Whereabouts::Unknown,
-    };
-    let due = message.send_at.unwrap_or(message.created_at);
-    if let Some(allowed) =
-        engine
-            .config
-            .intake
-            .quiet_hours
-            .next_allowed(due, whereabouts, message.country)
-        && allowed > due
-    {
-        message.send_at = Some(allowed);
     }
 }
 

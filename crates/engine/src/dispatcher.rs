@@ -483,10 +483,7 @@ impl Dispatcher {
                 to_send.push(message);
                 continue;
             }
-            let by_country = match message.country {
-                Some(country) => Whereabouts::Country(country),
-                None => Whereabouts::Unknown,
-            };
+            let by_country = Whereabouts::of(None, message.country);
             let mut opens = self
                 .quiet_hours
                 .next_allowed(now, by_country, message.country);
@@ -497,10 +494,7 @@ impl Dispatcher {
                     .await
                 {
                     Ok(contact) => {
-                        let zone = contact
-                            .and_then(|c| c.time_zone)
-                            .and_then(|name| jiff::tz::TimeZone::get(&name).ok());
-                        if let Some(zone) = zone {
+                        if let Some(zone) = contact.as_ref().and_then(crate::contact_zone) {
                             opens = self.quiet_hours.next_allowed(
                                 now,
                                 Whereabouts::Zone(&zone),

@@ -332,34 +332,18 @@ impl Engine {
         org_id: Uuid,
         message: &mut NewMessage,
     ) -> Result<bool, StoreError> {
-        use herald_domain::quiet_hours::Whereabouts;
         if message.kind != herald_domain::message::MessageType::Promotional {
             return Ok(false);
         }
-        let zone = self
+        let contact = self
             .store
             .find_contact_by_phone(org_id, &message.to)
-            .await?
-            .and_then(|c| c.time_zone)
-            .and_then(|name| jiff::tz::TimeZone::get(&name).ok());
-        let whereabouts = match (&zone, message.country) {
-            (Some(zone), _) => Whereabouts::Zone(zone),
-            (None, Some(country)) => Whereabouts::Country(country),
-            (None, None) => Whereabouts::Unknown,
-        };
-        let due = message.send_at.unwrap_or(message.created_at);
-        match self
-            .config
-            .intake
-            .quiet_hours
-            .next_allowed(due, whereabouts, message.country)
-        {
-            Some(allowed) if allowed > due => {
-                message.send_at = Some(allowed);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+            .await?;
+        Ok(hold_for_quiet_hours(
+            &self.config.intake.quiet_hours,
+            contact.as_ref(),
+            message,
+        ))
     }
 
     /// An account of `org_id` with its decrypted credentials, for building its provider client.
@@ -417,4 +401,39 @@ impl Engine {
         ));
         workers
     }
+}
+
+/// Hold a promotional `message` for its recipient's quiet hours (`contact`'s time zone when it
+/// has one, else the number's country): `send_at` moves to the window's next opening. Answers
+/// whether it moved.
+pub(crate) fn hold_for_quiet_hours(
+    quiet_hours: &herald_domain::quiet_hours::QuietHours,
+    contact: Option<&herald_store::Contact>,
+    message: &mut NewMessage,
+) -> bool {
+    use herald_domain::quiet_hours::Whereabouts;
+    if message.kind != herald_domain::message::MessageType::Promotional {
+        return false;
+    }
+    let zone = contact.and_then(contact_zone);
+    let due = message.send_at.unwrap_or(message.created_at);
+    match quiet_hours.next_allowed(
+        due,
+        Whereabouts::of(zone.as_ref(), message.country),
+        message.country,
+    ) {
+        Some(allowed) if allowed > due => {
+            message.send_at = Some(allowed);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A contact's own time zone, when it names one the zone database knows.
+pub(crate) fn contact_zone(contact: &herald_store::Contact) -> Option<jiff::tz::TimeZone> {
+    contact
+        .time_zone
+        .as_deref()
+        .and_then(|name| jiff::tz::TimeZone::get(name).ok())
 }
