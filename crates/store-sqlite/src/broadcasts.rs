@@ -161,7 +161,8 @@ async fn record_reached(
 /// after `after` in id order; answers how many were canceled and the last id looked at.
 async fn cancel_some(
     tx: &mut SqliteConnection,
-    b: &Broadcast,
+    org_id: Uuid,
+    broadcast_id: Uuid,
     after: Option<Uuid>,
     limit: u32,
     now: Timestamp,
@@ -172,8 +173,8 @@ async fn cancel_some(
            AND id > coalesce(?3, x'')
          ORDER BY id LIMIT ?4",
     )
-    .bind(b.org_id)
-    .bind(b.id)
+    .bind(org_id)
+    .bind(broadcast_id)
     .bind(after)
     .bind(i64::from(limit))
     .fetch_all(&mut *tx)
@@ -188,7 +189,7 @@ async fn cancel_some(
     crate::queue::write_batch(tx, batch).await?;
     sqlx::query("UPDATE broadcasts SET canceled = canceled + ?1 WHERE id = ?2")
         .bind(signed(canceled))
-        .bind(b.id)
+        .bind(broadcast_id)
         .execute(&mut *tx)
         .await
         .ctx("failed to count canceled messages")?;
@@ -415,15 +416,11 @@ impl BroadcastStore for SqliteStore {
         tx.commit()
             .await
             .ctx("failed to commit a broadcast cancellation")?;
-        let stub = self
-            .get_broadcast(scope, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("canceled broadcast vanished".into()))?;
         // The messages in short transactions, so sending goes on meanwhile.
         let mut after = None;
         loop {
             let mut tx = self.write().await?;
-            let (_, last) = cancel_some(&mut tx, &stub, after, 500, now).await?;
+            let (_, last) = cancel_some(&mut tx, scope.org_id, id, after, 500, now).await?;
             tx.commit()
                 .await
                 .ctx("failed to commit canceled messages")?;
