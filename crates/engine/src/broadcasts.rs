@@ -536,19 +536,23 @@ async fn only_strangers(
     org: &Organization,
     request: &BroadcastRequest,
 ) -> Result<bool, StoreError> {
+    let mut numbers = Vec::with_capacity(request.recipients.len());
     for recipient in &request.recipients {
         let Recipient::Phone(raw) = recipient else {
             return Ok(false);
         };
-        if let Ok(number) = PhoneNumber::parse(raw, Some(org.default_region))
-            && engine
-                .store
-                .find_contact_by_phone(org.id, number.e164())
-                .await?
-                .is_some()
-        {
-            return Ok(false);
+        if let Ok(number) = PhoneNumber::parse(raw, Some(org.default_region)) {
+            numbers.push(number);
         }
+    }
+    let phones: Vec<&str> = numbers.iter().map(PhoneNumber::e164).collect();
+    if !engine
+        .store
+        .find_contacts_by_phone(org.id, &phones)
+        .await?
+        .is_empty()
+    {
+        return Ok(false);
     }
     Ok(true)
 }
@@ -793,13 +797,31 @@ impl Resolver {
                     }
                 },
             };
-            let contact = match target.contact {
-                Some(contact) => Some(contact),
-                None if target.lookup => store.find_contact_by_phone(org_id, number.e164()).await?,
-                None => None,
-            };
-            valid.push((number.e164().to_owned(), contact, number));
+            valid.push((
+                number.e164().to_owned(),
+                target.contact,
+                number,
+                target.lookup,
+            ));
         }
+        // Bare numbers that belong to contacts, found in one read.
+        let wanted: Vec<&str> = valid
+            .iter()
+            .filter(|(_, contact, _, lookup)| contact.is_none() && *lookup)
+            .map(|(phone, ..)| phone.as_str())
+            .collect();
+        let mut found = store.find_contacts_by_phone(org_id, &wanted).await?;
+        let mut valid: Vec<(String, Option<Contact>, PhoneNumber)> = valid
+            .into_iter()
+            .map(|(phone, contact, number, lookup)| {
+                let contact = match contact {
+                    Some(contact) => Some(contact),
+                    None if lookup => found.remove(&phone),
+                    None => None,
+                };
+                (phone, contact, number)
+            })
+            .collect();
 
         // De-duplicate within the batch, then against earlier batches.
         let mut in_batch = HashSet::with_capacity(valid.len());

@@ -476,44 +476,57 @@ impl Dispatcher {
     ) -> (Vec<SendResult>, Vec<Claimed>) {
         use herald_domain::quiet_hours::Whereabouts;
         let now = self.clock.now();
+        // First by country: the window opens for each message at `opens` (`None`: open now).
+        let closed = |message: &Claimed| {
+            self.quiet_hours
+                .next_allowed(now, Whereabouts::of(None, message.country), message.country)
+                .filter(|at| *at > now)
+        };
+        let mut by_org: HashMap<Uuid, Vec<&str>> = HashMap::new();
+        let mut opens = Vec::with_capacity(claimed.len());
+        for message in &claimed {
+            let at = (message.kind == MessageType::Promotional)
+                .then(|| closed(message))
+                .flatten();
+            if at.is_some() {
+                by_org
+                    .entry(message.scope.org_id)
+                    .or_default()
+                    .push(&message.to);
+            }
+            opens.push(at);
+        }
+        // Then, for those the country holds back, the contact's own zone, one read per
+        // organization.
+        let mut zones: HashMap<(Uuid, String), jiff::tz::TimeZone> = HashMap::new();
+        for (org_id, phones) in by_org {
+            match self.store.find_contacts_by_phone(org_id, &phones).await {
+                Ok(found) => zones.extend(found.into_values().filter_map(|contact| {
+                    crate::contact_zone(&contact).map(|zone| ((org_id, contact.phone), zone))
+                })),
+                // Unsure where they are: the country's window holds.
+                Err(error) => tracing::error!(%error, "cannot read contacts' time zones"),
+            }
+        }
         let mut deferred = Vec::new();
         let mut to_send = Vec::with_capacity(claimed.len());
-        for message in claimed {
-            if message.kind != MessageType::Promotional {
-                to_send.push(message);
-                continue;
+        for (message, mut at) in claimed.into_iter().zip(opens) {
+            if at.is_some()
+                && let Some(zone) = zones.get(&(message.scope.org_id, message.to.clone()))
+            {
+                at = self
+                    .quiet_hours
+                    .next_allowed(now, Whereabouts::Zone(zone), message.country)
+                    .filter(|at| *at > now);
             }
-            let by_country = Whereabouts::of(None, message.country);
-            let mut opens = self
-                .quiet_hours
-                .next_allowed(now, by_country, message.country);
-            if opens.is_some_and(|at| at > now) {
-                match self
-                    .store
-                    .find_contact_by_phone(message.scope.org_id, &message.to)
-                    .await
-                {
-                    Ok(contact) => {
-                        if let Some(zone) = contact.as_ref().and_then(crate::contact_zone) {
-                            opens = self.quiet_hours.next_allowed(
-                                now,
-                                Whereabouts::Zone(&zone),
-                                message.country,
-                            );
-                        }
-                    }
-                    // Unsure where they are: the country's window holds.
-                    Err(error) => tracing::error!(%error, "cannot read a contact's time zone"),
-                }
-            }
-            match opens {
-                Some(until) if until > now => deferred.push(SendResult {
+            match at {
+                Some(until) => deferred.push(SendResult {
                     id: message.id,
                     attempt: message.attempt,
                     provider: None,
                     outcome: SendOutcome::Deferred { until },
                 }),
-                _ => to_send.push(message),
+                None => to_send.push(message),
             }
         }
         (deferred, to_send)

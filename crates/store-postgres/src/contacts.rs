@@ -76,8 +76,8 @@ async fn by_phone(
     .transpose()
 }
 
-/// The organization's contacts with these numbers, by number, locked for this transaction in
-/// number order, so two imports lock shared rows in the same order. Each number is one probe of
+/// The organization's contacts with these numbers, by number; with `lock`, locked for this
+/// transaction in number order, so two imports lock shared rows in the same order. Each number is one probe of
 /// the unique index (a lateral subquery the planner cannot turn into a scan): `phone = ANY($2)`
 /// or a join may be planned as a scan of every contact of the organization, seconds per batch
 /// at half a million contacts.
@@ -85,14 +85,16 @@ async fn by_phones(
     conn: &mut PgConnection,
     org_id: Uuid,
     phones: &[&str],
+    lock: bool,
 ) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
     let mut phones = phones.to_vec();
     phones.sort_unstable();
     phones.dedup();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT c.* FROM unnest($2::text[]) WITH ORDINALITY AS w (wanted, n) \
          CROSS JOIN LATERAL (SELECT {COLUMNS} FROM contacts \
-             WHERE org_id = $1 AND phone = w.wanted LIMIT 1 FOR UPDATE) c \
+             WHERE org_id = $1 AND phone = w.wanted LIMIT 1{lock}) c \
          ORDER BY w.n"
     )))
     .bind(org_id)
@@ -344,6 +346,22 @@ impl ContactStore for PostgresStore {
         by_phone(&mut conn, org_id, phone, false).await
     }
 
+    async fn find_contacts_by_phone(
+        &self,
+        org_id: Uuid,
+        phones: &[&str],
+    ) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
+        if phones.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .ctx("failed to reach the database")?;
+        by_phones(&mut conn, org_id, phones, false).await
+    }
+
     async fn contacts_by_id(&self, org_id: Uuid, ids: &[Uuid]) -> Result<Vec<Contact>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -519,7 +537,7 @@ impl ContactStore for PostgresStore {
     ) -> Result<Vec<Upserted>, StoreError> {
         let mut tx = self.begin().await?;
         let phones: Vec<&str> = rows.iter().map(|row| row.phone.as_str()).collect();
-        let existing = by_phones(&mut tx, org_id, &phones).await?;
+        let existing = by_phones(&mut tx, org_id, &phones, true).await?;
         let plan = UpsertPlan::of(org_id, rows, default_lead_status, now, existing);
         if insert_many(&mut tx, &plan.created).await? != plan.created.len() as u64 {
             // Another import created some of these numbers since the read: start again, one

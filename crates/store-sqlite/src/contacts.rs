@@ -269,6 +269,22 @@ impl ContactStore for SqliteStore {
         by_phone(&mut conn, org_id, phone).await
     }
 
+    async fn find_contacts_by_phone(
+        &self,
+        org_id: Uuid,
+        phones: &[&str],
+    ) -> Result<std::collections::HashMap<String, Contact>, StoreError> {
+        if phones.is_empty() {
+            return Ok(Default::default());
+        }
+        let mut conn = self
+            .reader
+            .acquire()
+            .await
+            .ctx("failed to reach the database")?;
+        by_phones(&mut conn, org_id, phones).await
+    }
+
     async fn contacts_by_id(&self, org_id: Uuid, ids: &[Uuid]) -> Result<Vec<Contact>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());

@@ -356,6 +356,13 @@ pub trait ContactStore: Send + Sync + 'static {
         phone: &str,
     ) -> Result<Option<Contact>, StoreError>;
 
+    /// The organization's contacts with these numbers (E.164), by number, in one read.
+    async fn find_contacts_by_phone(
+        &self,
+        org_id: Uuid,
+        phones: &[&str],
+    ) -> Result<std::collections::HashMap<String, Contact>, StoreError>;
+
     /// The organization's contacts among `ids` (others are left out).
     async fn contacts_by_id(&self, org_id: Uuid, ids: &[Uuid]) -> Result<Vec<Contact>, StoreError>;
 
