@@ -67,6 +67,7 @@ pub fn materialise(
                 max_attempts: config.max_attempts,
                 created_at: now,
                 broadcast_id: None,
+                campaign_run_id: None,
             }
         })
         .collect()

@@ -122,6 +122,7 @@ mod tests {
             max_attempts: 1,
             created_at: Timestamp::UNIX_EPOCH,
             broadcast_id: None,
+            campaign_run_id: None,
         }
     }
 

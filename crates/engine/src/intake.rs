@@ -203,6 +203,7 @@ pub fn prepare(
         max_attempts: config.max_attempts,
         created_at: now,
         broadcast_id: None,
+        campaign_run_id: None,
     })
 }
 

@@ -59,9 +59,9 @@ pub(crate) async fn insert(
              INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency,
                  max_attempts, due_at, send_at, last_seq, created_at, updated_at, credits,
-                 broadcast_id)
+                 broadcast_id, campaign_run_id)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, 1, $19, $19, $20, $21)
+                 $18, 1, $19, $19, $20, $21, $22)
              RETURNING ",
         message_columns!(),
         "
@@ -89,6 +89,7 @@ pub(crate) async fn insert(
     .bind(ts(new.created_at))
     .bind(int(credits)?)
     .bind(new.broadcast_id)
+    .bind(new.campaign_run_id)
     .fetch_one(&mut *conn)
     .await
     .ctx("failed to insert the message")?;
@@ -125,10 +126,12 @@ pub(crate) async fn insert_many(
     let mut created = Vec::with_capacity(n);
     let mut reserved = Vec::with_capacity(n);
     let mut broadcasts = Vec::with_capacity(n);
+    let mut runs = Vec::with_capacity(n);
     for (i, m) in messages.iter().enumerate() {
         reserved.push(int(credits.get(i).copied().unwrap_or(0))?);
         ids.push(m.id);
         broadcasts.push(m.broadcast_id);
+        runs.push(m.campaign_run_id);
         orgs.push(m.scope.org_id);
         modes.push(m.scope.mode.as_str());
         keys.push(m.api_key_id);
@@ -152,17 +155,17 @@ pub(crate) async fn insert_many(
         "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency,
                  max_attempts, due_at, send_at, last_seq, created_at, updated_at, credits,
-                 broadcast_id)
+                 broadcast_id, campaign_run_id)
              SELECT id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
                  segments, kind, priority, status, estimated_cost, currency, max_attempts, due_at,
-                 send_at, 1, created_at, created_at, credits, broadcast_id
+                 send_at, 1, created_at, created_at, credits, broadcast_id, campaign_run_id
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
                  $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::smallint[],
                  $13::text[], $14::bigint[], $15::text[], $16::int[], $17::timestamptz[],
-                 $18::timestamptz[], $19::timestamptz[], $20::int[], $21::uuid[])
+                 $18::timestamptz[], $19::timestamptz[], $20::int[], $21::uuid[], $22::uuid[])
                  AS u(id, org_id, mode, api_key_id, recipient, country, sender, body, encoding,
                       segments, kind, priority, status, estimated_cost, currency, max_attempts,
-                      due_at, send_at, created_at, credits, broadcast_id)",
+                      due_at, send_at, created_at, credits, broadcast_id, campaign_run_id)",
     )
     .bind(ids)
     .bind(orgs)
@@ -185,6 +188,7 @@ pub(crate) async fn insert_many(
     .bind(created)
     .bind(reserved)
     .bind(broadcasts)
+    .bind(runs)
     .execute(conn)
     .await
     .ctx("failed to insert messages")?;

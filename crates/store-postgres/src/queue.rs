@@ -82,13 +82,13 @@ pub(crate) async fn claim(
              FROM due WHERE m.id = due.id
              RETURNING m.id, m.org_id, m.mode, m.recipient, m.country, m.sender, m.body,
                        m.encoding, m.segments, m.kind, m.attempts, m.max_attempts, m.last_seq,
-                       m.priority, m.due_at
+                       m.priority, m.due_at, m.campaign_run_id
          ), history AS (
              INSERT INTO message_events (message_id, org_id, seq, status, occurred_at)
              SELECT id, org_id, last_seq, 'sending', $2 FROM claimed
          )
          SELECT id, org_id, mode, recipient, country, sender, body, encoding, segments, kind,
-                attempts, max_attempts
+                attempts, max_attempts, campaign_run_id
          FROM claimed ORDER BY priority DESC, due_at, id",
     )
     .bind(ts(lease_until))
@@ -115,6 +115,7 @@ pub(crate) async fn claim(
                 attempt: convert::count(row, 10)?,
                 max_attempts: convert::count(row, 11)?,
                 lease_expires_at: lease_until,
+                campaign_run_id: col(row, 12)?,
             })
         })
         .collect()

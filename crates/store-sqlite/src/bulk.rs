@@ -165,7 +165,8 @@ pub(crate) async fn insert_messages(
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO messages (id, org_id, mode, api_key_id, recipient, country, sender, body,
                  encoding, segments, kind, priority, status, estimated_cost, currency, max_attempts,
-                 due_at, send_at, last_seq, created_at, updated_at, credits, broadcast_id) ",
+                 due_at, send_at, last_seq, created_at, updated_at, credits, broadcast_id,
+                 campaign_run_id) ",
         );
         query.push_values(chunk.iter().enumerate(), |mut row, (i, new)| {
             row.push_bind(new.id)
@@ -190,7 +191,8 @@ pub(crate) async fn insert_messages(
                 .push_bind(micros(new.created_at))
                 .push_bind(micros(new.created_at))
                 .push_bind(i64::from(credits.get(i).copied().unwrap_or(0)))
-                .push_bind(new.broadcast_id);
+                .push_bind(new.broadcast_id)
+                .push_bind(new.campaign_run_id);
         });
         query
             .build()

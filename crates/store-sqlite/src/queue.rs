@@ -65,7 +65,7 @@ pub(crate) async fn claim(
          WHERE id IN (SELECT id FROM messages WHERE status = 'queued' AND due_at <= ?2
                       ORDER BY priority DESC, due_at LIMIT ?3)
          RETURNING id, org_id, mode, recipient, country, sender, body, encoding, segments, kind,
-                   attempts, max_attempts, last_seq",
+                   attempts, max_attempts, last_seq, campaign_run_id",
     )
     .bind(micros(lease_until))
     .bind(micros(now))
@@ -101,6 +101,7 @@ pub(crate) async fn claim(
             attempt: convert::count(row.get(10))?,
             max_attempts: convert::count(row.get(11))?,
             lease_expires_at: lease_until,
+            campaign_run_id: row.get(13),
         });
     }
     bulk::insert_events(tx, &events).await?;

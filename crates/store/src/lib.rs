@@ -9,6 +9,7 @@
 mod accounts;
 mod audience;
 mod broadcasts;
+mod campaigns;
 mod contacts;
 mod credits;
 mod error;
@@ -27,6 +28,7 @@ pub mod conformance;
 pub use accounts::*;
 pub use audience::*;
 pub use broadcasts::*;
+pub use campaigns::*;
 pub use contacts::*;
 pub use credits::*;
 pub use error::StoreError;

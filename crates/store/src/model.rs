@@ -74,6 +74,8 @@ pub struct NewMessage {
     pub created_at: Timestamp,
     /// The broadcast that sent it, if any.
     pub broadcast_id: Option<Uuid>,
+    /// The campaign run that released it, if any.
+    pub campaign_run_id: Option<Uuid>,
 }
 
 impl NewMessage {
@@ -291,6 +293,8 @@ pub struct Claimed {
     pub attempt: u32,
     pub max_attempts: u32,
     pub lease_expires_at: Timestamp,
+    /// The campaign run that released it: sent only while its campaign runs.
+    pub campaign_run_id: Option<Uuid>,
 }
 
 /// What became of one claimed message.

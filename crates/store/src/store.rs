@@ -10,6 +10,7 @@ use herald_domain::status::MessageStatus;
 use crate::accounts::*;
 use crate::audience::AudienceStore;
 use crate::broadcasts::BroadcastStore;
+use crate::campaigns::CampaignStore;
 use crate::contacts::ContactStore;
 use crate::credits::CreditStore;
 use crate::inbound::InboundMessage;
@@ -21,7 +22,15 @@ use crate::templates::TemplateStore;
 /// [`crate::conformance`].
 #[async_trait]
 pub trait Store:
-    ContactStore + AudienceStore + TemplateStore + CreditStore + BroadcastStore + Send + Sync + 'static
+    ContactStore
+    + AudienceStore
+    + TemplateStore
+    + CreditStore
+    + BroadcastStore
+    + CampaignStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Bring the schema up to date. Safe to run concurrently and repeatedly.
     async fn migrate(&self) -> Result<(), StoreError>;
