@@ -8,6 +8,7 @@
 //!   message.
 //! - [`message`]: small value types shared by every layer (message type, key mode).
 //! - [`quiet_hours`]: the local hours promotional messages may arrive in, by zone or country.
+//! - [`recurrence`]: RFC 5545 recurrence rules in a local zone, and the instants they occur at.
 
 pub mod encoding;
 pub mod keywords;
@@ -15,5 +16,6 @@ pub mod message;
 pub mod money;
 pub mod phone;
 pub mod quiet_hours;
+pub mod recurrence;
 pub mod status;
 pub mod template;

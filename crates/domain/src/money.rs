@@ -28,6 +28,11 @@ impl Amount {
         self.0
     }
 
+    /// The sum; saturates rather than wrapping on absurd input.
+    pub fn plus(self, other: Amount) -> Amount {
+        Amount(self.0.saturating_add(other.0))
+    }
+
     /// The cost of `count` units at this price; saturates rather than wrapping on absurd input.
     pub fn times(self, count: u32) -> Amount {
         Amount(self.0.saturating_mul(i64::from(count)))

@@ -126,9 +126,16 @@ pub struct Position {
 /// What a valid request resolves with: the parsed template and the segments' rules.
 struct Plan {
     template: Option<Template>,
-    rules: HashMap<Uuid, Rule>,
-    /// Contacts named by id, read while validating.
-    contacts: HashMap<Uuid, Contact>,
+    audience: Audience,
+}
+
+/// What a checked list of recipients resolves with: the segments' rules and the contacts named
+/// by id. Shared with campaigns, whose audiences are the same entries.
+#[derive(Default)]
+pub(crate) struct Audience {
+    pub rules: HashMap<Uuid, Rule>,
+    /// Contacts named by id, read while checking.
+    pub contacts: HashMap<Uuid, Contact>,
 }
 
 /// Validate, then resolve now (small) or start resolving in the background. The idempotency
@@ -180,7 +187,7 @@ pub async fn start(
         counts: BroadcastCounts::default(),
     };
     if small {
-        let targets = resolver.direct_targets(0..resolver.request.recipients.len());
+        let targets = direct_targets(&resolver.plan.audience, &resolver.request.recipients);
         let (messages, _) = resolver.process(targets).await?;
         broadcast.counts = resolver.counts;
         broadcast.status = BroadcastStatus::Queued;
@@ -424,82 +431,9 @@ async fn validate(
         errors.extend(found);
     }
 
-    let contact_ids: Vec<Uuid> = request
-        .recipients
-        .iter()
-        .filter_map(|r| match r {
-            Recipient::Contact(id) => Some(*id),
-            _ => None,
-        })
-        .collect();
-    let contacts: HashMap<Uuid, Contact> = if contact_ids.is_empty() {
-        HashMap::new()
-    } else {
-        store
-            .contacts_by_id(org.id, &contact_ids)
-            .await?
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect()
-    };
-    let statuses = if request
-        .recipients
-        .iter()
-        .any(|r| matches!(r, Recipient::LeadStatus(_)))
-    {
-        store.lead_statuses(org.id).await?
-    } else {
-        Vec::new()
-    };
-    let mut rules = HashMap::new();
-    for (i, recipient) in request.recipients.iter().enumerate() {
-        match recipient {
-            Recipient::Phone(_) => {}
-            Recipient::Contact(id) if !contacts.contains_key(id) => errors.push(FieldError::new(
-                format!("recipients[{i}].id"),
-                "unknown_contact",
-                "names no contact of this organization",
-            )),
-            Recipient::Contact(_) => {}
-            Recipient::List(id) => {
-                if store.get_list(org.id, *id).await?.is_none() {
-                    errors.push(FieldError::new(
-                        format!("recipients[{i}].id"),
-                        "unknown_list",
-                        "names no list of this organization",
-                    ));
-                }
-            }
-            Recipient::Segment(id) => match store.get_segment(org.id, *id).await? {
-                Some(segment) => match parse_rule(&segment.rule, &Limits::default()) {
-                    Ok(rule) => {
-                        rules.insert(*id, rule);
-                    }
-                    Err(_) => {
-                        return Err(StoreError::Corrupt(format!(
-                            "segment {id} has a rule that no longer parses"
-                        )));
-                    }
-                },
-                None => errors.push(FieldError::new(
-                    format!("recipients[{i}].id"),
-                    "unknown_segment",
-                    "names no segment of this organization",
-                )),
-            },
-            Recipient::LeadStatus(status) if !statuses.contains(status) => {
-                errors.push(FieldError::new(
-                    format!("recipients[{i}].status"),
-                    "unknown_lead_status",
-                    format!(
-                        "is not one of the organization's lead statuses ({})",
-                        statuses.join(", ")
-                    ),
-                ))
-            }
-            Recipient::LeadStatus(_) => {}
-        }
-    }
+    let (audience, found) =
+        check_recipients(store, org.id, &request.recipients, "recipients").await?;
+    errors.extend(found);
 
     // A variable neither given nor a contact field can only come from a contact's custom
     // fields: with recipients that are all bare numbers of no contact, nothing can fill it.
@@ -520,14 +454,93 @@ async fn validate(
         }
     }
 
-    Ok((
-        Plan {
-            template,
-            rules,
-            contacts,
-        },
-        errors,
-    ))
+    Ok((Plan { template, audience }, errors))
+}
+
+/// Check that every list, segment, contact and lead status named in `recipients` exists (each
+/// fault is reported at `{field}[i]`), and read what resolving them needs.
+pub(crate) async fn check_recipients(
+    store: &dyn herald_store::Store,
+    org_id: Uuid,
+    recipients: &[Recipient],
+    field: &str,
+) -> Result<(Audience, Vec<FieldError>), StoreError> {
+    let mut errors = Vec::new();
+    let contact_ids: Vec<Uuid> = recipients
+        .iter()
+        .filter_map(|r| match r {
+            Recipient::Contact(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let contacts: HashMap<Uuid, Contact> = if contact_ids.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .contacts_by_id(org_id, &contact_ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect()
+    };
+    let statuses = if recipients
+        .iter()
+        .any(|r| matches!(r, Recipient::LeadStatus(_)))
+    {
+        store.lead_statuses(org_id).await?
+    } else {
+        Vec::new()
+    };
+    let mut rules = HashMap::new();
+    for (i, recipient) in recipients.iter().enumerate() {
+        match recipient {
+            Recipient::Phone(_) => {}
+            Recipient::Contact(id) if !contacts.contains_key(id) => errors.push(FieldError::new(
+                format!("{field}[{i}].id"),
+                "unknown_contact",
+                "names no contact of this organization",
+            )),
+            Recipient::Contact(_) => {}
+            Recipient::List(id) => {
+                if store.get_list(org_id, *id).await?.is_none() {
+                    errors.push(FieldError::new(
+                        format!("{field}[{i}].id"),
+                        "unknown_list",
+                        "names no list of this organization",
+                    ));
+                }
+            }
+            Recipient::Segment(id) => match store.get_segment(org_id, *id).await? {
+                Some(segment) => match parse_rule(&segment.rule, &Limits::default()) {
+                    Ok(rule) => {
+                        rules.insert(*id, rule);
+                    }
+                    Err(_) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "segment {id} has a rule that no longer parses"
+                        )));
+                    }
+                },
+                None => errors.push(FieldError::new(
+                    format!("{field}[{i}].id"),
+                    "unknown_segment",
+                    "names no segment of this organization",
+                )),
+            },
+            Recipient::LeadStatus(status) if !statuses.contains(status) => {
+                errors.push(FieldError::new(
+                    format!("{field}[{i}].status"),
+                    "unknown_lead_status",
+                    format!(
+                        "is not one of the organization's lead statuses ({})",
+                        statuses.join(", ")
+                    ),
+                ))
+            }
+            Recipient::LeadStatus(_) => {}
+        }
+    }
+    Ok((Audience { rules, contacts }, errors))
 }
 
 /// Whether every recipient is a phone number that is no contact of the organization.
@@ -557,8 +570,170 @@ async fn only_strangers(
     Ok(true)
 }
 
+/// The phone and contact entries among `entries`, as targets.
+fn direct_targets(audience: &Audience, entries: &[Recipient]) -> Vec<Target> {
+    entries
+        .iter()
+        .filter_map(|r| match r {
+            Recipient::Phone(phone) => Some(Target {
+                phone: phone.clone(),
+                contact: None,
+                lookup: true,
+            }),
+            Recipient::Contact(id) => audience.contacts.get(id).cloned().map(Target::of),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The contacts of `ids` still there, as targets.
+async fn contact_targets(
+    store: &dyn herald_store::Store,
+    org_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Target>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A contact deleted since the page was read is simply gone: not a recipient.
+    let contacts = store.contacts_by_id(org_id, ids).await?;
+    Ok(contacts.into_iter().map(Target::of).collect())
+}
+
+/// The next batch of at most [`BATCH`] targets from `at`, and the position after it; `None`
+/// once every entry is resolved. Entries are walked in order; a list, segment or lead status
+/// page by page in contact id order, segments evaluated as of `as_of`.
+pub(crate) async fn next_targets(
+    store: &dyn herald_store::Store,
+    org_id: Uuid,
+    audience: &Audience,
+    entries: &[Recipient],
+    at: Position,
+    as_of: Timestamp,
+) -> Result<Option<(Vec<Target>, Position)>, StoreError> {
+    let Some(entry) = entries.get(at.entry) else {
+        return Ok(None);
+    };
+    let whole = Position {
+        entry: at.entry + 1,
+        after: None,
+    };
+    let within = |next: Option<Uuid>| match next {
+        Some(after) => Position {
+            entry: at.entry,
+            after: Some(after),
+        },
+        None => whole,
+    };
+    Ok(Some(match entry {
+        Recipient::Phone(_) | Recipient::Contact(_) => {
+            let end = entries[at.entry..]
+                .iter()
+                .take(BATCH)
+                .take_while(|r| matches!(r, Recipient::Phone(_) | Recipient::Contact(_)))
+                .count()
+                + at.entry;
+            let next = Position {
+                entry: end,
+                after: None,
+            };
+            (direct_targets(audience, &entries[at.entry..end]), next)
+        }
+        Recipient::List(id) => {
+            match store
+                .list_members(org_id, *id, at.after, BATCH as u32)
+                .await?
+            {
+                // Deleted since: no longer a recipient.
+                None => (Vec::new(), whole),
+                Some(page) => (
+                    contact_targets(store, org_id, &page.items).await?,
+                    within(page.next),
+                ),
+            }
+        }
+        Recipient::Segment(id) => match audience.rules.get(id) {
+            None => (Vec::new(), whole),
+            Some(rule) => {
+                let page = store
+                    .segment_members(org_id, rule, as_of, at.after, BATCH as u32)
+                    .await?;
+                (
+                    contact_targets(store, org_id, &page.items).await?,
+                    within(page.next),
+                )
+            }
+        },
+        Recipient::LeadStatus(status) => {
+            let filter = ContactFilter {
+                lead_status: Some(status.clone()),
+                ..Default::default()
+            };
+            let page = store
+                .list_contacts(org_id, &filter, at.after, BATCH as u32)
+                .await?;
+            let targets = page.items.into_iter().map(Target::of).collect();
+            (targets, within(page.next))
+        }
+    }))
+}
+
+/// Normalise targets to E.164, dropping (and counting) invalid numbers; a bare number that
+/// belongs to a contact gets that contact, whose fields and consent apply.
+pub(crate) async fn normalise(
+    store: &dyn herald_store::Store,
+    org: &Organization,
+    targets: Vec<Target>,
+) -> Result<(Vec<(String, Option<Contact>, PhoneNumber)>, u64), StoreError> {
+    let mut invalid = 0;
+    // Normalise; a bare number may belong to a contact, whose fields and consent apply.
+    // A contact's number was validated when it was stored: it is not parsed again.
+    let mut valid = Vec::with_capacity(targets.len());
+    for target in targets {
+        let stored = target
+            .contact
+            .as_ref()
+            .and_then(|c| PhoneNumber::stored(&c.phone, c.country));
+        let number = match stored {
+            Some(number) => number,
+            None => match PhoneNumber::parse(&target.phone, Some(org.default_region)) {
+                Ok(number) => number,
+                Err(_) => {
+                    invalid += 1;
+                    continue;
+                }
+            },
+        };
+        valid.push((
+            number.e164().to_owned(),
+            target.contact,
+            number,
+            target.lookup,
+        ));
+    }
+    // Bare numbers that belong to contacts, found in one read.
+    let wanted: Vec<&str> = valid
+        .iter()
+        .filter(|(_, contact, _, lookup)| contact.is_none() && *lookup)
+        .map(|(phone, ..)| phone.as_str())
+        .collect();
+    let mut found = store.find_contacts_by_phone(org.id, &wanted).await?;
+    let valid: Vec<(String, Option<Contact>, PhoneNumber)> = valid
+        .into_iter()
+        .map(|(phone, contact, number, lookup)| {
+            let contact = match contact {
+                Some(contact) => Some(contact),
+                None if lookup => found.remove(&phone),
+                None => None,
+            };
+            (phone, contact, number)
+        })
+        .collect();
+    Ok((valid, invalid))
+}
+
 /// One recipient to resolve: a number as given (phone entries) or a contact.
-struct Target {
+pub(crate) struct Target {
     phone: String,
     contact: Option<Contact>,
     /// A bare number: look up whether it belongs to a contact.
@@ -590,99 +765,29 @@ struct Resolver {
 }
 
 impl Resolver {
-    /// The phone and contact entries among `range`, as targets.
-    fn direct_targets(&self, range: std::ops::Range<usize>) -> Vec<Target> {
-        self.request.recipients[range]
-            .iter()
-            .filter_map(|r| match r {
-                Recipient::Phone(phone) => Some(Target {
-                    phone: phone.clone(),
-                    contact: None,
-                    lookup: true,
-                }),
-                Recipient::Contact(id) => self.plan.contacts.get(id).cloned().map(Target::of),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Resolve every entry from `at` in batches, storing each batch with its counts and the
     /// position after it, until done, refused by credits, or the broadcast is no longer ours
     /// (canceled or taken over). A store error stops it as it is: its lease runs out and
     /// another pass resumes it from the last stored batch.
     async fn run(mut self, mut broadcast: Broadcast, mut at: Position) -> Result<(), StoreError> {
         let store = self.engine.store.clone();
-        let org_id = self.org.id;
         let entries = self.request.recipients.clone();
         loop {
-            let Some(entry) = entries.get(at.entry) else {
+            let Some((targets, next)) = next_targets(
+                store.as_ref(),
+                self.org.id,
+                &self.plan.audience,
+                &entries,
+                at,
+                broadcast.created_at,
+            )
+            .await?
+            else {
                 // Nothing left: record the end (also when the last batch was exactly full).
                 return self
                     .store_batch(&mut broadcast, Vec::new(), at, true)
                     .await
                     .map(drop);
-            };
-            let whole = Position {
-                entry: at.entry + 1,
-                after: None,
-            };
-            let within = |next: Option<Uuid>| match next {
-                Some(after) => Position {
-                    entry: at.entry,
-                    after: Some(after),
-                },
-                None => whole,
-            };
-            let (targets, next) = match entry {
-                Recipient::Phone(_) | Recipient::Contact(_) => {
-                    let end = entries[at.entry..]
-                        .iter()
-                        .take(BATCH)
-                        .take_while(|r| matches!(r, Recipient::Phone(_) | Recipient::Contact(_)))
-                        .count()
-                        + at.entry;
-                    let next = Position {
-                        entry: end,
-                        after: None,
-                    };
-                    (self.direct_targets(at.entry..end), next)
-                }
-                Recipient::List(id) => {
-                    match store
-                        .list_members(org_id, *id, at.after, BATCH as u32)
-                        .await?
-                    {
-                        // Deleted since: no longer a recipient.
-                        None => (Vec::new(), whole),
-                        Some(page) => (self.contacts(&page.items).await?, within(page.next)),
-                    }
-                }
-                Recipient::Segment(id) => match self.plan.rules.get(id).cloned() {
-                    None => (Vec::new(), whole),
-                    Some(rule) => {
-                        let page = store
-                            .segment_members(
-                                org_id,
-                                &rule,
-                                broadcast.created_at,
-                                at.after,
-                                BATCH as u32,
-                            )
-                            .await?;
-                        (self.contacts(&page.items).await?, within(page.next))
-                    }
-                },
-                Recipient::LeadStatus(status) => {
-                    let filter = ContactFilter {
-                        lead_status: Some(status.clone()),
-                        ..Default::default()
-                    };
-                    let page = store
-                        .list_contacts(org_id, &filter, at.after, BATCH as u32)
-                        .await?;
-                    let targets = page.items.into_iter().map(Target::of).collect();
-                    (targets, within(page.next))
-                }
             };
             let done = next.entry >= entries.len();
             if !self
@@ -694,16 +799,6 @@ impl Resolver {
             }
             at = next;
         }
-    }
-
-    /// The contacts of `ids` still there, as targets.
-    async fn contacts(&self, ids: &[Uuid]) -> Result<Vec<Target>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // A contact deleted since the page was read is simply gone: not a recipient.
-        let contacts = self.engine.store.contacts_by_id(self.org.id, ids).await?;
-        Ok(contacts.into_iter().map(Target::of).collect())
     }
 
     /// Resolve `targets` and store them as one batch with the counts and `next`, the position
@@ -779,49 +874,8 @@ impl Resolver {
         let org_id = self.org.id;
         self.counts.requested += targets.len() as u64;
 
-        // Normalise; a bare number may belong to a contact, whose fields and consent apply.
-        // A contact's number was validated when it was stored: it is not parsed again.
-        let mut valid = Vec::with_capacity(targets.len());
-        for target in targets {
-            let stored = target
-                .contact
-                .as_ref()
-                .and_then(|c| PhoneNumber::stored(&c.phone, c.country));
-            let number = match stored {
-                Some(number) => number,
-                None => match PhoneNumber::parse(&target.phone, Some(self.org.default_region)) {
-                    Ok(number) => number,
-                    Err(_) => {
-                        self.counts.invalid += 1;
-                        continue;
-                    }
-                },
-            };
-            valid.push((
-                number.e164().to_owned(),
-                target.contact,
-                number,
-                target.lookup,
-            ));
-        }
-        // Bare numbers that belong to contacts, found in one read.
-        let wanted: Vec<&str> = valid
-            .iter()
-            .filter(|(_, contact, _, lookup)| contact.is_none() && *lookup)
-            .map(|(phone, ..)| phone.as_str())
-            .collect();
-        let mut found = store.find_contacts_by_phone(org_id, &wanted).await?;
-        let mut valid: Vec<(String, Option<Contact>, PhoneNumber)> = valid
-            .into_iter()
-            .map(|(phone, contact, number, lookup)| {
-                let contact = match contact {
-                    Some(contact) => Some(contact),
-                    None if lookup => found.remove(&phone),
-                    None => None,
-                };
-                (phone, contact, number)
-            })
-            .collect();
+        let (mut valid, invalid) = normalise(store.as_ref(), &self.org, targets).await?;
+        self.counts.invalid += invalid;
 
         // De-duplicate within the batch, then against earlier batches.
         let mut in_batch = HashSet::with_capacity(valid.len());

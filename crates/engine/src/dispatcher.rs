@@ -8,7 +8,7 @@
 //! spent goes back to the queue unsent), so when a lease expires the call is certainly over and
 //! reconciliation can safely ask the provider what happened.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +16,16 @@ use futures::StreamExt;
 use herald_domain::message::{MessageType, Mode};
 use herald_domain::quiet_hours::QuietHours;
 use herald_providers::{Outbound, Provider, SendError};
-use herald_store::{Claimed, SendOutcome, SendResult, Store, StoreError};
+use herald_store::{
+    CampaignStatus, Claimed, SendOutcome, SendResult, Store, StoreError, held_until,
+};
 use jiff::{SignedDuration, Timestamp};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::campaigns::CampaignHolds;
 use crate::clock::Clock;
 use crate::directory::{Candidates, Directory};
 use crate::limits::{Limiter, Limits};
@@ -350,6 +353,8 @@ pub struct Dispatcher {
     in_flight: Arc<Semaphore>,
     counters: Arc<Counters>,
     quiet_hours: QuietHours,
+    /// Campaign runs whose messages must not be handed over (paused or cancelled).
+    holds: Arc<CampaignHolds>,
 }
 
 impl Dispatcher {
@@ -361,6 +366,7 @@ impl Dispatcher {
         config: DispatcherConfig,
         counters: Arc<Counters>,
         quiet_hours: QuietHours,
+        holds: Arc<CampaignHolds>,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let limiter = Limiter::new(store.clone(), clock.clone(), &config.rate_limits);
@@ -374,6 +380,7 @@ impl Dispatcher {
             in_flight,
             counters,
             quiet_hours,
+            holds,
         }
     }
 
@@ -448,7 +455,9 @@ impl Dispatcher {
                 return Ok(outcome);
             }
         };
-        let (deferred, claimed) = self.defer_for_quiet_hours(claimed).await;
+        let (held, canceled, claimed) = self.hold_for_campaigns(claimed).await;
+        let (mut deferred, claimed) = self.defer_for_quiet_hours(claimed).await;
+        deferred.extend(held);
         let mut results: Vec<SendResult> = futures::stream::iter(claimed)
             .map(|message| self.send_one(message, shutdown))
             .buffer_unordered(self.config.max_in_flight.max(1))
@@ -463,7 +472,68 @@ impl Dispatcher {
         for result in &results {
             self.counters.outcome(&result.outcome);
         }
+        for run in canceled {
+            // Held back after their campaign was cancelled: cancel them now they are queued.
+            if let Err(error) = self.store.sweep_canceled_run(run, self.clock.now()).await {
+                tracing::error!(%error, run_id = %run, "cannot cancel a cancelled campaign's messages");
+            }
+        }
         Ok(outcome)
+    }
+
+    /// Messages of campaigns that are not running (paused, cancelled) go back to the queue,
+    /// held until the campaign resumes; the attempt does not count. Answers them, the runs of
+    /// cancelled campaigns among them, and the rest. The states are read for every batch that
+    /// holds campaign messages, so a pause in another process is seen here too.
+    async fn hold_for_campaigns(
+        &self,
+        claimed: Vec<Claimed>,
+    ) -> (Vec<SendResult>, Vec<Uuid>, Vec<Claimed>) {
+        let mut runs: Vec<Uuid> = claimed.iter().filter_map(|m| m.campaign_run_id).collect();
+        if runs.is_empty() {
+            return (Vec::new(), Vec::new(), claimed);
+        }
+        runs.sort_unstable();
+        runs.dedup();
+        let (held, canceled): (HashSet<Uuid>, Vec<Uuid>) = match self.store.held_runs(&runs).await {
+            Ok(states) => {
+                let held: HashSet<Uuid> = states.iter().map(|(run, _)| *run).collect();
+                for run in &runs {
+                    if held.contains(run) {
+                        self.holds.hold(*run);
+                    } else {
+                        self.holds.release(*run);
+                    }
+                }
+                let canceled = states
+                    .iter()
+                    .filter(|(_, status)| *status == CampaignStatus::Cancelled)
+                    .map(|(run, _)| *run)
+                    .collect();
+                (held, canceled)
+            }
+            Err(error) => {
+                // Unsure whether they may go: hold them all until the next look.
+                tracing::error!(%error, "cannot read campaign states; holding their messages");
+                (runs.iter().copied().collect(), Vec::new())
+            }
+        };
+        let mut results = Vec::new();
+        let mut rest = Vec::with_capacity(claimed.len());
+        for message in claimed {
+            match message.campaign_run_id {
+                Some(run) if held.contains(&run) => results.push(SendResult {
+                    id: message.id,
+                    attempt: message.attempt,
+                    provider: None,
+                    outcome: SendOutcome::Deferred {
+                        until: held_until(),
+                    },
+                }),
+                _ => rest.push(message),
+            }
+        }
+        (results, canceled, rest)
     }
 
     /// Promotional messages whose recipient's quiet hours began while they waited (a retry, a
@@ -631,6 +701,19 @@ impl Dispatcher {
             + SignedDuration::try_from(self.config.send_timeout).unwrap_or_default();
         if deadline >= message.lease_expires_at {
             return unclaimed(&chosen);
+        }
+        // A pause acknowledged while this message waited: it must not go.
+        if message
+            .campaign_run_id
+            .is_some_and(|run| self.holds.is_held(run))
+        {
+            chosen.settle(CallHealth::NotCalled, self.clock.now());
+            return result(
+                None,
+                SendOutcome::Deferred {
+                    until: held_until(),
+                },
+            );
         }
         let provider = &chosen.provider;
 

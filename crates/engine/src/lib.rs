@@ -24,6 +24,7 @@
 pub mod acceptor;
 pub mod accounts;
 pub mod broadcasts;
+pub mod campaigns;
 pub mod charges;
 pub mod clock;
 pub mod contacts;
@@ -132,6 +133,12 @@ pub struct Engine {
     wake: Arc<Notify>,
     /// Allowed destination countries, cached.
     geo: credits::Geo,
+    /// Campaign runs whose messages this process's dispatchers hold back.
+    pub campaign_holds: Arc<campaigns::CampaignHolds>,
+    /// This process, as the holder of campaign runs' leases.
+    pub campaign_owner: Uuid,
+    /// Wakes the campaign runner (a campaign started or resumed).
+    pub campaign_wake: Arc<Notify>,
 }
 
 impl Engine {
@@ -190,6 +197,7 @@ impl Engine {
             });
         }
         let wake = Arc::new(Notify::new());
+        let campaign_holds = Arc::new(campaigns::CampaignHolds::default());
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             router.clone(),
@@ -198,6 +206,7 @@ impl Engine {
             config.dispatcher.clone(),
             counters.clone(),
             config.intake.quiet_hours.clone(),
+            campaign_holds.clone(),
         ));
         let maintenance = Arc::new(Maintenance::new(
             store.clone(),
@@ -229,6 +238,9 @@ impl Engine {
             counters,
             wake,
             geo: credits::Geo::default(),
+            campaign_holds,
+            campaign_owner: Uuid::now_v7(),
+            campaign_wake: Arc::new(Notify::new()),
         })
     }
 
@@ -248,6 +260,14 @@ impl Engine {
 
     /// Refuse `message` (field `to`) when its destination country is not one `org` may send
     /// to. Checked before anything is stored.
+    /// The destination countries `org` may send to.
+    pub async fn allowed_countries(
+        &self,
+        org: &Organization,
+    ) -> Result<Arc<Vec<herald_domain::phone::Region>>, StoreError> {
+        self.geo.allowed(self.store.as_ref(), org).await
+    }
+
     pub async fn check_destination(
         &self,
         org: &Organization,

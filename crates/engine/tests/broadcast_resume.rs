@@ -186,7 +186,6 @@ fn a_crashed_resolver_is_resumed_without_loss_or_duplicates(postgres: bool) {
         // Every contact has exactly one message.
         let filter = MessageFilter {
             broadcast_id: Some(id),
-            campaign_run_id: None,
             ..MessageFilter::default()
         };
         let mut seen = HashSet::new();

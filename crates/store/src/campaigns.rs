@@ -525,6 +525,11 @@ pub trait CampaignStore: Send + Sync {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
+    /// Queue again the run's messages still held although its campaign runs (a dispatcher held
+    /// one back as the campaign resumed); answers how many. Does nothing unless the campaign is
+    /// running.
+    async fn unhold_run(&self, run_id: Uuid, now: Timestamp) -> Result<u64, StoreError>;
+
     /// The run's books, read in one snapshot.
     async fn run_books(&self, run_id: Uuid) -> Result<RunBooks, StoreError>;
 

@@ -8,6 +8,7 @@
 mod audience;
 pub mod auth;
 pub mod broadcasts;
+pub mod campaigns;
 pub mod contacts;
 pub mod credits;
 pub mod extract;
@@ -69,6 +70,7 @@ pub struct AppState {
         (name = "audience", description = "Contacts, lists and segments"),
         (name = "templates", description = "Message templates"),
         (name = "broadcasts", description = "One message to many recipients"),
+        (name = "campaigns", description = "Scheduled, recurring, throttled and A/B campaigns with exact pause, resume and cancel"),
         (name = "billing", description = "Credits, spend limits and usage"),
         (name = "providers", description = "Provider accounts and the routes that choose between them"),
         (name = "operations", description = "Health"),
@@ -128,6 +130,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(segments::routes())
         .merge(templates::routes())
         .merge(broadcasts::routes())
+        .merge(campaigns::routes())
         .merge(credits::routes())
         .routes(routes!(health))
         .split_for_parts()

@@ -50,6 +50,8 @@ kinds! {
         "Only scheduled or queued messages can be canceled; this one has already been handed to a provider or has ended.");
     BROADCAST_NOT_CANCELABLE = ("broadcast-not-cancelable", CONFLICT, "Broadcast cannot be canceled",
         "The broadcast failed before anything was queued: there is nothing to cancel. Nothing was changed.");
+    CAMPAIGN_STATE = ("campaign-state", CONFLICT, "Not allowed in the campaign's status",
+        "The campaign's status does not allow this (`current_status` says what it is): it is edited only while `draft` or `scheduled`, scheduled only from `draft`, started from `draft` or `scheduled`, paused only while `running`, resumed only while `paused`, and nothing changes once it is `completed` or `cancelled`. Nothing was changed.");
     LIVE_KEY_REQUIRED = ("live-key-required", FORBIDDEN, "Live key required",
         "Provider accounts and routes configure live traffic: a test key may read them, but only a live key may change them. Nothing was changed.");
     NAME_TAKEN = ("name-taken", CONFLICT, "Name already used",

@@ -1,0 +1,568 @@
+//! Running campaigns: starting runs when their time comes, writing each run's audience
+//! snapshot, and releasing it to the queue under the campaign's throttle.
+//!
+//! Every process runs [`run_periodically`]. A run is worked on by the one process holding its
+//! lease ([`LEASE`], renewed with every write); a process that dies leaves a lease that runs
+//! out, and the next process to look takes the run over from what was stored. Every write is
+//! refused unless the campaign is still running and the lease still held, so a pause, a cancel
+//! or a take-over never lets a recipient be released twice.
+//!
+//! The throttle is counted in the database: a release stores at most `batch_size` messages,
+//! never more than `send_rate_per_minute` in any sliding minute (messages of the run created in
+//! the last minute are counted before each release), and the next release waits in proportion
+//! to the batch, so sending is spread across the minute rather than bunched at its start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use herald_domain::message::MessageType;
+use herald_domain::phone::PhoneNumber;
+use herald_domain::quiet_hours::zones_of;
+use herald_store::{
+    Campaign, CampaignRun, CampaignStatus, Contact, Lease, NewRecipient, Organization,
+    RecipientState, ReleaseOutcome, RunEnd, RunPhase, Scope, StoreError, Transition,
+};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{CampaignSpec, Checked, assign_variant, check, new_run, occurrences_after, render};
+use crate::Engine;
+use crate::broadcasts::{Position, next_targets, normalise};
+use crate::intake::SendRequest;
+
+/// How long a process's hold on a run lasts; renewed with every write.
+pub const LEASE: SignedDuration = SignedDuration::from_secs(30);
+/// How often each process looks for work when nothing wakes it.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Runs started (scheduled campaigns whose time came).
+    pub started: usize,
+    /// Recipients written to snapshots.
+    pub snapshotted: u64,
+    /// Recipients released to the queue.
+    pub released: u64,
+    /// Runs finished.
+    pub finished: usize,
+}
+
+/// Look for work every [`TICK`] (or when woken) until `shutdown`.
+pub async fn run_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+    loop {
+        match tick(&engine).await {
+            Ok(pass) if pass.released > 0 => engine.wake.notify_one(),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "campaign pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = engine.campaign_wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One pass: start due runs, then work on every run this process holds or can take.
+pub async fn tick(engine: &Arc<Engine>) -> Result<Pass, StoreError> {
+    let mut pass = Pass::default();
+    let now = engine.clock.now();
+    for campaign in engine.store.due_campaigns(now, 16).await? {
+        if start_due(engine, &campaign, now).await? {
+            pass.started += 1;
+        }
+    }
+    let lease = Lease {
+        owner: engine.campaign_owner,
+        until: now + LEASE,
+    };
+    for run in engine.store.take_runs(lease, now, 16).await? {
+        let id = run.id;
+        if let Err(error) = work(engine, run, &mut pass).await {
+            tracing::error!(%error, run_id = %id, "a campaign run stopped on a store error; it will be taken up again");
+        }
+    }
+    Ok(pass)
+}
+
+/// Start the run of a scheduled campaign whose time came.
+async fn start_due(
+    engine: &Arc<Engine>,
+    campaign: &Campaign,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    let Some(starts) = campaign.next_run_at else {
+        return Ok(false);
+    };
+    let spec = CampaignSpec::from_campaign(campaign)?;
+    let occurrence = spec
+        .schedule
+        .as_ref()
+        .and_then(|s| s.occurrence_starting(starts))
+        .map_or(starts, |o| o.at);
+    let run = new_run(engine, campaign, occurrence, now);
+    let started = engine
+        .store
+        .transition_campaign(
+            campaign.scope(),
+            campaign.id,
+            &Transition::Start { run },
+            now,
+        )
+        .await?;
+    Ok(started.is_ok())
+}
+
+/// Work on a run this process holds: write its snapshot, or release what is due, or finish it.
+async fn work(
+    engine: &Arc<Engine>,
+    mut run: CampaignRun,
+    pass: &mut Pass,
+) -> Result<(), StoreError> {
+    let scope = run.scope();
+    let Some(campaign) = engine.store.get_campaign(scope, run.campaign_id).await? else {
+        return Ok(());
+    };
+    if campaign.status != CampaignStatus::Running {
+        return Ok(());
+    }
+    let Some(org) = engine.store.get_organization(run.org_id).await? else {
+        return Ok(());
+    };
+    let spec = CampaignSpec::from_campaign(&campaign)?;
+    let checked = match check(engine, &org, scope, campaign.api_key_id, spec, false).await? {
+        Ok(checked) => checked,
+        Err(errors) => {
+            // Something it needs went away (a template deleted or deactivated): pause with the
+            // reason rather than send something else.
+            let reason = errors
+                .first()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .unwrap_or_default();
+            engine
+                .store
+                .pause_for(&run, &format!("invalid: {reason}"), engine.clock.now())
+                .await?;
+            return Ok(());
+        }
+    };
+    let mut worker = Worker {
+        engine: engine.clone(),
+        org,
+        scope,
+        api_key_id: campaign.api_key_id,
+        campaign,
+        checked,
+        contacts: HashMap::new(),
+    };
+    if run.phase == RunPhase::Snapshot {
+        match worker.snapshot(&mut run).await? {
+            Some(added) => pass.snapshotted += added,
+            None => return Ok(()),
+        }
+    }
+    if run.phase == RunPhase::Send {
+        let (released, finished) = worker.release(&mut run).await?;
+        pass.released += released;
+        pass.finished += usize::from(finished);
+    }
+    Ok(())
+}
+
+/// Where the snapshot has come to: the audience entry and, within it, the last contact.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct SnapshotPosition {
+    #[serde(default)]
+    entry: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<Uuid>,
+}
+
+struct Worker {
+    engine: Arc<Engine>,
+    org: Organization,
+    scope: Scope,
+    api_key_id: Option<Uuid>,
+    campaign: Campaign,
+    checked: Checked,
+    /// Contacts read for quiet hours at release, by id.
+    contacts: HashMap<Uuid, Contact>,
+}
+
+impl Worker {
+    /// Write the rest of the snapshot, batch by batch; each batch is stored with the position
+    /// after it, so a process taking over goes on from there. Answers how many recipients were
+    /// added, or `None` once the run is no longer this process's.
+    async fn snapshot(&mut self, run: &mut CampaignRun) -> Result<Option<u64>, StoreError> {
+        let store = self.engine.store.clone();
+        let entries = self.checked.spec.audience.entries();
+        let excluded = self.excluded().await?;
+        let mut at: SnapshotPosition = run
+            .position
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default();
+        let mut added = 0;
+        loop {
+            let position = Position {
+                entry: at.entry,
+                after: at.after,
+            };
+            let next = next_targets(
+                store.as_ref(),
+                self.org.id,
+                &self.checked.audience,
+                &entries,
+                position,
+                run.created_at,
+            )
+            .await?;
+            let (recipients, next_at) = match next {
+                Some((targets, next)) => (
+                    self.resolve(run, targets, &excluded).await?,
+                    SnapshotPosition {
+                        entry: next.entry,
+                        after: next.after,
+                    },
+                ),
+                None => (Vec::new(), at),
+            };
+            let done = next_at.entry >= entries.len();
+            run.position = Some(serde_json::to_value(next_at).expect("a position serializes"));
+            if done {
+                run.phase = RunPhase::Send;
+            }
+            if let Some(lease) = &mut run.lease {
+                lease.until = self.engine.clock.now() + LEASE;
+            }
+            match store.store_snapshot_batch(run, &recipients).await? {
+                Some(n) => {
+                    added += n;
+                    run.audience += n;
+                }
+                None => return Ok(None),
+            }
+            if done {
+                tracing::info!(run_id = %run.id, audience = run.audience, "campaign audience snapshotted");
+                return Ok(Some(added));
+            }
+            at = next_at;
+        }
+    }
+
+    /// The numbers of everyone in an excluded list or segment.
+    async fn excluded(&self) -> Result<HashSet<String>, StoreError> {
+        let store = self.engine.store.as_ref();
+        let entries = self.checked.spec.audience.exclusions();
+        let mut excluded = HashSet::new();
+        let mut at = Position::default();
+        while let Some((targets, next)) = next_targets(
+            store,
+            self.org.id,
+            &self.checked.exclusions,
+            &entries,
+            at,
+            self.engine.clock.now(),
+        )
+        .await?
+        {
+            let (valid, _) = normalise(store, &self.org, targets).await?;
+            excluded.extend(valid.into_iter().map(|(phone, ..)| phone));
+            at = next;
+        }
+        Ok(excluded)
+    }
+
+    /// Turn a batch of targets into recipients: numbers normalised (invalid ones are no
+    /// recipient), excluded ones dropped, each given its variant, body and due time, or
+    /// suppressed with the reason.
+    async fn resolve(
+        &self,
+        run: &CampaignRun,
+        targets: Vec<crate::broadcasts::Target>,
+        excluded: &HashSet<String>,
+    ) -> Result<Vec<NewRecipient>, StoreError> {
+        resolve_targets(
+            &self.engine,
+            &self.org,
+            &self.campaign.id,
+            &self.checked,
+            run.occurrence,
+            targets,
+            excluded,
+            &mut HashSet::new(),
+            &mut Tally::default(),
+        )
+        .await
+        .map(|resolved| resolved.into_iter().map(|r| r.recipient).collect())
+    }
+
+    /// Release what is due, within the throttle; finish the run when everything is settled.
+    /// Answers how many were released and whether the run finished.
+    async fn release(&mut self, run: &mut CampaignRun) -> Result<(u64, bool), StoreError> {
+        let store = self.engine.store.clone();
+        let now = self.engine.clock.now();
+        if run.next_release_at.is_some_and(|at| at > now) {
+            return Ok((0, false));
+        }
+        let spec = self.checked.spec.clone();
+        let batch = spec.batch_size();
+        let mut budget = u64::from(batch);
+        if let Some(rate) = spec.throttle.send_rate_per_minute {
+            let recent = store
+                .released_since(run.id, now - SignedDuration::from_mins(1))
+                .await?;
+            budget = budget.min(u64::from(rate).saturating_sub(recent));
+            if budget == 0 {
+                return Ok((0, false));
+            }
+        }
+        let due = store
+            .due_recipients(run.id, now, u32::try_from(budget).unwrap_or(u32::MAX))
+            .await?;
+        if due.is_empty() {
+            return self.finish_if_settled(run).await.map(|done| (0, done));
+        }
+        if spec.message_type() == MessageType::Promotional {
+            self.read_contacts(&due).await?;
+        }
+        let kind = spec.message_type();
+        let priority = kind.default_priority() + spec.priority.offset();
+        let max_attempts = spec
+            .max_retries
+            .map(|n| n + 1)
+            .unwrap_or(self.engine.config.intake.max_attempts);
+        let mut messages = Vec::with_capacity(due.len());
+        let mut unsendable = Vec::new();
+        for recipient in &due {
+            let number = PhoneNumber::stored(&recipient.phone, recipient.country);
+            let send = SendRequest {
+                to: Some(recipient.phone.clone()),
+                to_number: number,
+                body: recipient.body.clone(),
+                kind,
+                from: spec.from.clone(),
+                ..Default::default()
+            };
+            match self
+                .engine
+                .prepare(&self.org, self.scope, self.api_key_id, &send)
+            {
+                Ok(mut message) => {
+                    message.campaign_run_id = Some(run.id);
+                    message.priority = priority;
+                    message.max_attempts = max_attempts;
+                    let contact = recipient.contact_id.and_then(|id| self.contacts.get(&id));
+                    crate::hold_for_quiet_hours(
+                        &self.engine.config.intake.quiet_hours,
+                        contact,
+                        &mut message,
+                    );
+                    messages.push((recipient.seq, message));
+                }
+                Err(errors) => {
+                    let reason = errors
+                        .first()
+                        .map(|e| e.code.to_owned())
+                        .unwrap_or_else(|| "invalid".into());
+                    unsendable.push((recipient.seq, reason));
+                }
+            }
+        }
+        if !unsendable.is_empty()
+            && store.suppress_recipients(run, &unsendable).await? == ReleaseOutcome::Lost
+        {
+            return Ok((0, false));
+        }
+        let count = messages.len() as u64;
+        run.next_release_at = spec.throttle.send_rate_per_minute.map(|rate| {
+            // Spread the minute's sends: the next release waits as long as this batch is worth.
+            let per_message = 60_000_000 / i64::from(rate.max(1));
+            now + SignedDuration::from_micros(per_message.saturating_mul(count as i64))
+        });
+        if let Some(lease) = &mut run.lease {
+            lease.until = now + LEASE;
+        }
+        match store.release_recipients(run, &messages).await? {
+            ReleaseOutcome::Stored => Ok((count, false)),
+            ReleaseOutcome::Lost => Ok((0, false)),
+            ReleaseOutcome::Refused(refusal) => {
+                let code = match refusal {
+                    herald_store::CreditRefusal::InsufficientCredits { .. } => {
+                        "insufficient_credits"
+                    }
+                    herald_store::CreditRefusal::SpendLimitReached { .. } => "spend_limit_reached",
+                };
+                tracing::warn!(run_id = %run.id, code, "campaign paused: its messages are refused");
+                store.pause_for(run, code, now).await?;
+                Ok((0, false))
+            }
+        }
+    }
+
+    async fn read_contacts(
+        &mut self,
+        due: &[herald_store::RunRecipient],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = due
+            .iter()
+            .filter_map(|r| r.contact_id)
+            .filter(|id| !self.contacts.contains_key(id))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for contact in self.engine.store.contacts_by_id(self.org.id, &ids).await? {
+            self.contacts.insert(contact.id, contact);
+        }
+        Ok(())
+    }
+
+    /// Finish the run when nothing is pending any more: the campaign completes, or waits for
+    /// its next occurrence.
+    async fn finish_if_settled(&self, run: &CampaignRun) -> Result<bool, StoreError> {
+        let books = self.engine.store.run_books(run.id).await?;
+        let now = self.engine.clock.now();
+        if books.pending > 0 {
+            return Ok(false);
+        }
+        let spec = &self.checked.spec;
+        let end = match occurrences_after(spec, run.occurrence.max(now), 1).first() {
+            Some(next) if spec.recurrence.is_some() => RunEnd::Next(next.starts),
+            _ => RunEnd::Completed,
+        };
+        let finished = self.engine.store.finish_run(run, end, now).await?;
+        if finished {
+            tracing::info!(run_id = %run.id, campaign_id = %run.campaign_id, ?end, ?books, "campaign run finished");
+        }
+        Ok(finished)
+    }
+}
+
+/// A recipient as resolved.
+pub(crate) struct Resolved {
+    pub recipient: NewRecipient,
+}
+
+/// Targets that never became recipients, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub invalid: u64,
+    pub duplicates: u64,
+    pub excluded: u64,
+}
+
+/// Resolve a batch of targets into recipients of a run for the occurrence at `occurrence`.
+/// Numbers already in `seen` are duplicates; those resolved are added to it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn resolve_targets(
+    engine: &Engine,
+    org: &Organization,
+    campaign_id: &Uuid,
+    checked: &Checked,
+    occurrence: Timestamp,
+    targets: Vec<crate::broadcasts::Target>,
+    excluded: &HashSet<String>,
+    seen: &mut HashSet<String>,
+    tally: &mut Tally,
+) -> Result<Vec<Resolved>, StoreError> {
+    let store = engine.store.as_ref();
+    let (valid, invalid) = normalise(store, org, targets).await?;
+    tally.invalid += invalid;
+    let mut kept = Vec::with_capacity(valid.len());
+    for entry in valid {
+        if excluded.contains(&entry.0) {
+            tally.excluded += 1;
+        } else if !seen.insert(entry.0.clone()) {
+            tally.duplicates += 1;
+        } else {
+            kept.push(entry);
+        }
+    }
+    let valid = kept;
+    let phones: Vec<String> = valid.iter().map(|(p, ..)| p.clone()).collect();
+    let opted_out: HashSet<String> = if phones.is_empty() {
+        HashSet::new()
+    } else {
+        store
+            .opted_out_among(org.id, &phones)
+            .await?
+            .into_iter()
+            .map(|o| o.phone)
+            .collect()
+    };
+    let spec = &checked.spec;
+    let promotional = spec.message_type() == MessageType::Promotional;
+    let weights: Vec<u32> = checked.variants.iter().map(|v| v.weight).collect();
+    let schedule = spec.schedule.as_ref();
+    let local = schedule.filter(|s| s.recipient_time_zone);
+    let fallback_zone = schedule.and_then(|s| s.zone()).unwrap_or(TimeZone::UTC);
+    let civil = local.map(|_| occurrence.to_zoned(fallback_zone.clone()).datetime());
+    let now = engine.clock.now();
+    let allowed = engine.allowed_countries(org).await?;
+    let mut resolved = Vec::with_capacity(valid.len());
+    for (phone, contact, number) in valid {
+        let variant = assign_variant(*campaign_id, &phone, &weights);
+        let due_at = match civil {
+            Some(civil) => {
+                let zone = contact
+                    .as_ref()
+                    .and_then(crate::contact_zone)
+                    .or_else(|| match number.region().map(zones_of) {
+                        Some([only]) => Some(only.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| fallback_zone.clone());
+                civil
+                    .to_zoned(zone)
+                    .map(|z| z.timestamp())
+                    .unwrap_or(occurrence)
+                    .max(now)
+            }
+            None => occurrence.max(now),
+        };
+        let suppressed = if opted_out.contains(&phone) {
+            Some("opted_out")
+        } else if promotional && !contact.as_ref().is_some_and(|c| c.consent) {
+            Some("no_consent")
+        } else if !number.region().is_some_and(|r| allowed.contains(&r)) {
+            Some("not_permitted")
+        } else {
+            None
+        };
+        let body = match suppressed {
+            Some(_) => None,
+            None => render(
+                &checked.variants[usize::from(variant)],
+                contact.as_ref(),
+                &spec.variables,
+            ),
+        };
+        let reason = match (suppressed, &body) {
+            (Some(reason), _) => Some(reason),
+            (None, None) => Some("missing_variables"),
+            (None, Some(_)) => None,
+        };
+        resolved.push(Resolved {
+            recipient: NewRecipient {
+                phone,
+                contact_id: contact.as_ref().map(|c| c.id),
+                country: number.region(),
+                variant,
+                body,
+                due_at,
+                state: if reason.is_some() {
+                    RecipientState::Suppressed
+                } else {
+                    RecipientState::Pending
+                },
+                reason: reason.map(str::to_owned),
+            },
+        });
+    }
+    Ok(resolved)
+}
