@@ -159,7 +159,6 @@ impl World {
     async fn step(&self) {
         runner::tick(&self.engine).await.unwrap();
         self.engine.dispatcher.dispatch_once().await.unwrap();
-        self.engine.recorder.flush().await.unwrap();
     }
 
     /// Step until the campaign leaves `running` (at most `steps` times).
@@ -182,7 +181,7 @@ impl World {
             .iter()
             .map(|phone| ContactUpsert {
                 phone: phone.clone(),
-                country: None,
+                country: Some(Region::parse("US").unwrap()),
                 patch: ContactPatch {
                     time_zone: zone.map(|z| Some(z.to_owned())),
                     ..ContactPatch::default()
@@ -383,7 +382,6 @@ async fn pause_under_load_then_resume(backend: Backend) {
         at_ack,
         "messages were handed to the provider after the pause was acknowledged"
     );
-    w.engine.recorder.flush().await.unwrap();
     let books = w.books(c.id).await;
     assert!(books.pending > 0, "{books:?}");
     assert!((at_ack as u64) < audience as u64);
@@ -391,7 +389,6 @@ async fn pause_under_load_then_resume(backend: Backend) {
     w.act(c.id, Action::Resume).await.unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        w.engine.recorder.flush().await.unwrap();
         if w.campaign(c.id).await.status == CampaignStatus::Completed {
             break;
         }
@@ -527,7 +524,7 @@ fn crash_mid_run(backend: Backend) {
             .set(t0() + runner::LEASE + SignedDuration::from_secs(1));
         // A's claimed messages come back once their dispatcher lease runs out too.
         w.clock.advance(SignedDuration::from_secs(120));
-        w.engine.maintenance.run_once().await.unwrap();
+        w.engine.maintenance.tick_once().await.unwrap();
         let done = w.run_out(id, 200).await;
         assert_eq!(done.status, CampaignStatus::Completed);
         let books = w.books(id).await;

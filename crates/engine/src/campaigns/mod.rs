@@ -341,6 +341,15 @@ pub fn occurrences_after(spec: &CampaignSpec, after: Timestamp, limit: usize) ->
     }
 }
 
+/// The occurrence after the one at `at` (a run's), when the schedule recurs. Its run may be
+/// due at once: a run that ends late never makes the campaign skip an occurrence.
+pub fn next_occurrence(spec: &CampaignSpec, at: Timestamp) -> Option<Occurrence> {
+    let schedule = spec.schedule.as_ref()?;
+    let zone = schedule.zone()?;
+    let next = spec.recurrence()?.after(at, 1).into_iter().next()?;
+    schedule.occurrence(next.to_zoned(zone).datetime())
+}
+
 /// Runs whose messages dispatchers in this process must hold back (their campaign is paused or
 /// cancelled). Filled by this process's pauses and by dispatchers reading campaign states.
 #[derive(Debug, Default)]
@@ -651,18 +660,23 @@ fn rename_exclusion_field(mut error: FieldError, audience: &AudienceSpec) -> Fie
 }
 
 fn rename(field: &str, prefix: &str, sizes: &[(&str, usize)]) -> String {
-    let Some(index) = field
+    let Some((index, rest)) = field
         .strip_prefix(prefix)
         .and_then(|rest| rest.strip_prefix('['))
-        .and_then(|rest| rest.split(']').next())
-        .and_then(|n| n.parse::<usize>().ok())
+        .and_then(|rest| rest.split_once(']'))
     else {
         return field.to_owned();
     };
-    let mut at = index;
+    let Ok(mut at) = index.parse::<usize>() else {
+        return field.to_owned();
+    };
     for (name, len) in sizes {
         if at < *len {
-            return format!("audience.{name}[{at}]");
+            // The entry itself: `.id` or `.status` named what the client gave directly.
+            return format!(
+                "audience.{name}[{at}]{}",
+                rest.trim_start_matches(".status")
+            );
         }
         at -= len;
     }
@@ -808,9 +822,24 @@ pub async fn update(
 /// Parse a spec, naming the field at fault.
 pub fn parse_spec(value: Value) -> Result<CampaignSpec, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
+        let message = e.inner().to_string();
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        FieldError::new(field, "invalid", e.inner().to_string())
+        // An unknown field is reported at the object holding it: name the field itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), unknown) {
+            (".", Some(name)) => name.to_owned(),
+            (path, Some(name)) => format!("{path}.{name}"),
+            (".", None) => "body".to_owned(),
+            (path, None) => path.to_owned(),
+        };
+        let code = if unknown.is_some() {
+            "unknown_field"
+        } else {
+            "invalid"
+        };
+        FieldError::new(field, code, message)
     })
 }
 

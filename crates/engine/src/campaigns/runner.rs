@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CampaignSpec, Checked, assign_variant, check, new_run, occurrences_after, render};
+use super::{CampaignSpec, Checked, assign_variant, check, new_run, next_occurrence, render};
 use crate::Engine;
 use crate::broadcasts::{Position, next_targets, normalise};
 use crate::intake::SendRequest;
@@ -431,9 +431,9 @@ impl Worker {
             return Ok(false);
         }
         let spec = &self.checked.spec;
-        let end = match occurrences_after(spec, run.occurrence.max(now), 1).first() {
-            Some(next) if spec.recurrence.is_some() => RunEnd::Next(next.starts),
-            _ => RunEnd::Completed,
+        let end = match next_occurrence(spec, run.occurrence) {
+            Some(next) => RunEnd::Next(next.starts),
+            None => RunEnd::Completed,
         };
         let finished = self.engine.store.finish_run(run, end, now).await?;
         if finished {
