@@ -65,7 +65,7 @@ fn signed(value: u64) -> i64 {
 }
 
 /// Insert a broadcast's messages in the caller's transaction, reserving credits all or none.
-async fn insert_batch(
+pub(crate) async fn insert_batch(
     tx: &mut PgConnection,
     batch: &[NewMessage],
 ) -> Result<Result<(), CreditRefusal>, StoreError> {

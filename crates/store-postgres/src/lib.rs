@@ -10,6 +10,7 @@
 mod accounts;
 mod audience;
 mod broadcasts;
+mod campaigns;
 mod contacts;
 mod convert;
 mod credits;
@@ -180,6 +181,11 @@ fn migrator() -> Migrator {
             15,
             "contacts by lead status in id order",
             include_str!("../migrations/0015_contacts_by_lead_status.sql"),
+        ),
+        migration(
+            16,
+            "campaigns",
+            include_str!("../migrations/0016_campaigns.sql"),
         ),
     ])
 }

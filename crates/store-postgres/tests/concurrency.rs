@@ -59,6 +59,7 @@ fn message(scope: Scope, created_at: Timestamp) -> NewMessage {
         max_attempts: 3,
         created_at,
         broadcast_id: None,
+        campaign_run_id: None,
     }
 }
 

@@ -71,5 +71,7 @@ ALTER TABLE messages ADD COLUMN campaign_run_id BLOB;
 CREATE INDEX messages_by_campaign_run ON messages (campaign_run_id, created_at)
     WHERE campaign_run_id IS NOT NULL;
 
--- Replies and opt-outs attributed to a campaign are found by the recipient's number.
+-- Replies and opt-outs attributed to a campaign are found by the recipient's number and the
+-- time of its message: the index by sender gains the time (it still serves lookups by number).
+DROP INDEX inbound_messages_by_sender;
 CREATE INDEX inbound_messages_by_sender ON inbound_messages (org_id, from_number, received_at);

@@ -30,7 +30,10 @@ pub(crate) fn micros(ts: Timestamp) -> i64 {
 }
 
 pub(crate) fn timestamp(micros: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_microsecond(micros)
+    // Seconds and their fraction apart: `Timestamp::from_microsecond` refuses the fractions of
+    // the last representable second, where `held_until()` (`Timestamp::MAX`) is stored.
+    let nanos = (micros.rem_euclid(1_000_000) * 1_000) as i32;
+    Timestamp::new(micros.div_euclid(1_000_000), nanos)
         .map_err(|_| StoreError::Corrupt(format!("timestamp out of range: {micros}")))
 }
 

@@ -339,7 +339,7 @@ pub enum Transition {
     /// `draft → scheduled`, to start at `next_run_at`.
     Schedule { next_run_at: Timestamp },
     /// `draft | scheduled → running`, or a scheduled campaign's time came: start `run`.
-    Start { run: CampaignRun },
+    Start { run: Box<CampaignRun> },
     /// `running → paused`: nothing more is released, queued messages are held.
     Pause,
     /// `paused → running`: held messages go back to the queue.

@@ -20,6 +20,7 @@ use crate::*;
 mod accounts;
 mod audience;
 mod broadcasts;
+mod campaigns;
 mod contacts;
 mod credits;
 mod segments;
@@ -27,6 +28,7 @@ mod templates;
 pub use accounts::*;
 pub use audience::*;
 pub use broadcasts::*;
+pub use campaigns::*;
 pub use contacts::*;
 pub use credits::*;
 pub use segments::*;
@@ -155,6 +157,20 @@ macro_rules! conformance_tests {
             broadcast_recipients_are_recorded_with_their_batch,
             only_the_resolver_holding_a_broadcast_writes_its_batches,
             canceling_a_broadcast_cancels_its_unsent_messages_and_stops_resolution,
+            campaigns_are_stored_and_listed_only_in_their_scope,
+            an_idempotency_key_replays_a_campaign_creation,
+            campaign_updates_need_an_editable_campaign_unchanged_since_it_was_read,
+            every_transition_is_made_only_from_the_statuses_it_allows,
+            only_campaigns_not_under_way_can_be_deleted,
+            a_run_is_taken_by_one_owner_until_its_lease_runs_out,
+            the_snapshot_keeps_one_recipient_per_number_in_due_order,
+            a_release_stores_messages_and_marks_recipients_together_or_not_at_all,
+            a_release_the_credits_do_not_cover_stores_nothing,
+            pausing_holds_queued_messages_and_resuming_releases_them,
+            canceling_cancels_pending_recipients_and_unsent_messages,
+            a_run_finishes_only_once_everything_is_settled,
+            campaign_facts_walk_released_messages_by_run_and_seq,
+            replies_and_opt_outs_after_a_message_are_counted_per_variant,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
