@@ -250,7 +250,7 @@ async fn lifecycle_matrix(backend: Backend) {
         return;
     };
     let mut scheduled = spec(phones(3));
-    scheduled.schedule = Some(Schedule {
+    scheduled.schedule = Some(campaigns::Schedule {
         at: "2026-05-02T09:00:00".parse().unwrap(),
         timezone: "UTC".into(),
         recipient_time_zone: false,
@@ -432,8 +432,10 @@ async fn cancel_releases_credits(backend: Backend) {
                 created_at: t0(),
             },
             None,
+            &month_of(t0()),
         )
         .await
+        .unwrap()
         .unwrap();
     let mut s = spec(phones(100));
     s.throttle.batch_size = Some(30);
@@ -724,7 +726,7 @@ async fn throttle_holds_in_every_minute(backend: Backend) {
     }
     // And the throttle is not a stall: 200 at 60 a minute take a little over three minutes.
     assert_eq!(sends.len(), 200);
-    let span = *sends.last().unwrap() - sends[0];
+    let span = sends.last().unwrap().duration_since(sends[0]);
     assert!(span >= SignedDuration::from_mins(3), "{span:?}");
     assert!(span < SignedDuration::from_mins(4), "{span:?}");
     w.done().await;

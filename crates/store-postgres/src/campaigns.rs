@@ -796,6 +796,23 @@ impl CampaignStore for PostgresStore {
         tx.commit().await.ctx("failed to commit a pause")
     }
 
+    async fn unhold_run(&self, run_id: Uuid, now: Timestamp) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "UPDATE messages SET due_at = $3
+             WHERE campaign_run_id = $1 AND status = 'queued' AND due_at >= $2
+               AND EXISTS (SELECT 1 FROM campaign_runs r JOIN campaigns c ON c.id = r.campaign_id
+                           WHERE r.id = $1 AND c.status = 'running')",
+        )
+        .bind(run_id)
+        .bind(ts(held_until()))
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await
+        .ctx("failed to queue held messages again")?
+        .rows_affected();
+        Ok(n)
+    }
+
     async fn run_books(&self, run_id: Uuid) -> Result<RunBooks, StoreError> {
         // One statement, so one snapshot: a release moves recipients and messages together.
         let rows = sqlx::query(

@@ -923,7 +923,7 @@ pub async fn act(
                 }
             } else {
                 Transition::Start {
-                    run: new_run(engine, &current, now, now),
+                    run: Box::new(new_run(engine, &current, now, now)),
                 }
             }
         }

@@ -104,7 +104,7 @@ async fn start_due(
         .as_ref()
         .and_then(|s| s.occurrence_starting(starts))
         .map_or(starts, |o| o.at);
-    let run = new_run(engine, campaign, occurrence, now);
+    let run = Box::new(new_run(engine, campaign, occurrence, now));
     let started = engine
         .store
         .transition_campaign(
