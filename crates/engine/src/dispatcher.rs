@@ -366,7 +366,6 @@ impl Dispatcher {
         config: DispatcherConfig,
         counters: Arc<Counters>,
         quiet_hours: QuietHours,
-        holds: Arc<CampaignHolds>,
     ) -> Dispatcher {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         let limiter = Limiter::new(store.clone(), clock.clone(), &config.rate_limits);
@@ -380,8 +379,14 @@ impl Dispatcher {
             in_flight,
             counters,
             quiet_hours,
-            holds,
+            holds: Arc::default(),
         }
+    }
+
+    /// Share the engine's campaign holds, so a pause in this process stops this dispatcher.
+    pub fn with_campaign_holds(mut self, holds: Arc<CampaignHolds>) -> Dispatcher {
+        self.holds = holds;
+        self
     }
 
     /// Claim one batch, send it, record the results. Tests step the queue with this.

@@ -198,16 +198,18 @@ impl Engine {
         }
         let wake = Arc::new(Notify::new());
         let campaign_holds = Arc::new(campaigns::CampaignHolds::default());
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            router.clone(),
-            recorder.clone(),
-            clock.clone(),
-            config.dispatcher.clone(),
-            counters.clone(),
-            config.intake.quiet_hours.clone(),
-            campaign_holds.clone(),
-        ));
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                store.clone(),
+                router.clone(),
+                recorder.clone(),
+                clock.clone(),
+                config.dispatcher.clone(),
+                counters.clone(),
+                config.intake.quiet_hours.clone(),
+            )
+            .with_campaign_holds(campaign_holds.clone()),
+        );
         let maintenance = Arc::new(Maintenance::new(
             store.clone(),
             router.clone(),
