@@ -77,6 +77,15 @@ fn check_broadcast(report: &Value) {
     );
 }
 
+/// Every contact is in the audience once; one in 100 is suppressed; the rest are released.
+fn check_campaign(report: &Value) {
+    let opted_out = N.div_ceil(100);
+    assert_eq!(accounted(report, "audience"), N, "{report}");
+    assert_eq!(accounted(report, "suppressed"), opted_out, "{report}");
+    assert_eq!(accounted(report, "released"), N - opted_out, "{report}");
+    assert_eq!(accounted(report, "pending"), N - opted_out, "{report}");
+}
+
 #[test]
 fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite() {
     check_dispatch_sim(&bench("dispatch-sim", "sqlite", None));
@@ -84,6 +93,7 @@ fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite
     check_fanout(&bench("fanout", "sqlite", None));
     check_import(&bench("import", "sqlite", None));
     check_broadcast(&bench("broadcast", "sqlite", None));
+    check_campaign(&bench("campaign", "sqlite", None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +111,7 @@ async fn the_scenarios_run_on_postgresql_too() {
     check_fanout(&bench("fanout", "postgres", Some(&admin)));
     check_import(&bench("import", "postgres", Some(&admin)));
     check_broadcast(&bench("broadcast", "postgres", Some(&admin)));
+    check_campaign(&bench("campaign", "postgres", Some(&admin)));
     let idle = bench("idle", "postgres", Some(&admin));
     assert!(idle["metrics"]["idle_rss_mb"].as_f64().unwrap() > 0.0);
 }

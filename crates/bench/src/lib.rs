@@ -3,6 +3,7 @@
 //! from timed tests; the smoke tests only check that every message is accounted for.
 
 mod broadcast;
+mod campaign;
 mod child;
 pub mod db;
 mod dispatch;
@@ -44,6 +45,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "broadcast",
         "a broadcast to a lead status of N contacts resolved and queued in the background, in bounded memory",
+    ),
+    (
+        "campaign",
+        "a campaign to a lead status of N contacts: audience snapshotted, then released to the queue",
     ),
     (
         "idle",
@@ -124,6 +129,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         "idle" => idle::run(options, &db).await,
         "import" => import::run(options, &db).await,
         "broadcast" => broadcast::run(options, &db).await,
+        "campaign" => campaign::run(options, &db).await,
         _ => unreachable!("checked above"),
     };
     db.finish().await?;
