@@ -231,6 +231,21 @@ async fn hold_messages(
     Ok(())
 }
 
+/// Whether anything of the run is still pending: a recipient not yet released, or a message
+/// not yet settled. The recipients come first: while they wait, the messages are not read.
+async fn unsettled(conn: &mut PgConnection, run_id: Uuid) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM campaign_recipients
+                        WHERE run_id = $1 AND state = 'pending')
+             OR EXISTS (SELECT 1 FROM messages WHERE campaign_run_id = $1
+                        AND status IN ('scheduled', 'queued', 'sending', 'unknown'))",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *conn)
+    .await
+    .ctx("failed to check a run is settled")
+}
+
 /// Cancel the run's messages not yet handed to a provider, releasing their credits.
 async fn cancel_messages(
     conn: &mut PgConnection,
@@ -880,6 +895,13 @@ impl CampaignStore for PostgresStore {
         end: RunEnd,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        // Asked on every pass while a run waits: answer from a read, without locks, while
+        // anything is plainly still pending.
+        let mut conn = self.pool.acquire().await.ctx("failed to connect")?;
+        if unsettled(&mut conn, r.id).await? {
+            return Ok(false);
+        }
+        drop(conn);
         let mut tx = self.begin().await?;
         // The campaign's row before the run's, like a lifecycle change.
         sqlx::query("SELECT 1 FROM campaigns WHERE id = $1 FOR UPDATE")
@@ -890,17 +912,7 @@ impl CampaignStore for PostgresStore {
         if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
             return Ok(false);
         }
-        let unsettled: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM campaign_recipients
-                     WHERE run_id = $1 AND state = 'pending')
-                  + (SELECT count(*) FROM messages WHERE campaign_run_id = $1
-                     AND status IN ('scheduled', 'queued', 'sending', 'unknown'))",
-        )
-        .bind(r.id)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("failed to check a run is settled")?;
-        if unsettled > 0 {
+        if unsettled(&mut *tx, r.id).await? {
             return Ok(false);
         }
         sqlx::query(

@@ -191,6 +191,21 @@ async fn hold_messages(
     Ok(())
 }
 
+/// Whether anything of the run is still pending: a recipient not yet released, or a message
+/// not yet settled. The recipients come first: while they wait, the messages are not read.
+async fn unsettled(conn: &mut SqliteConnection, run_id: Uuid) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM campaign_recipients
+                        WHERE run_id = ?1 AND state = 'pending')
+             OR EXISTS (SELECT 1 FROM messages WHERE campaign_run_id = ?1
+                        AND status IN ('scheduled', 'queued', 'sending', 'unknown'))",
+    )
+    .bind(run_id)
+    .fetch_one(&mut *conn)
+    .await
+    .ctx("failed to check a run is settled")
+}
+
 /// Cancel the run's messages not yet handed to a provider, releasing their credits.
 async fn cancel_messages(
     conn: &mut SqliteConnection,
@@ -825,21 +840,18 @@ impl CampaignStore for SqliteStore {
         end: RunEnd,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
+        // Asked on every pass while a run waits: answer from a read, without the write lock,
+        // while anything is plainly still pending.
+        let mut conn = self.reader.acquire().await.ctx("failed to connect")?;
+        if unsettled(&mut conn, r.id).await? {
+            return Ok(false);
+        }
+        drop(conn);
         let mut tx = self.write().await?;
         if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
             return Ok(false);
         }
-        let unsettled: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM campaign_recipients
-                     WHERE run_id = ?1 AND state = 'pending')
-                  + (SELECT count(*) FROM messages WHERE campaign_run_id = ?1
-                     AND status IN ('scheduled', 'queued', 'sending', 'unknown'))",
-        )
-        .bind(r.id)
-        .fetch_one(&mut *tx)
-        .await
-        .ctx("failed to check a run is settled")?;
-        if unsettled > 0 {
+        if unsettled(&mut *tx, r.id).await? {
             return Ok(false);
         }
         sqlx::query(
