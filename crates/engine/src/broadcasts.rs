@@ -985,7 +985,7 @@ impl Resolver {
 }
 
 /// The error a broadcast stopped by credits records.
-fn refusal_code(refusal: &CreditRefusal) -> String {
+pub(crate) fn refusal_code(refusal: &CreditRefusal) -> String {
     match refusal {
         CreditRefusal::InsufficientCredits { .. } => "insufficient_credits",
         CreditRefusal::SpendLimitReached { .. } => "spend_limit_reached",

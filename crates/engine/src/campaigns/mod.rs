@@ -14,7 +14,7 @@
 pub mod report;
 pub mod runner;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use herald_domain::message::MessageType;
@@ -245,6 +245,24 @@ impl CampaignSpec {
             template_id: self.template_id,
             weight: 1,
         }]
+    }
+
+    /// The send of `body` to a recipient's stored number (valid when it was snapshotted, so
+    /// not parsed again).
+    pub(crate) fn send_request(
+        &self,
+        phone: &str,
+        country: Option<herald_domain::phone::Region>,
+        body: &Option<String>,
+    ) -> SendRequest {
+        SendRequest {
+            to: Some(phone.to_owned()),
+            to_number: herald_domain::phone::PhoneNumber::stored(phone, country),
+            body: body.clone(),
+            kind: self.message_type(),
+            from: self.from.clone(),
+            ..Default::default()
+        }
     }
 
     pub fn batch_size(&self) -> u32 {
@@ -1025,7 +1043,9 @@ pub(crate) fn new_run(
         occurrence,
         phase: RunPhase::Snapshot,
         audience: 0,
-        position: Some(serde_json::json!({"entry": 0})),
+        position: Some(
+            serde_json::to_value(broadcasts::Position::default()).expect("a position serializes"),
+        ),
         lease: Some(Lease {
             owner: engine.campaign_owner,
             until: now + runner::LEASE,
@@ -1080,9 +1100,3 @@ pub fn weight_shares(weights: &[u32]) -> Vec<f64> {
     let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
     weights.iter().map(|w| f64::from(*w) / total).collect()
 }
-
-#[doc(hidden)]
-pub type ExclusionSet = HashSet<String>;
-
-#[doc(hidden)]
-pub type ContactsById = HashMap<Uuid, herald_store::Contact>;

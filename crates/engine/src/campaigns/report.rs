@@ -15,12 +15,11 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::runner::{Tally, resolve_targets};
+use super::runner::{Tally, excluded_numbers, resolve_targets};
 use super::{CampaignSpec, check};
 use crate::Engine;
 use crate::accounts::FieldError;
-use crate::broadcasts::{Position, next_targets, normalise};
-use crate::intake::SendRequest;
+use crate::broadcasts::{Position, next_targets};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Suppressed {
@@ -95,20 +94,9 @@ pub async fn estimate(
         .ok()
         .map_or(now, |at| at);
 
-    // Exclusions, as the snapshot reads them.
-    let mut excluded = HashSet::new();
-    let exclusions = checked.spec.audience.exclusions();
-    let mut at = Position::default();
-    while let Some((targets, next)) =
-        next_targets(store, org.id, &checked.exclusions, &exclusions, at, now).await?
-    {
-        let (valid, _) = normalise(store, org, targets).await?;
-        excluded.extend(valid.into_iter().map(|(phone, ..)| phone));
-        at = next;
-    }
+    let excluded = excluded_numbers(engine, org, &checked, now).await?;
 
     let entries = checked.spec.audience.entries();
-    let kind = checked.spec.message_type();
     let mut seen = HashSet::new();
     let mut tally = Tally::default();
     let mut suppressed = Suppressed::default();
@@ -143,9 +131,8 @@ pub async fn estimate(
             &mut tally,
         )
         .await?;
-        for r in resolved {
+        for recipient in resolved {
             audience += 1;
-            let recipient = r.recipient;
             if recipient.state == RecipientState::Suppressed {
                 match recipient.reason.as_deref() {
                     Some("opted_out") => suppressed.opted_out += 1,
@@ -155,17 +142,10 @@ pub async fn estimate(
                 }
                 continue;
             }
-            let send = SendRequest {
-                to: Some(recipient.phone.clone()),
-                to_number: herald_domain::phone::PhoneNumber::stored(
-                    &recipient.phone,
-                    recipient.country,
-                ),
-                body: recipient.body.clone(),
-                kind,
-                from: checked.spec.from.clone(),
-                ..Default::default()
-            };
+            let send =
+                checked
+                    .spec
+                    .send_request(&recipient.phone, recipient.country, &recipient.body);
             let Ok(message) = engine.prepare(org, scope, api_key_id, &send) else {
                 suppressed.missing_variables += 1;
                 continue;

@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_domain::message::MessageType;
-use herald_domain::phone::PhoneNumber;
 use herald_domain::quiet_hours::zones_of;
 use herald_store::{
     Campaign, CampaignRun, CampaignStatus, Contact, Lease, NewRecipient, Organization,
@@ -24,14 +23,13 @@ use herald_store::{
 };
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{CampaignSpec, Checked, assign_variant, check, new_run, next_occurrence, render};
 use crate::Engine;
 use crate::broadcasts::{Position, next_targets, normalise};
-use crate::intake::SendRequest;
 
 /// How long a process's hold on a run lasts; renewed with every write.
 pub const LEASE: SignedDuration = SignedDuration::from_secs(30);
@@ -133,31 +131,12 @@ async fn work(
     let Some(org) = engine.store.get_organization(run.org_id).await? else {
         return Ok(());
     };
-    let spec = CampaignSpec::from_campaign(&campaign)?;
-    let checked = match check(engine, &org, scope, campaign.api_key_id, spec, false).await? {
-        Ok(checked) => checked,
-        Err(errors) => {
-            // Something it needs went away (a template deleted or deactivated): pause with the
-            // reason rather than send something else.
-            let reason = errors
-                .first()
-                .map(|e| format!("{}: {}", e.field, e.message))
-                .unwrap_or_default();
-            engine
-                .store
-                .pause_for(&run, &format!("invalid: {reason}"), engine.clock.now())
-                .await?;
-            return Ok(());
-        }
-    };
-    let mut worker = Worker {
+    let worker = Worker {
         engine: engine.clone(),
         org,
         scope,
-        api_key_id: campaign.api_key_id,
+        spec: CampaignSpec::from_campaign(&campaign)?,
         campaign,
-        checked,
-        contacts: HashMap::new(),
     };
     if run.phase == RunPhase::Snapshot {
         match worker.snapshot(&mut run).await? {
@@ -173,62 +152,81 @@ async fn work(
     Ok(())
 }
 
-/// Where the snapshot has come to: the audience entry and, within it, the last contact.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-struct SnapshotPosition {
-    #[serde(default)]
-    entry: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    after: Option<Uuid>,
-}
-
 struct Worker {
     engine: Arc<Engine>,
     org: Organization,
     scope: Scope,
-    api_key_id: Option<Uuid>,
     campaign: Campaign,
-    checked: Checked,
-    /// Contacts read for quiet hours at release, by id.
-    contacts: HashMap<Uuid, Contact>,
+    spec: CampaignSpec,
 }
 
 impl Worker {
     /// Write the rest of the snapshot, batch by batch; each batch is stored with the position
     /// after it, so a process taking over goes on from there. Answers how many recipients were
-    /// added, or `None` once the run is no longer this process's.
-    async fn snapshot(&mut self, run: &mut CampaignRun) -> Result<Option<u64>, StoreError> {
-        let store = self.engine.store.clone();
-        let entries = self.checked.spec.audience.entries();
-        let excluded = self.excluded().await?;
-        let mut at: SnapshotPosition = run
+    /// added, or `None` once the run is no longer this process's (or it paused because what
+    /// the audience or content names went away).
+    async fn snapshot(&self, run: &mut CampaignRun) -> Result<Option<u64>, StoreError> {
+        let engine = &self.engine;
+        let store = engine.store.clone();
+        // Resolving reads the templates, lists and segments the campaign names: check they
+        // still stand (a template deleted or deactivated) and pause with the reason rather
+        // than send something else.
+        let checked = match check(
+            engine,
+            &self.org,
+            self.scope,
+            self.campaign.api_key_id,
+            self.spec.clone(),
+            false,
+        )
+        .await?
+        {
+            Ok(checked) => checked,
+            Err(errors) => {
+                let reason = errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .unwrap_or_default();
+                store
+                    .pause_for(run, &format!("invalid: {reason}"), engine.clock.now())
+                    .await?;
+                return Ok(None);
+            }
+        };
+        let entries = checked.spec.audience.entries();
+        let excluded = excluded_numbers(engine, &self.org, &checked, engine.clock.now()).await?;
+        let mut at: Position = run
             .position
             .clone()
             .and_then(|p| serde_json::from_value(p).ok())
             .unwrap_or_default();
         let mut added = 0;
         loop {
-            let position = Position {
-                entry: at.entry,
-                after: at.after,
-            };
             let next = next_targets(
                 store.as_ref(),
                 self.org.id,
-                &self.checked.audience,
+                &checked.audience,
                 &entries,
-                position,
+                at,
                 run.created_at,
             )
             .await?;
             let (recipients, next_at) = match next {
-                Some((targets, next)) => (
-                    self.resolve(run, targets, &excluded).await?,
-                    SnapshotPosition {
-                        entry: next.entry,
-                        after: next.after,
-                    },
-                ),
+                Some((targets, next)) => {
+                    let recipients = resolve_targets(
+                        engine,
+                        &self.org,
+                        &self.campaign.id,
+                        &checked,
+                        run.occurrence,
+                        targets,
+                        &excluded,
+                        &mut HashSet::new(),
+                        &mut Tally::default(),
+                    )
+                    .await?;
+                    (recipients, next)
+                }
                 None => (Vec::new(), at),
             };
             let done = next_at.entry >= entries.len();
@@ -237,7 +235,7 @@ impl Worker {
                 run.phase = RunPhase::Send;
             }
             if let Some(lease) = &mut run.lease {
-                lease.until = self.engine.clock.now() + LEASE;
+                lease.until = engine.clock.now() + LEASE;
             }
             match store.store_snapshot_batch(run, &recipients).await? {
                 Some(n) => {
@@ -254,64 +252,18 @@ impl Worker {
         }
     }
 
-    /// The numbers of everyone in an excluded list or segment.
-    async fn excluded(&self) -> Result<HashSet<String>, StoreError> {
-        let store = self.engine.store.as_ref();
-        let entries = self.checked.spec.audience.exclusions();
-        let mut excluded = HashSet::new();
-        let mut at = Position::default();
-        while let Some((targets, next)) = next_targets(
-            store,
-            self.org.id,
-            &self.checked.exclusions,
-            &entries,
-            at,
-            self.engine.clock.now(),
-        )
-        .await?
-        {
-            let (valid, _) = normalise(store, &self.org, targets).await?;
-            excluded.extend(valid.into_iter().map(|(phone, ..)| phone));
-            at = next;
-        }
-        Ok(excluded)
-    }
-
-    /// Turn a batch of targets into recipients: numbers normalised (invalid ones are no
-    /// recipient), excluded ones dropped, each given its variant, body and due time, or
-    /// suppressed with the reason.
-    async fn resolve(
-        &self,
-        run: &CampaignRun,
-        targets: Vec<crate::broadcasts::Target>,
-        excluded: &HashSet<String>,
-    ) -> Result<Vec<NewRecipient>, StoreError> {
-        resolve_targets(
-            &self.engine,
-            &self.org,
-            &self.campaign.id,
-            &self.checked,
-            run.occurrence,
-            targets,
-            excluded,
-            &mut HashSet::new(),
-            &mut Tally::default(),
-        )
-        .await
-        .map(|resolved| resolved.into_iter().map(|r| r.recipient).collect())
-    }
-
     /// Release what is due, within the throttle; finish the run when everything is settled.
+    /// Bodies were rendered by the snapshot, so releasing reads nothing the campaign names.
     /// Answers how many were released and whether the run finished.
-    async fn release(&mut self, run: &mut CampaignRun) -> Result<(u64, bool), StoreError> {
-        let store = self.engine.store.clone();
-        let now = self.engine.clock.now();
+    async fn release(&self, run: &mut CampaignRun) -> Result<(u64, bool), StoreError> {
+        let engine = &self.engine;
+        let store = engine.store.clone();
+        let spec = &self.spec;
+        let now = engine.clock.now();
         if run.next_release_at.is_some_and(|at| at > now) {
             return Ok((0, false));
         }
-        let spec = self.checked.spec.clone();
-        let batch = spec.batch_size();
-        let mut budget = u64::from(batch);
+        let mut budget = u64::from(spec.batch_size());
         if let Some(rate) = spec.throttle.send_rate_per_minute {
             let recent = store
                 .released_since(run.id, now - SignedDuration::from_mins(1))
@@ -327,38 +279,40 @@ impl Worker {
         if due.is_empty() {
             return self.finish_if_settled(run).await.map(|done| (0, done));
         }
-        if spec.message_type() == MessageType::Promotional {
-            self.read_contacts(&due).await?;
-        }
         let kind = spec.message_type();
+        // Quiet hours need promotional recipients' own zones.
+        let contacts: HashMap<Uuid, Contact> = if kind == MessageType::Promotional {
+            let ids: Vec<Uuid> = due.iter().filter_map(|r| r.contact_id).collect();
+            if ids.is_empty() {
+                HashMap::new()
+            } else {
+                store
+                    .contacts_by_id(self.org.id, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.id, c))
+                    .collect()
+            }
+        } else {
+            HashMap::new()
+        };
         let priority = kind.default_priority() + spec.priority.offset();
         let max_attempts = spec
             .max_retries
             .map(|n| n + 1)
-            .unwrap_or(self.engine.config.intake.max_attempts);
+            .unwrap_or(engine.config.intake.max_attempts);
         let mut messages = Vec::with_capacity(due.len());
         let mut unsendable = Vec::new();
         for recipient in &due {
-            let number = PhoneNumber::stored(&recipient.phone, recipient.country);
-            let send = SendRequest {
-                to: Some(recipient.phone.clone()),
-                to_number: number,
-                body: recipient.body.clone(),
-                kind,
-                from: spec.from.clone(),
-                ..Default::default()
-            };
-            match self
-                .engine
-                .prepare(&self.org, self.scope, self.api_key_id, &send)
-            {
+            let send = spec.send_request(&recipient.phone, recipient.country, &recipient.body);
+            match engine.prepare(&self.org, self.scope, self.campaign.api_key_id, &send) {
                 Ok(mut message) => {
                     message.campaign_run_id = Some(run.id);
                     message.priority = priority;
                     message.max_attempts = max_attempts;
-                    let contact = recipient.contact_id.and_then(|id| self.contacts.get(&id));
+                    let contact = recipient.contact_id.and_then(|id| contacts.get(&id));
                     crate::hold_for_quiet_hours(
-                        &self.engine.config.intake.quiet_hours,
+                        &engine.config.intake.quiet_hours,
                         contact,
                         &mut message,
                     );
@@ -391,61 +345,53 @@ impl Worker {
             ReleaseOutcome::Stored => Ok((count, false)),
             ReleaseOutcome::Lost => Ok((0, false)),
             ReleaseOutcome::Refused(refusal) => {
-                let code = match refusal {
-                    herald_store::CreditRefusal::InsufficientCredits { .. } => {
-                        "insufficient_credits"
-                    }
-                    herald_store::CreditRefusal::SpendLimitReached { .. } => "spend_limit_reached",
-                };
+                let code = crate::broadcasts::refusal_code(&refusal);
                 tracing::warn!(run_id = %run.id, code, "campaign paused: its messages are refused");
-                store.pause_for(run, code, now).await?;
+                store.pause_for(run, &code, now).await?;
                 Ok((0, false))
             }
         }
     }
 
-    async fn read_contacts(
-        &mut self,
-        due: &[herald_store::RunRecipient],
-    ) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = due
-            .iter()
-            .filter_map(|r| r.contact_id)
-            .filter(|id| !self.contacts.contains_key(id))
-            .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        for contact in self.engine.store.contacts_by_id(self.org.id, &ids).await? {
-            self.contacts.insert(contact.id, contact);
-        }
-        Ok(())
-    }
-
-    /// Finish the run when nothing is pending any more: the campaign completes, or waits for
-    /// its next occurrence.
+    /// Finish the run if nothing of it is pending any more (the store checks, in the
+    /// transaction that finishes it): the campaign completes, or waits for its next occurrence.
     async fn finish_if_settled(&self, run: &CampaignRun) -> Result<bool, StoreError> {
-        let books = self.engine.store.run_books(run.id).await?;
-        let now = self.engine.clock.now();
-        if books.pending > 0 {
-            return Ok(false);
-        }
-        let spec = &self.checked.spec;
-        let end = match next_occurrence(spec, run.occurrence) {
+        let end = match next_occurrence(&self.spec, run.occurrence) {
             Some(next) => RunEnd::Next(next.starts),
             None => RunEnd::Completed,
         };
-        let finished = self.engine.store.finish_run(run, end, now).await?;
+        let finished = self
+            .engine
+            .store
+            .finish_run(run, end, self.engine.clock.now())
+            .await?;
         if finished {
-            tracing::info!(run_id = %run.id, campaign_id = %run.campaign_id, ?end, ?books, "campaign run finished");
+            tracing::info!(run_id = %run.id, campaign_id = %run.campaign_id, ?end, "campaign run finished");
         }
         Ok(finished)
     }
 }
 
-/// A recipient as resolved.
-pub(crate) struct Resolved {
-    pub recipient: NewRecipient,
+/// The numbers of everyone in the campaign's excluded lists and segments (segments as of
+/// `as_of`).
+pub(crate) async fn excluded_numbers(
+    engine: &Engine,
+    org: &Organization,
+    checked: &Checked,
+    as_of: Timestamp,
+) -> Result<HashSet<String>, StoreError> {
+    let store = engine.store.as_ref();
+    let entries = checked.spec.audience.exclusions();
+    let mut excluded = HashSet::new();
+    let mut at = Position::default();
+    while let Some((targets, next)) =
+        next_targets(store, org.id, &checked.exclusions, &entries, at, as_of).await?
+    {
+        let (valid, _) = normalise(store, org, targets).await?;
+        excluded.extend(valid.into_iter().map(|(phone, ..)| phone));
+        at = next;
+    }
+    Ok(excluded)
 }
 
 /// Targets that never became recipients, by reason.
@@ -469,7 +415,7 @@ pub(crate) async fn resolve_targets(
     excluded: &HashSet<String>,
     seen: &mut HashSet<String>,
     tally: &mut Tally,
-) -> Result<Vec<Resolved>, StoreError> {
+) -> Result<Vec<NewRecipient>, StoreError> {
     let store = engine.store.as_ref();
     let (valid, invalid) = normalise(store, org, targets).await?;
     tally.invalid += invalid;
@@ -547,21 +493,19 @@ pub(crate) async fn resolve_targets(
             (None, None) => Some("missing_variables"),
             (None, Some(_)) => None,
         };
-        resolved.push(Resolved {
-            recipient: NewRecipient {
-                phone,
-                contact_id: contact.as_ref().map(|c| c.id),
-                country: number.region(),
-                variant,
-                body,
-                due_at,
-                state: if reason.is_some() {
-                    RecipientState::Suppressed
-                } else {
-                    RecipientState::Pending
-                },
-                reason: reason.map(str::to_owned),
+        resolved.push(NewRecipient {
+            phone,
+            contact_id: contact.as_ref().map(|c| c.id),
+            country: number.region(),
+            variant,
+            body,
+            due_at,
+            state: if reason.is_some() {
+                RecipientState::Suppressed
+            } else {
+                RecipientState::Pending
             },
+            reason: reason.map(str::to_owned),
         });
     }
     Ok(resolved)
