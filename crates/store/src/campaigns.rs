@@ -260,16 +260,63 @@ pub struct RunRecipient {
     pub delivered_at: Option<Timestamp>,
 }
 
-/// A run's books: every recipient in exactly one bucket, so the buckets add up to `audience`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The bucket of a run's books a recipient counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Book {
+    /// Not yet released, or released and not yet settled (queued, sending, unknown).
+    Pending,
+    /// Accepted by a provider, no delivery report yet.
+    Sent,
+    Delivered,
+    /// Failed or undelivered.
+    Failed,
+    Suppressed,
+    Canceled,
+}
+
+impl Book {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Book::Pending => "pending",
+            Book::Sent => "sent",
+            Book::Delivered => "delivered",
+            Book::Failed => "failed",
+            Book::Suppressed => "suppressed",
+            Book::Canceled => "canceled",
+        }
+    }
+
+    /// Where a released recipient whose message is in `status` counts.
+    pub fn of_message(status: MessageStatus) -> Book {
+        use MessageStatus::*;
+        match status {
+            Scheduled | Queued | Sending | Unknown => Book::Pending,
+            Sent => Book::Sent,
+            Delivered => Book::Delivered,
+            Undelivered | Failed => Book::Failed,
+            Suppressed => Book::Suppressed,
+            Canceled => Book::Canceled,
+        }
+    }
+
+    /// Where a recipient in `state` counts; `None` once released (its message says).
+    pub fn of_recipient(state: RecipientState) -> Option<Book> {
+        match state {
+            RecipientState::Pending => Some(Book::Pending),
+            RecipientState::Suppressed => Some(Book::Suppressed),
+            RecipientState::Canceled => Some(Book::Canceled),
+            RecipientState::Released => None,
+        }
+    }
+}
+
+/// A run's books: every recipient in exactly one [`Book`], so they add up to `audience`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunBooks {
     pub audience: u64,
-    /// Not yet released, or released and not yet settled (queued, sending, unknown).
     pub pending: u64,
-    /// Accepted by a provider, no delivery report yet.
     pub sent: u64,
     pub delivered: u64,
-    /// Failed or undelivered.
     pub failed: u64,
     pub suppressed: u64,
     pub canceled: u64,
@@ -281,26 +328,27 @@ impl RunBooks {
         self.pending + self.sent + self.delivered + self.failed + self.suppressed + self.canceled
     }
 
-    /// Add a released recipient whose message is in `status`.
+    pub fn count(&mut self, book: Book, n: u64) {
+        let bucket = match book {
+            Book::Pending => &mut self.pending,
+            Book::Sent => &mut self.sent,
+            Book::Delivered => &mut self.delivered,
+            Book::Failed => &mut self.failed,
+            Book::Suppressed => &mut self.suppressed,
+            Book::Canceled => &mut self.canceled,
+        };
+        *bucket += n;
+    }
+
+    /// Add released recipients whose messages are in `status`.
     pub fn count_message(&mut self, status: MessageStatus, n: u64) {
-        use MessageStatus::*;
-        match status {
-            Scheduled | Queued | Sending | Unknown => self.pending += n,
-            Sent => self.sent += n,
-            Delivered => self.delivered += n,
-            Undelivered | Failed => self.failed += n,
-            Suppressed => self.suppressed += n,
-            Canceled => self.canceled += n,
-        }
+        self.count(Book::of_message(status), n);
     }
 
     /// Add recipients in `state` (released ones are counted by their message instead).
     pub fn count_recipients(&mut self, state: RecipientState, n: u64) {
-        match state {
-            RecipientState::Pending => self.pending += n,
-            RecipientState::Suppressed => self.suppressed += n,
-            RecipientState::Canceled => self.canceled += n,
-            RecipientState::Released => {}
+        if let Some(book) = Book::of_recipient(state) {
+            self.count(book, n);
         }
     }
 

@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use herald_engine::campaigns::report::{self, Analytics, Books, Bucket, Estimate};
+use herald_engine::campaigns::report::{self, Analytics, Bucket, Estimate};
 use herald_engine::campaigns::{self as engine_campaigns, Action, CampaignSpec, Created, Refused};
-use herald_store::{Campaign, CampaignRun, IdempotencyRecord, RunRecipient};
+use herald_store::{Book, Campaign, CampaignRun, IdempotencyRecord, RunBooks, RunRecipient};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -56,7 +56,7 @@ pub struct RunView {
     /// The occurrence it is for.
     pub occurrence: Timestamp,
     #[schema(value_type = Object)]
-    pub books: Books,
+    pub books: RunBooks,
     pub error: Option<String>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
@@ -133,12 +133,12 @@ fn campaign_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| not_found())
 }
 
-fn run_view(run: &CampaignRun, books: herald_store::RunBooks) -> RunView {
+fn run_view(run: &CampaignRun, books: RunBooks) -> RunView {
     RunView {
         id: run.id,
         phase: run.phase.as_str().to_owned(),
         occurrence: run.occurrence,
-        books: books.into(),
+        books,
         error: run.error.clone(),
         created_at: run.created_at,
         finished_at: run.finished_at,
@@ -643,7 +643,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 struct Progress {
     status: String,
     run_id: Option<Uuid>,
-    books: Books,
+    books: RunBooks,
     /// Recipients settled per second since the last progress event.
     rate_per_second: f64,
     /// Seconds until everything pending is settled at that rate.
@@ -690,7 +690,7 @@ impl Follow {
         if changed || (running && due) {
             let books = match campaign.current_run {
                 Some(run) => store.run_books(run).await.unwrap_or_default(),
-                None => herald_store::RunBooks::default(),
+                None => RunBooks::default(),
             };
             let settled = books.audience - books.pending.min(books.audience);
             let rate = match self.last_progress {
@@ -703,7 +703,7 @@ impl Follow {
             let progress = Progress {
                 status: status.clone(),
                 run_id: campaign.current_run,
-                books: books.into(),
+                books,
                 rate_per_second: rate,
                 eta_seconds: (rate > 0.0).then(|| (books.pending as f64 / rate).ceil() as u64),
                 at: Timestamp::now(),
@@ -806,18 +806,11 @@ pub async fn list_runs(
 }
 
 fn recipient_view(r: RunRecipient) -> RecipientView {
-    use herald_store::RecipientState;
-    let status = match (r.state, r.status) {
-        (RecipientState::Released, Some(status)) => {
-            let mut books = herald_store::RunBooks::default();
-            books.count_message(status, 1);
-            bucket_name(&books)
-        }
-        (state, _) => {
-            let mut books = herald_store::RunBooks::default();
-            books.count_recipients(state, 1);
-            bucket_name(&books)
-        }
+    let book = match (Book::of_recipient(r.state), r.status) {
+        (Some(book), _) => book,
+        (None, Some(status)) => Book::of_message(status),
+        // Released, its message not read back.
+        (None, None) => Book::Pending,
     };
     RecipientView {
         seq: r.seq,
@@ -826,7 +819,7 @@ fn recipient_view(r: RunRecipient) -> RecipientView {
         variant: r.variant,
         body: r.body,
         due_at: r.due_at,
-        status: status.to_owned(),
+        status: book.as_str().to_owned(),
         reason: r.reason.or(r.error_code),
         message_id: r.message_id,
         provider: r.provider,
@@ -838,23 +831,6 @@ fn recipient_view(r: RunRecipient) -> RecipientView {
             .actual_cost
             .map(|c| herald_domain::money::Amount::from_micros(c).to_string()),
         retries: r.attempts.saturating_sub(1),
-    }
-}
-
-/// The bucket a one-recipient book counts in.
-fn bucket_name(books: &herald_store::RunBooks) -> &'static str {
-    if books.sent > 0 {
-        "sent"
-    } else if books.delivered > 0 {
-        "delivered"
-    } else if books.failed > 0 {
-        "failed"
-    } else if books.suppressed > 0 {
-        "suppressed"
-    } else if books.canceled > 0 {
-        "canceled"
-    } else {
-        "pending"
     }
 }
 

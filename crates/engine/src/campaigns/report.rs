@@ -269,7 +269,7 @@ pub struct VariantStats {
 pub struct Analytics {
     pub runs: u32,
     /// Every recipient of every run, in exactly one bucket.
-    pub books: Books,
+    pub books: RunBooks,
     /// Messages a provider accepted (whatever became of them after).
     pub sent: u64,
     pub delivered: u64,
@@ -283,32 +283,6 @@ pub struct Analytics {
     pub timeline: Vec<TimelinePoint>,
     pub providers: Vec<ProviderStats>,
     pub variants: Vec<VariantStats>,
-}
-
-/// [`RunBooks`] as the API shows them.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Books {
-    pub audience: u64,
-    pub pending: u64,
-    pub sent: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub suppressed: u64,
-    pub canceled: u64,
-}
-
-impl From<RunBooks> for Books {
-    fn from(b: RunBooks) -> Books {
-        Books {
-            audience: b.audience,
-            pending: b.pending,
-            sent: b.sent,
-            delivered: b.delivered,
-            failed: b.failed,
-            suppressed: b.suppressed,
-            canceled: b.canceled,
-        }
-    }
 }
 
 /// The books of all a campaign's runs, added up.
@@ -446,7 +420,7 @@ pub async fn analytics(
     cost.actual_per_message = per(cost.actual, totals.sent);
     Ok(Analytics {
         runs: campaign.runs,
-        books: books.into(),
+        books,
         sent: totals.sent,
         delivered: totals.delivered,
         failed: totals.failed,
