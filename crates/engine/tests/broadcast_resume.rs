@@ -4,6 +4,8 @@
 //! Process B, on the same database with a manual clock, takes the broadcast over only once
 //! A's lease has run out. On both stores.
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -16,50 +18,12 @@ use herald_store::{
     BroadcastCounts, BroadcastStatus, ContactPatch, ContactUpsert, MessageFilter, Organization,
     Scope, Store,
 };
-use herald_store_postgres::test_support::{TestDatabase, fresh_database};
-use herald_store_postgres::{PostgresConfig, PostgresStore};
-use herald_store_sqlite::{SqliteConfig, SqliteStore};
 use jiff::{SignedDuration, Timestamp};
+use support::Place;
 use uuid::Uuid;
 
 /// Contacts in the audience: several batches, so the crash lands part-way.
 const AUDIENCE: u64 = 6_000;
-
-enum Place {
-    Sqlite(tempfile::TempDir),
-    Postgres(Box<TestDatabase>),
-}
-
-impl Place {
-    async fn new(postgres: bool) -> Option<Place> {
-        Some(if postgres {
-            Place::Postgres(Box::new(fresh_database().await?))
-        } else {
-            Place::Sqlite(tempfile::tempdir().unwrap())
-        })
-    }
-
-    /// A new connection to the database, as a new process would open.
-    async fn connect(&self) -> Arc<dyn Store> {
-        let store: Arc<dyn Store> = match self {
-            Place::Sqlite(dir) => {
-                let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-                Arc::new(
-                    SqliteStore::connect(&url, &SqliteConfig::default())
-                        .await
-                        .unwrap(),
-                )
-            }
-            Place::Postgres(database) => Arc::new(
-                PostgresStore::connect(database.url(), &PostgresConfig::default())
-                    .await
-                    .unwrap(),
-            ),
-        };
-        store.migrate().await.unwrap();
-        store
-    }
-}
 
 fn t0() -> Timestamp {
     "2026-05-01T09:00:00Z".parse().unwrap()
@@ -206,9 +170,7 @@ fn a_crashed_resolver_is_resumed_without_loss_or_duplicates(postgres: bool) {
         assert_eq!(seen.len() as u64, AUDIENCE);
         assert_eq!(store.count_messages(org.id).await.unwrap(), AUDIENCE);
     });
-    if let Place::Postgres(database) = place {
-        main.block_on(database.drop_database());
-    }
+    main.block_on(place.remove());
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! change, recurrence, the throttle and A/B assignment. The runner and the dispatcher are
 //! stepped by hand ([`runner::tick`], `dispatch_once`), so nothing waits on wall time.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -18,51 +20,14 @@ use herald_store::{
     Campaign, CampaignStatus, ContactPatch, ContactUpsert, CreditGrant, MessageFilter,
     Organization, RunBooks, Scope, Store, month_of,
 };
-use herald_store_postgres::test_support::{TestDatabase, fresh_database};
-use herald_store_postgres::{PostgresConfig, PostgresStore};
-use herald_store_sqlite::{SqliteConfig, SqliteStore};
 use jiff::{SignedDuration, Timestamp};
+use support::Place;
 use uuid::Uuid;
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
     Sqlite,
     Postgres,
-}
-
-enum Place {
-    Sqlite(tempfile::TempDir),
-    Postgres(Box<TestDatabase>),
-}
-
-impl Place {
-    async fn new(backend: Backend) -> Option<Place> {
-        Some(match backend {
-            Backend::Postgres => Place::Postgres(Box::new(fresh_database().await?)),
-            Backend::Sqlite => Place::Sqlite(tempfile::tempdir().unwrap()),
-        })
-    }
-
-    /// A new connection to the database, as a new process would open.
-    async fn connect(&self) -> Arc<dyn Store> {
-        let store: Arc<dyn Store> = match self {
-            Place::Sqlite(dir) => {
-                let url = format!("sqlite://{}", dir.path().join("herald.db").display());
-                Arc::new(
-                    SqliteStore::connect(&url, &SqliteConfig::default())
-                        .await
-                        .unwrap(),
-                )
-            }
-            Place::Postgres(database) => Arc::new(
-                PostgresStore::connect(database.url(), &PostgresConfig::default())
-                    .await
-                    .unwrap(),
-            ),
-        };
-        store.migrate().await.unwrap();
-        store
-    }
 }
 
 struct World {
@@ -90,7 +55,7 @@ fn engine_on(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Arc<Engine> {
 }
 
 async fn world(backend: Backend) -> Option<World> {
-    let place = Place::new(backend).await?;
+    let place = Place::new(matches!(backend, Backend::Postgres)).await?;
     let store = place.connect().await;
     let clock = Arc::new(ManualClock::new(t0()));
     let org = Organization {
@@ -115,10 +80,8 @@ async fn world(backend: Backend) -> Option<World> {
 
 impl World {
     async fn done(self) {
-        if let Place::Postgres(database) = self.place {
-            drop(self.engine);
-            database.drop_database().await;
-        }
+        drop(self.engine);
+        self.place.remove().await;
     }
 
     async fn create(&self, spec: CampaignSpec) -> Campaign {
