@@ -912,7 +912,7 @@ impl CampaignStore for PostgresStore {
         if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
             return Ok(false);
         }
-        if unsettled(&mut *tx, r.id).await? {
+        if unsettled(&mut tx, r.id).await? {
             return Ok(false);
         }
         sqlx::query(

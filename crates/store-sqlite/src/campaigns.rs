@@ -851,7 +851,7 @@ impl CampaignStore for SqliteStore {
         if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
             return Ok(false);
         }
-        if unsettled(&mut *tx, r.id).await? {
+        if unsettled(&mut tx, r.id).await? {
             return Ok(false);
         }
         sqlx::query(
