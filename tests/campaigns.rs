@@ -47,22 +47,8 @@ on_both_stores!(
     the_api_reference_describes_campaigns,
 );
 
-async fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = s.client.request(method, s.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    status_and_json(request.send().await.unwrap()).await
-}
-
 async fn post(s: &TestServer, key: &str, path: &str, body: Value) -> (u16, Value) {
-    call(s, reqwest::Method::POST, key, path, Some(body)).await
+    s.call(reqwest::Method::POST, key, path, Some(body)).await
 }
 
 fn phones(n: usize) -> Vec<String> {
@@ -190,14 +176,14 @@ async fn a_campaign_runs_to_the_end_with_balanced_books(s: &TestServer) {
     assert!(!analytics["timeline"].as_array().unwrap().is_empty());
 
     // Over: it cannot be edited or started again.
-    let (status, problem) = call(
-        s,
-        reqwest::Method::PATCH,
-        key,
-        &format!("/v1/campaigns/{id}"),
-        Some(json!({"name": "Again"})),
-    )
-    .await;
+    let (status, problem) = s
+        .call(
+            reqwest::Method::PATCH,
+            key,
+            &format!("/v1/campaigns/{id}"),
+            Some(json!({"name": "Again"})),
+        )
+        .await;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(problem["current_status"], "completed");
 }
@@ -257,14 +243,14 @@ async fn bad_input_is_refused_by_field_and_changes_nothing(s: &TestServer) {
     // An edit that is refused leaves the campaign as it was.
     let campaign = create(s, json!({"name": "n", "body": "x"})).await;
     let id = campaign["id"].as_str().unwrap();
-    let (status, problem) = call(
-        s,
-        reqwest::Method::PATCH,
-        key,
-        &format!("/v1/campaigns/{id}"),
-        Some(json!({"name": "m", "throttle": {"batch_size": 0}})),
-    )
-    .await;
+    let (status, problem) = s
+        .call(
+            reqwest::Method::PATCH,
+            key,
+            &format!("/v1/campaigns/{id}"),
+            Some(json!({"name": "m", "throttle": {"batch_size": 0}})),
+        )
+        .await;
     assert_eq!(status, 422, "{problem}");
     let (_, after) = s.get(key, &format!("/v1/campaigns/{id}")).await;
     assert_eq!(after["name"], "n");
@@ -310,14 +296,14 @@ async fn illegal_transitions_answer_409_with_the_current_status(s: &TestServer) 
         assert_eq!(status, 409, "{action}: {problem}");
         assert_eq!(problem["current_status"], "cancelled");
     }
-    let (status, _) = call(
-        s,
-        reqwest::Method::DELETE,
-        key,
-        &format!("/v1/campaigns/{id}"),
-        None,
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            key,
+            &format!("/v1/campaigns/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 204);
     let (status, _) = s.get(key, &format!("/v1/campaigns/{id}")).await;
     assert_eq!(status, 404);
@@ -445,23 +431,23 @@ async fn campaigns_stay_within_their_organization(s: &TestServer) {
         let (status, _) = s.post(key, &format!("/v1/campaigns/{id}/{action}")).await;
         assert_eq!(status, 404, "{action}");
     }
-    let (status, _) = call(
-        s,
-        reqwest::Method::PATCH,
-        key,
-        &format!("/v1/campaigns/{id}"),
-        Some(json!({"name": "theirs"})),
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::PATCH,
+            key,
+            &format!("/v1/campaigns/{id}"),
+            Some(json!({"name": "theirs"})),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = call(
-        s,
-        reqwest::Method::DELETE,
-        key,
-        &format!("/v1/campaigns/{id}"),
-        None,
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            key,
+            &format!("/v1/campaigns/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 404);
     let (_, list) = s.get(key, "/v1/campaigns").await;
     assert!(list["data"].as_array().unwrap().is_empty());

@@ -46,22 +46,9 @@ on_both_stores!(
     an_erased_person_leaves_no_number_anywhere_in_the_database,
 );
 
-async fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = s.client.request(method, s.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    support::status_and_json(request.send().await.unwrap()).await
-}
-
 async fn create(s: &TestServer, key: &str, body: Value) -> (u16, Value) {
-    call(s, reqwest::Method::POST, key, "/v1/contacts", Some(body)).await
+    s.call(reqwest::Method::POST, key, "/v1/contacts", Some(body))
+        .await
 }
 
 /// A creation with an `Idempotency-Key`, its body sent as written.
@@ -165,9 +152,7 @@ async fn contacts_are_created_listed_changed_and_deleted_within_their_organizati
     assert_eq!(rest["data"][0]["id"], bob["id"]);
     assert!(rest["next_cursor"].is_null());
 
-    let (status, changed) = call(
-        s,
-        reqwest::Method::PATCH,
+    let (status, changed) = s.call(reqwest::Method::PATCH,
         key,
         &format!("/v1/contacts/{id}"),
         Some(json!({"last_name": null, "custom": {"city": "London"}, "lead_status": "qualified"})),
@@ -188,8 +173,7 @@ async fn contacts_are_created_listed_changed_and_deleted_within_their_organizati
     let path = format!("/v1/contacts/{id}");
     assert_eq!(s.get(&other.live_key, &path).await.0, 404);
     assert_eq!(
-        call(
-            s,
+        s.call(
             reqwest::Method::PATCH,
             &other.live_key,
             &path,
@@ -200,7 +184,7 @@ async fn contacts_are_created_listed_changed_and_deleted_within_their_organizati
         404
     );
     assert_eq!(
-        call(s, reqwest::Method::DELETE, &other.live_key, &path, None)
+        s.call(reqwest::Method::DELETE, &other.live_key, &path, None)
             .await
             .0,
         404
@@ -216,7 +200,7 @@ async fn contacts_are_created_listed_changed_and_deleted_within_their_organizati
         "the same number is another organization's own contact: {theirs}"
     );
 
-    let (status, _) = call(s, reqwest::Method::DELETE, key, &path, None).await;
+    let (status, _) = s.call(reqwest::Method::DELETE, key, &path, None).await;
     assert_eq!(status, 204);
     assert_eq!(s.get(key, &path).await.0, 404);
     assert_eq!(s.get(key, "/v1/contacts/not-a-uuid").await.0, 404);
@@ -339,23 +323,23 @@ async fn bad_input_is_refused_field_by_field_and_changes_nothing(s: &TestServer)
     );
     let (_, bob) = create(s, key, json!({"phone": "+14155550101"})).await;
     let path = format!("/v1/contacts/{}", bob["id"].as_str().unwrap());
-    let (status, _) = call(
-        s,
-        reqwest::Method::PATCH,
-        key,
-        &path,
-        Some(json!({"phone": "+14155550100"})),
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::PATCH,
+            key,
+            &path,
+            Some(json!({"phone": "+14155550100"})),
+        )
+        .await;
     assert_eq!(status, 409, "a number another contact has");
-    let (status, problem) = call(
-        s,
-        reqwest::Method::PATCH,
-        key,
-        &path,
-        Some(json!({"first_name": "Bob", "email": "broken"})),
-    )
-    .await;
+    let (status, problem) = s
+        .call(
+            reqwest::Method::PATCH,
+            key,
+            &path,
+            Some(json!({"first_name": "Bob", "email": "broken"})),
+        )
+        .await;
     assert_eq!(status, 422, "{problem}");
     let (_, unchanged) = s.get(key, &path).await;
     assert_eq!(unchanged, bob, "a refused change changes nothing");
@@ -364,14 +348,14 @@ async fn bad_input_is_refused_field_by_field_and_changes_nothing(s: &TestServer)
         .await;
     assert_eq!(status, 422);
     assert_eq!(field_codes(&problem).len(), 2, "{problem}");
-    let (status, _) = call(
-        s,
-        reqwest::Method::DELETE,
-        key,
-        &format!("{path}?erase=maybe"),
-        None,
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::DELETE,
+            key,
+            &format!("{path}?erase=maybe"),
+            None,
+        )
+        .await;
     assert_eq!(status, 422);
     assert_eq!(s.get(key, &path).await.0, 200);
 }
@@ -685,14 +669,14 @@ async fn an_erased_person_leaves_no_number_anywhere_in_the_database(s: &TestServ
         })
         .await
         .unwrap();
-    let (status, _) = call(
-        s,
-        reqwest::Method::POST,
-        key,
-        "/v1/opt-outs",
-        Some(json!({"phone": "+14155550100"})),
-    )
-    .await;
+    let (status, _) = s
+        .call(
+            reqwest::Method::POST,
+            key,
+            "/v1/opt-outs",
+            Some(json!({"phone": "+14155550100"})),
+        )
+        .await;
     assert_eq!(status, 201);
 
     let (status, export) = s.get(key, &format!("/v1/contacts/{id}/export")).await;
@@ -718,14 +702,14 @@ async fn an_erased_person_leaves_no_number_anywhere_in_the_database(s: &TestServ
         );
     }
 
-    let (status, erased) = call(
-        s,
-        reqwest::Method::DELETE,
-        key,
-        &format!("/v1/contacts/{id}?erase=true"),
-        None,
-    )
-    .await;
+    let (status, erased) = s
+        .call(
+            reqwest::Method::DELETE,
+            key,
+            &format!("/v1/contacts/{id}?erase=true"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{erased}");
     assert_eq!(
         (

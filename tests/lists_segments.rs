@@ -84,30 +84,16 @@ on_both_stores!(
     another_organization_gets_404_and_cannot_use_our_contacts,
 );
 
-async fn call(
-    s: &TestServer,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = s.client.request(method, s.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    support::status_and_json(request.send().await.unwrap()).await
-}
-
 async fn post(s: &TestServer, key: &str, path: &str, body: Value) -> (u16, Value) {
-    call(s, reqwest::Method::POST, key, path, Some(body)).await
+    s.call(reqwest::Method::POST, key, path, Some(body)).await
 }
 
 async fn patch(s: &TestServer, key: &str, path: &str, body: Value) -> (u16, Value) {
-    call(s, reqwest::Method::PATCH, key, path, Some(body)).await
+    s.call(reqwest::Method::PATCH, key, path, Some(body)).await
 }
 
 async fn delete(s: &TestServer, key: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    call(s, reqwest::Method::DELETE, key, path, body).await
+    s.call(reqwest::Method::DELETE, key, path, body).await
 }
 
 /// A contact created through `/v1/contacts`, with the fields segments read.

@@ -77,31 +77,18 @@ async fn previews_are_priced_for_the_destinations_country_on_postgres() {
     server.stop().await;
 }
 
-async fn request(
-    s: &TestServer,
-    method: reqwest::Method,
-    key: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut builder = s.client.request(method, s.url(path)).bearer_auth(key);
-    if let Some(body) = body {
-        builder = builder.json(&body);
-    }
-    support::status_and_json(builder.send().await.unwrap()).await
-}
-
 async fn create(s: &TestServer, key: &str, body: Value) -> (u16, Value) {
-    request(s, reqwest::Method::POST, key, "/v1/templates", Some(body)).await
+    s.call(reqwest::Method::POST, key, "/v1/templates", Some(body))
+        .await
 }
 
 async fn patch(s: &TestServer, key: &str, id: &str, body: Value) -> (u16, Value) {
     let path = format!("/v1/templates/{id}");
-    request(s, reqwest::Method::PATCH, key, &path, Some(body)).await
+    s.call(reqwest::Method::PATCH, key, &path, Some(body)).await
 }
 
 async fn preview(s: &TestServer, key: &str, path: &str, body: Value) -> (u16, Value) {
-    request(s, reqwest::Method::POST, key, path, Some(body)).await
+    s.call(reqwest::Method::POST, key, path, Some(body)).await
 }
 
 /// `(field, code)` of each error in a problem.
@@ -241,15 +228,11 @@ async fn templates_are_created_read_listed_changed_and_deleted(s: &TestServer) {
 
     let path = format!("/v1/templates/{id}");
     assert_eq!(
-        request(s, reqwest::Method::DELETE, key, &path, None)
-            .await
-            .0,
+        s.call(reqwest::Method::DELETE, key, &path, None).await.0,
         204
     );
     assert_eq!(
-        request(s, reqwest::Method::DELETE, key, &path, None)
-            .await
-            .0,
+        s.call(reqwest::Method::DELETE, key, &path, None).await.0,
         404
     );
     assert_eq!(s.get(key, &format!("/v1/templates/{id}")).await.0, 404);
@@ -347,9 +330,7 @@ async fn another_organizations_key_finds_none_of_the_templates(s: &TestServer) {
         404
     );
     assert_eq!(
-        request(s, reqwest::Method::DELETE, theirs, &path, None)
-            .await
-            .0,
+        s.call(reqwest::Method::DELETE, theirs, &path, None).await.0,
         404
     );
     assert!(names(s, theirs, "").await.is_empty());

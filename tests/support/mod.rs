@@ -256,6 +256,21 @@ impl TestServer {
         status_and_json(response).await
     }
 
+    /// Any request with `key`, and a JSON body when given.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        status_and_json(request.send().await.unwrap()).await
+    }
+
     pub async fn get(&self, key: &str, path: &str) -> (u16, Value) {
         let response = self
             .client
