@@ -389,42 +389,20 @@ async fn validate(
     };
     if let Some(body) = sample_body {
         let sample = SendRequest {
-            to: Some("+12025550100".into()),
             body: Some(body),
             kind: request.kind,
             from: request.from.clone(),
             send_at: request.send_at,
             ..Default::default()
         };
-        if let Err(found) = engine.prepare(org, scope, api_key_id, &sample) {
-            errors.extend(
-                found
-                    .into_iter()
-                    .filter(|e| e.field != "to")
-                    .map(|e| FieldError::new(e.field, e.code, e.message)),
-            );
-        }
+        errors.extend(sample_problems(engine, org, scope, api_key_id, sample));
     }
 
     let mut template = None;
     if let Some(id) = request.template_id {
-        match store.get_template(org.id, id).await? {
-            None => errors.push(FieldError::new(
-                "template_id",
-                "unknown_template",
-                "`template_id` names no template of this organization",
-            )),
-            Some(stored) if !stored.active => errors.push(FieldError::new(
-                "template_id",
-                "inactive_template",
-                "the template is inactive; activate it before sending with it",
-            )),
-            Some(stored) => {
-                let parsed = Template::parse(&stored.body).map_err(|e| {
-                    StoreError::Corrupt(format!("template {} no longer parses: {e}", stored.id))
-                })?;
-                template = Some(parsed);
-            }
+        match crate::templates::sendable(store, org.id, id, "template_id").await? {
+            Ok((parsed, _)) => template = Some(parsed),
+            Err(error) => errors.push(error),
         }
     }
     if let Err(found) = crate::templates::variables(None, &request.variables) {
@@ -455,6 +433,29 @@ async fn validate(
     }
 
     Ok((Plan { template, audience }, errors))
+}
+
+/// What intake would refuse about `sample` (its body, or a template's stand-in, its sender and
+/// schedule) whatever the recipient: every problem but the number's.
+pub(crate) fn sample_problems(
+    engine: &Engine,
+    org: &Organization,
+    scope: Scope,
+    api_key_id: Option<Uuid>,
+    sample: SendRequest,
+) -> Vec<FieldError> {
+    let sample = SendRequest {
+        to: Some("+12025550100".into()),
+        ..sample
+    };
+    match engine.prepare(org, scope, api_key_id, &sample) {
+        Ok(_) => Vec::new(),
+        Err(found) => found
+            .into_iter()
+            .filter(|e| e.field != "to")
+            .map(|e| FieldError::new(e.field, e.code, e.message))
+            .collect(),
+    }
 }
 
 /// Check that every list, segment, contact and lead status named in `recipients` exists (each

@@ -359,6 +359,34 @@ pub enum SendTemplateError {
     Store(#[from] StoreError),
 }
 
+/// Template `id` of `org_id`, parsed, when messages may be sent with it; otherwise the fault,
+/// reported at `field`: no such template (or another organization's), or an inactive one.
+pub(crate) async fn sendable(
+    store: &dyn Store,
+    org_id: Uuid,
+    id: Uuid,
+    field: &str,
+) -> Result<Result<(Template, MessageTemplate), FieldError>, StoreError> {
+    let Some(stored) = store.get_template(org_id, id).await? else {
+        return Ok(Err(FieldError::new(
+            field,
+            "unknown_template",
+            format!("`{field}` names no template of this organization"),
+        )));
+    };
+    if !stored.active {
+        return Ok(Err(FieldError::new(
+            field,
+            "inactive_template",
+            "the template is inactive; activate it before sending with it",
+        )));
+    }
+    let template = Template::parse(&stored.body).map_err(|e| {
+        StoreError::Corrupt(format!("template {} no longer parses: {e}", stored.id))
+    })?;
+    Ok(Ok((template, stored)))
+}
+
 /// The body a send with template `id` gets, and the template, or the fields at fault: an
 /// unknown (or another organization's) or inactive template on `template_id`, every missing
 /// required variable on `variables`.
@@ -369,23 +397,9 @@ pub async fn render_for_send(
     values: &HashMap<String, String>,
 ) -> Result<(String, MessageTemplate), SendTemplateError> {
     let invalid = |f: FieldError| SendTemplateError::Invalid(vec![f]);
-    let Some(stored) = store.get_template(org_id, id).await? else {
-        return Err(invalid(FieldError::new(
-            "template_id",
-            "unknown_template",
-            "`template_id` names no template of this organization",
-        )));
-    };
-    if !stored.active {
-        return Err(invalid(FieldError::new(
-            "template_id",
-            "inactive_template",
-            "the template is inactive; activate it before sending with it",
-        )));
-    }
-    let template = Template::parse(&stored.body).map_err(|e| {
-        StoreError::Corrupt(format!("template {} no longer parses: {e}", stored.id))
-    })?;
+    let (template, stored) = sendable(store, org_id, id, "template_id")
+        .await?
+        .map_err(invalid)?;
     match template.render(lookup(values)) {
         Ok(body) => Ok((body, stored)),
         Err(missing) => Err(invalid(FieldError::new(

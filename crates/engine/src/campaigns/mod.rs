@@ -507,22 +507,9 @@ pub(crate) async fn check(
         }
         let mut template = None;
         if let Some(id) = variant.template_id {
-            match store.get_template(org.id, id).await? {
-                None => errors.push(invalid(
-                    field("template_id"),
-                    "unknown_template",
-                    "names no template of this organization",
-                )),
-                Some(stored) if !stored.active => errors.push(invalid(
-                    field("template_id"),
-                    "inactive_template",
-                    "the template is inactive; activate it before sending with it",
-                )),
-                Some(stored) => {
-                    template = Some(Template::parse(&stored.body).map_err(|e| {
-                        StoreError::Corrupt(format!("template {} no longer parses: {e}", stored.id))
-                    })?);
-                }
+            match crate::templates::sendable(store, org.id, id, &field("template_id")).await? {
+                Ok((parsed, _)) => template = Some(parsed),
+                Err(error) => errors.push(error),
             }
         }
         // The body (or a stand-in for a template) checked as intake would for any recipient.
@@ -532,21 +519,16 @@ pub(crate) async fn check(
             .or_else(|| variant.template_id.map(|_| "x".to_owned()));
         if let Some(body) = sample_body {
             let sample = SendRequest {
-                to: Some("+12025550100".into()),
                 body: Some(body),
                 kind,
                 from: spec.from.clone(),
                 ..Default::default()
             };
-            if let Err(found) = engine.prepare(org, scope, api_key_id, &sample) {
-                for e in found.into_iter().filter(|e| e.field != "to") {
-                    let name = if e.field == "body" {
-                        field("body")
-                    } else {
-                        e.field.to_owned()
-                    };
-                    errors.push(invalid(name, e.code, e.message));
+            for mut e in broadcasts::sample_problems(engine, org, scope, api_key_id, sample) {
+                if e.field == "body" {
+                    e.field = field("body");
                 }
+                errors.push(e);
             }
         }
         variants.push(CheckedVariant {
