@@ -672,18 +672,24 @@ impl CampaignStore for SqliteStore {
         if let Err(refusal) = crate::broadcasts::insert_batch(&mut tx, &messages).await? {
             return Ok(ReleaseOutcome::Refused(refusal));
         }
-        for (seq, message) in batch {
-            let marked = sqlx::query(
-                "UPDATE campaign_recipients SET state = 'released', message_id = ?1
-                 WHERE run_id = ?2 AND seq = ?3 AND state = 'pending'",
-            )
-            .bind(message.id)
-            .bind(r.id)
-            .bind(signed(*seq))
-            .execute(&mut *tx)
-            .await
-            .ctx("failed to mark a recipient released")?;
-            if marked.rows_affected() != 1 {
+        for range in bulk::chunks(batch.len()) {
+            let chunk = &batch[range];
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "UPDATE campaign_recipients SET state = 'released', message_id = v.column2 FROM (",
+            );
+            query.push_values(chunk, |mut row, (seq, message)| {
+                row.push_bind(signed(*seq)).push_bind(message.id);
+            });
+            query
+                .push(") AS v WHERE run_id = ")
+                .push_bind(r.id)
+                .push(" AND seq = v.column1 AND state = 'pending'");
+            let marked = query
+                .build()
+                .execute(&mut *tx)
+                .await
+                .ctx("failed to mark recipients released")?;
+            if marked.rows_affected() != chunk.len() as u64 {
                 // Released or canceled by someone else: this write must not happen at all.
                 return Ok(ReleaseOutcome::Lost);
             }
