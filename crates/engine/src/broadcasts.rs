@@ -928,24 +928,14 @@ impl Resolver {
                 self.counts.no_consent += 1;
                 continue;
             }
-            let body = match (&self.plan.template, &self.request.body) {
-                (Some(template), _) => {
-                    match crate::templates::variables(contact.as_ref(), &self.request.variables)
-                        .ok()
-                        .and_then(|values| template.render(crate::templates::lookup(&values)).ok())
-                    {
-                        Some(body) => body,
-                        None => {
-                            self.counts.invalid += 1;
-                            continue;
-                        }
-                    }
-                }
-                (None, Some(body)) => body.clone(),
-                (None, None) => {
-                    self.counts.invalid += 1;
-                    continue;
-                }
+            let Some(body) = crate::templates::personalise(
+                self.plan.template.as_ref(),
+                self.request.body.as_ref(),
+                contact.as_ref(),
+                &self.request.variables,
+            ) else {
+                self.counts.invalid += 1;
+                continue;
             };
             let send = SendRequest {
                 to: Some(phone),

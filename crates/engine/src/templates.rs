@@ -359,6 +359,23 @@ pub enum SendTemplateError {
     Store(#[from] StoreError),
 }
 
+/// The body one recipient gets: `template` filled with the contact's fields and the `fixed`
+/// variables (which win), or else the plain `body`; `None` when a variable has no value.
+pub(crate) fn personalise(
+    template: Option<&Template>,
+    body: Option<&String>,
+    contact: Option<&Contact>,
+    fixed: &Map<String, Value>,
+) -> Option<String> {
+    match (template, body) {
+        (Some(template), _) => variables(contact, fixed)
+            .ok()
+            .and_then(|values| template.render(lookup(&values)).ok()),
+        (None, Some(body)) => Some(body.clone()),
+        (None, None) => None,
+    }
+}
+
 /// Template `id` of `org_id`, parsed, when messages may be sent with it; otherwise the fault,
 /// reported at `field`: no such template (or another organization's), or an inactive one.
 pub(crate) async fn sendable(

@@ -1061,24 +1061,3 @@ pub fn assign_variant(campaign_id: Uuid, phone: &str, weights: &[u32]) -> u16 {
     }
     (weights.len() - 1) as u16
 }
-
-/// Variables and contact fields, for rendering a template for one recipient.
-pub(crate) fn render(
-    variant: &CheckedVariant,
-    contact: Option<&herald_store::Contact>,
-    fixed: &Map<String, Value>,
-) -> Option<String> {
-    match (&variant.template, &variant.body) {
-        (Some(template), _) => crate::templates::variables(contact, fixed)
-            .ok()
-            .and_then(|values| template.render(crate::templates::lookup(&values)).ok()),
-        (None, Some(body)) => Some(body.clone()),
-        (None, None) => None,
-    }
-}
-
-/// Used by tests and the analytics: the number of recipients per variant expected from weights.
-pub fn weight_shares(weights: &[u32]) -> Vec<f64> {
-    let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
-    weights.iter().map(|w| f64::from(*w) / total).collect()
-}

@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CampaignSpec, Checked, assign_variant, check, new_run, next_occurrence, render};
+use super::{CampaignSpec, Checked, assign_variant, check, new_run, next_occurrence};
 use crate::Engine;
 use crate::broadcasts::{Position, next_targets, normalise};
 
@@ -482,11 +482,15 @@ pub(crate) async fn resolve_targets(
         };
         let body = match suppressed {
             Some(_) => None,
-            None => render(
-                &checked.variants[usize::from(variant)],
-                contact.as_ref(),
-                &spec.variables,
-            ),
+            None => {
+                let v = &checked.variants[usize::from(variant)];
+                crate::templates::personalise(
+                    v.template.as_ref(),
+                    v.body.as_ref(),
+                    contact.as_ref(),
+                    &spec.variables,
+                )
+            }
         };
         let reason = match (suppressed, &body) {
             (Some(reason), _) => Some(reason),
