@@ -15,14 +15,14 @@ use crate::convert::{self, Ctx, micros};
 use crate::messages;
 
 /// Columns read into a [`Contact`], in the order [`contact`] expects.
-const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
+pub(crate) const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
      language, lead_status, tags, custom, consent, consent_source, consent_at, created_at, \
      updated_at";
 
 /// What stands in for a phone number and a body once their person is erased.
 const REDACTED: &str = "redacted";
 
-fn contact(row: &SqliteRow) -> Result<Contact, StoreError> {
+pub(crate) fn contact(row: &SqliteRow) -> Result<Contact, StoreError> {
     let tags: String = row.get(10);
     let custom: String = row.get(11);
     Ok(Contact {

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod audience;
+mod automation;
 mod broadcasts;
 mod bulk;
 mod campaigns;

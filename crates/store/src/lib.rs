@@ -8,6 +8,7 @@
 
 mod accounts;
 mod audience;
+mod automation;
 mod broadcasts;
 mod campaigns;
 mod contacts;
@@ -27,6 +28,7 @@ pub mod conformance;
 
 pub use accounts::*;
 pub use audience::*;
+pub use automation::*;
 pub use broadcasts::*;
 pub use campaigns::*;
 pub use contacts::*;

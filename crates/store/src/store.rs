@@ -9,6 +9,7 @@ use herald_domain::status::MessageStatus;
 
 use crate::accounts::*;
 use crate::audience::AudienceStore;
+use crate::automation::AutomationStore;
 use crate::broadcasts::BroadcastStore;
 use crate::campaigns::CampaignStore;
 use crate::contacts::ContactStore;
@@ -28,6 +29,7 @@ pub trait Store:
     + CreditStore
     + BroadcastStore
     + CampaignStore
+    + AutomationStore
     + Send
     + Sync
     + 'static
