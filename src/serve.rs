@@ -100,6 +100,10 @@ pub async fn serve(
         engine.clone(),
         shutdown.clone(),
     ));
+    workers.spawn(herald_engine::automation::runner::run_periodically(
+        engine.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let app = herald_web::app(AppState {
         engine: engine.clone(),

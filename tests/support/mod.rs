@@ -206,6 +206,10 @@ impl TestServer {
             engine.clone(),
             shutdown.clone(),
         ));
+        workers.spawn(herald_engine::automation::runner::run_periodically(
+            engine.clone(),
+            shutdown.clone(),
+        ));
         let app = herald_web::app(AppState {
             twilio: hook,
             sns: sns_hook,

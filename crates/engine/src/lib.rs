@@ -14,6 +14,7 @@
 //! - [`maintenance`]: releasing scheduled messages, expiring leases, reconciliation.
 //! - [`templates`]: checking templates before they are saved, and rendering them for a send
 //!   with a contact's fields and the request's variables.
+//! - [`automation`]: drip sequences and triggers (contact created, contact age, named events).
 //! - [`clock`]: the time source, replaceable in tests.
 //! - [`credits`]: organizations' allowed destination countries, read through a short cache.
 //! - [`accounts`]: organizations' provider accounts and routes; [`secrets`] seals their
@@ -23,6 +24,7 @@
 
 pub mod acceptor;
 pub mod accounts;
+pub mod automation;
 pub mod broadcasts;
 pub mod campaigns;
 pub mod charges;

@@ -298,7 +298,14 @@ impl AutomationStore for SqliteStore {
         let mut tx = self.write().await?;
         let (step, next_at, state, reason, error) = match &next {
             Next::Step { step, at } => (*step, Some(*at), EnrollmentState::Active, None, None),
-            Next::Completed => (e.step + 1, None, EnrollmentState::Completed, None, None),
+            // The last step taken now, or none left (steps removed since).
+            Next::Completed => (
+                e.step + u32::from(taken.is_some()),
+                None,
+                EnrollmentState::Completed,
+                None,
+                None,
+            ),
             Next::Exited(reason) => (e.step, None, EnrollmentState::Exited, Some(reason), None),
             Next::Retry { at, error } => (
                 e.step,

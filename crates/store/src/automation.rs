@@ -161,18 +161,13 @@ pub enum StepTaken {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Next {
     /// Wait for step `step` until `at`.
-    Step {
-        step: u32,
-        at: Timestamp,
-    },
+    Step { step: u32, at: Timestamp },
+    /// Done: `step` moves past the step taken now (stays, when none was taken).
     Completed,
     /// Leave the drip without taking the step.
     Exited(String),
     /// Try the same step again at `at`; `error` says why it did not go out now.
-    Retry {
-        at: Timestamp,
-        error: String,
-    },
+    Retry { at: Timestamp, error: String },
 }
 
 /// The outcome of [`AutomationStore::advance_enrollment`].

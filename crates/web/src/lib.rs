@@ -7,6 +7,7 @@
 
 mod audience;
 pub mod auth;
+pub mod automation;
 pub mod broadcasts;
 pub mod campaigns;
 pub mod contacts;
@@ -71,6 +72,7 @@ pub struct AppState {
         (name = "templates", description = "Message templates"),
         (name = "broadcasts", description = "One message to many recipients"),
         (name = "campaigns", description = "Scheduled, recurring, throttled and A/B campaigns with exact pause, resume and cancel"),
+        (name = "automation", description = "Drip sequences, triggers on contacts and named events"),
         (name = "billing", description = "Credits, spend limits and usage"),
         (name = "providers", description = "Provider accounts and the routes that choose between them"),
         (name = "operations", description = "Health"),
@@ -131,6 +133,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(templates::routes())
         .merge(broadcasts::routes())
         .merge(campaigns::routes())
+        .merge(automation::routes())
         .merge(credits::routes())
         .routes(routes!(health))
         .split_for_parts()

@@ -821,26 +821,7 @@ pub async fn update(
 
 /// Parse a spec, naming the field at fault.
 pub fn parse_spec(value: Value) -> Result<CampaignSpec, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let message = e.inner().to_string();
-        let path = e.path().to_string();
-        // An unknown field is reported at the object holding it: name the field itself.
-        let unknown = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), unknown) {
-            (".", Some(name)) => name.to_owned(),
-            (path, Some(name)) => format!("{path}.{name}"),
-            (".", None) => "body".to_owned(),
-            (path, None) => path.to_owned(),
-        };
-        let code = if unknown.is_some() {
-            "unknown_field"
-        } else {
-            "invalid"
-        };
-        FieldError::new(field, code, message)
-    })
+    crate::automation::parse_json(value)
 }
 
 /// When the next run of a campaign about to be scheduled starts.

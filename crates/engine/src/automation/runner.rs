@@ -1,0 +1,347 @@
+//! Running automation: taking drip steps when they come due, and sweeping contacts for the
+//! `contact.created` and `contact.age` triggers.
+//!
+//! Every process runs [`run_periodically`]. No lease is needed: a step is taken by a
+//! compare-and-set on the enrolment's step in the same transaction as its message, and a
+//! firing is unique per trigger and key, so two processes working at once send each thing
+//! once. A sweep records how far it got (`swept_until`) only when it finished, so a crash
+//! mid-sweep means the next sweep looks again, and firings already made are not repeated.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_domain::message::Mode;
+use herald_store::{
+    Advanced, Drip, Enrollment, Fired, Next, Organization, Scope, StepTaken, StoreError, Trigger,
+    TriggerKind,
+};
+use jiff::{SignedDuration, Timestamp};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::drips::DripSpec;
+use super::triggers::{TriggerSpec, age_slack, fire, ready};
+use super::{Ready, Recipient, check_content, compose, recipient_of_phone};
+use crate::Engine;
+
+/// How often each process looks for due steps and new contacts.
+pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Enrolments read per batch, and batches per pass (the rest wait for the next pass).
+const BATCH: u32 = 200;
+const BATCHES: usize = 10;
+/// Contacts read per page of a sweep, and pages per trigger per pass.
+const PAGE: u32 = 200;
+const PAGES: usize = 25;
+/// A `contact.age` sweep re-reads the contacts of its window not due yet, so it reads its
+/// whole window each time (up to this many pages).
+const AGE_PAGES: usize = 500;
+/// A sweep looks back this far before where the last one ended, for contacts committed late
+/// (a long import's transaction) with an earlier creation time.
+const OVERLAP: SignedDuration = SignedDuration::from_secs(5 * 60);
+/// `contact.age` fires at a time of day: looking once a minute is enough.
+const AGE_SWEEP_EVERY: SignedDuration = SignedDuration::from_secs(60);
+/// When a step could not be sent (credits, a template since deactivated), it is tried again
+/// after this.
+const RETRY_AFTER: SignedDuration = SignedDuration::from_secs(10 * 60);
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Drip steps taken (sent or passed over).
+    pub steps: u64,
+    /// Enrolments that left their drip (opted out, replied, contact deleted).
+    pub exited: u64,
+    /// Enrolments that finished their drip.
+    pub completed: u64,
+    /// Trigger firings from the contact sweeps.
+    pub fired: u64,
+}
+
+/// Take due steps and sweep contacts every [`TICK`] until `shutdown`.
+pub async fn run_periodically(engine: Arc<Engine>, shutdown: CancellationToken) {
+    loop {
+        if let Err(error) = tick(&engine).await {
+            tracing::error!(%error, "automation pass failed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// One pass: due drip steps, then the contact triggers.
+pub async fn tick(engine: &Arc<Engine>) -> Result<Pass, StoreError> {
+    let mut pass = Pass::default();
+    let mut cache = Cache::default();
+    for _ in 0..BATCHES {
+        let now = engine.clock.now();
+        let due = engine.store.due_enrollments(now, BATCH).await?;
+        let full = due.len() == BATCH as usize;
+        for enrollment in due {
+            take_step(engine, &mut cache, &enrollment, now, &mut pass).await?;
+        }
+        if !full {
+            break;
+        }
+    }
+    for kind in [TriggerKind::ContactCreated, TriggerKind::ContactAge] {
+        for trigger in engine.store.active_triggers(kind).await? {
+            pass.fired += sweep(engine, &mut cache, &trigger).await?;
+        }
+    }
+    if pass.steps > 0 || pass.fired > 0 {
+        engine.wake.notify_one();
+    }
+    Ok(pass)
+}
+
+/// What one pass reads once: organizations, drips and their steps ready to render.
+#[derive(Default)]
+struct Cache {
+    orgs: HashMap<Uuid, Option<Organization>>,
+    drips: HashMap<Uuid, Option<(Drip, DripSpec)>>,
+    /// Each drip step's content, or why it cannot be sent now.
+    steps: HashMap<(Uuid, u32), Result<Ready, String>>,
+}
+
+impl Cache {
+    async fn org(&mut self, engine: &Engine, id: Uuid) -> Result<Option<Organization>, StoreError> {
+        if !self.orgs.contains_key(&id) {
+            let org = engine.store.get_organization(id).await?;
+            self.orgs.insert(id, org);
+        }
+        Ok(self.orgs[&id].clone())
+    }
+
+    async fn drip(
+        &mut self,
+        engine: &Engine,
+        e: &Enrollment,
+    ) -> Result<Option<(Drip, DripSpec)>, StoreError> {
+        if !self.drips.contains_key(&e.drip_id) {
+            let mut found = None;
+            // An enrolment knows its organization, not the mode its drip was made in.
+            for mode in [Mode::Live, Mode::Test] {
+                let scope = Scope {
+                    org_id: e.org_id,
+                    mode,
+                };
+                if let Some(drip) = engine.store.get_drip(scope, e.drip_id).await? {
+                    let spec = DripSpec::of(&drip)?;
+                    found = Some((drip, spec));
+                    break;
+                }
+            }
+            self.drips.insert(e.drip_id, found);
+        }
+        Ok(self.drips[&e.drip_id].clone())
+    }
+
+    async fn step(
+        &mut self,
+        engine: &Engine,
+        org: &Organization,
+        drip: &Drip,
+        spec: &DripSpec,
+        index: u32,
+    ) -> Result<Result<Ready, String>, StoreError> {
+        let key = (drip.id, index);
+        if !self.steps.contains_key(&key) {
+            let step = &spec.steps[index as usize];
+            let ready = check_content(
+                engine,
+                org,
+                drip.scope(),
+                drip.api_key_id,
+                &step.content(),
+                spec.message_type,
+                spec.from.as_ref(),
+                "",
+            )
+            .await?
+            .map_err(|errors| {
+                let code = errors.first().map_or("invalid", |e| e.code);
+                format!("step_unavailable: {code}")
+            });
+            self.steps.insert(key, ready);
+        }
+        Ok(self.steps[&key].clone())
+    }
+}
+
+/// Take an enrolment's due step, or let it leave.
+async fn take_step(
+    engine: &Engine,
+    cache: &mut Cache,
+    e: &Enrollment,
+    now: Timestamp,
+    pass: &mut Pass,
+) -> Result<(), StoreError> {
+    let store = engine.store.as_ref();
+    let (Some((drip, spec)), Some(org)) = (
+        cache.drip(engine, e).await?,
+        cache.org(engine, e.org_id).await?,
+    ) else {
+        return Ok(());
+    };
+    let to = match e.contact_id {
+        Some(id) => match store.contacts_by_id(e.org_id, &[id]).await?.pop() {
+            Some(contact) => Some(Recipient::of(contact)),
+            None => None,
+        },
+        None => recipient_of_phone(engine, &org, &e.phone).await?,
+    };
+    let exit = |reason: &str| Next::Exited(reason.to_owned());
+    let next = match &to {
+        None => Some(exit("contact_deleted")),
+        Some(to)
+            if !store
+                .opted_out_among(e.org_id, std::slice::from_ref(&to.phone))
+                .await?
+                .is_empty() =>
+        {
+            Some(exit("opted_out"))
+        }
+        Some(to)
+            if spec.exit_on_reply
+                && store
+                    .replied_since(e.org_id, &to.phone, e.enrolled_at)
+                    .await? =>
+        {
+            Some(exit("replied"))
+        }
+        Some(_) if e.step as usize >= spec.steps.len() => Some(Next::Completed),
+        Some(_) => None,
+    };
+    if let Some(next) = next {
+        if store.advance_enrollment(e, None, next.clone(), now).await? == Advanced::Done {
+            match next {
+                Next::Completed => pass.completed += 1,
+                _ => pass.exited += 1,
+            }
+        }
+        return Ok(());
+    }
+    let Some(to) = to else { return Ok(()) };
+    let ready = match cache.step(engine, &org, &drip, &spec, e.step).await? {
+        Ok(ready) => ready,
+        Err(error) => {
+            let retry = Next::Retry {
+                at: now + RETRY_AFTER,
+                error,
+            };
+            store.advance_enrollment(e, None, retry, now).await?;
+            return Ok(());
+        }
+    };
+    let taken = match compose(
+        engine,
+        &org,
+        drip.scope(),
+        drip.api_key_id,
+        &ready,
+        None,
+        spec.message_type,
+        spec.from.as_ref(),
+        &to,
+    )
+    .await?
+    {
+        Ok(message) => StepTaken::Sent(Box::new(message)),
+        Err(skip) => StepTaken::Skipped(skip),
+    };
+    let index = e.step as usize;
+    let next = match spec.due(index + 1, now, &to) {
+        Some(at) => Next::Step {
+            step: e.step + 1,
+            at,
+        },
+        None => Next::Completed,
+    };
+    match store
+        .advance_enrollment(e, Some(taken), next.clone(), now)
+        .await?
+    {
+        Advanced::Done => {
+            pass.steps += 1;
+            if next == Next::Completed {
+                pass.completed += 1;
+            }
+        }
+        Advanced::Moved => {}
+        Advanced::Refused(refusal) => {
+            let retry = Next::Retry {
+                at: now + RETRY_AFTER,
+                error: crate::broadcasts::refusal_code(&refusal),
+            };
+            store.advance_enrollment(e, None, retry, now).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sweep one contact trigger: fire it for every contact whose moment came since the last
+/// sweep. Answers how many firings it made.
+async fn sweep(engine: &Engine, cache: &mut Cache, trigger: &Trigger) -> Result<u64, StoreError> {
+    let now = engine.clock.now();
+    let age = trigger.kind == TriggerKind::ContactAge;
+    if age && now.duration_since(trigger.swept_until) < AGE_SWEEP_EVERY {
+        return Ok(0);
+    }
+    let Some(org) = cache.org(engine, trigger.org_id).await? else {
+        return Ok(0);
+    };
+    let Some(checked) = ready(engine, &org, trigger).await? else {
+        // What it sends is gone; contacts meanwhile are not caught up on later.
+        engine.store.set_swept(trigger.id, now).await?;
+        return Ok(0);
+    };
+    // Due times in [lower, now] are fired; never one before the trigger existed.
+    let lower = (trigger.swept_until - OVERLAP).max(trigger.created_at);
+    let (from, to) = if age {
+        let days = SignedDuration::from_hours(24 * i64::from(checked.spec.days.unwrap_or(0)));
+        let slack = SignedDuration::try_from(age_slack()).unwrap_or(SignedDuration::ZERO);
+        (lower - days - slack, now - days + slack)
+    } else {
+        (lower, now + SignedDuration::from_micros(1))
+    };
+    let mut fired = 0;
+    let mut after = None;
+    for _ in 0..if age { AGE_PAGES } else { PAGES } {
+        let contacts = engine
+            .store
+            .trigger_candidates(trigger, checked.rule.as_ref(), from, to, after, now, PAGE)
+            .await?;
+        let last_page = contacts.len() < PAGE as usize;
+        for contact in contacts {
+            after = Some((contact.created_at, contact.id));
+            if age && !age_due(&checked.spec, &contact, lower, now) {
+                continue;
+            }
+            let key = contact.id.to_string();
+            let to = Recipient::of(contact);
+            if let Fired::New(_) = fire(engine, &org, trigger, &checked, &to, &key, None).await? {
+                fired += 1;
+            }
+        }
+        if last_page {
+            engine.store.set_swept(trigger.id, now).await?;
+            return Ok(fired);
+        }
+    }
+    // More than a pass's worth: the next pass goes on (firings made are not repeated).
+    Ok(fired)
+}
+
+/// Whether a `contact.age` trigger's moment for `contact` is in `[lower, now]`.
+fn age_due(
+    spec: &TriggerSpec,
+    contact: &herald_store::Contact,
+    lower: Timestamp,
+    now: Timestamp,
+) -> bool {
+    let zone = Recipient::of(contact.clone()).zone(&spec.zone());
+    let due = spec.age_due(contact.created_at, &zone);
+    lower <= due && due <= now
+}
