@@ -104,7 +104,7 @@ fn membership(ids: &[Uuid], known: &HashSet<Uuid>, changed: u64) -> Membership {
 }
 
 /// Apply a compiled rule's binds to a query, after the caller's own.
-fn bind_rule<'q>(
+pub(crate) fn bind_rule<'q>(
     mut query: sqlx::query::Query<'q, Postgres, PgArguments>,
     binds: &[Bind],
 ) -> sqlx::query::Query<'q, Postgres, PgArguments> {

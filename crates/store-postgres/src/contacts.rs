@@ -18,14 +18,14 @@ use crate::convert::{self, Ctx, col, ts};
 use crate::messages;
 
 /// Columns read into a [`Contact`], in the order [`contact`] expects.
-const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
+pub(crate) const COLUMNS: &str = "id, org_id, phone, country, first_name, last_name, email, time_zone, \
      language, lead_status, tags, custom, consent, consent_source, consent_at, created_at, \
      updated_at";
 
 /// What stands in for a phone number and a body once their person is erased.
 const REDACTED: &str = "redacted";
 
-fn contact(row: &PgRow) -> Result<Contact, StoreError> {
+pub(crate) fn contact(row: &PgRow) -> Result<Contact, StoreError> {
     let Json(tags): Json<Vec<String>> = col(row, 10)?;
     let Json(custom): Json<Map<String, Value>> = col(row, 11)?;
     Ok(Contact {

@@ -9,6 +9,7 @@
 
 mod accounts;
 mod audience;
+mod automation;
 mod broadcasts;
 mod campaigns;
 mod contacts;
@@ -186,6 +187,11 @@ fn migrator() -> Migrator {
             16,
             "campaigns",
             include_str!("../migrations/0016_campaigns.sql"),
+        ),
+        migration(
+            17,
+            "automation",
+            include_str!("../migrations/0017_automation.sql"),
         ),
     ])
 }

@@ -318,7 +318,7 @@ impl AutomationStore for SqliteStore {
         let moved = sqlx::query(
             "UPDATE drip_enrollments SET step = ?1, next_at = ?2, state = ?3, reason = ?4,
                  error = ?5, updated_at = ?6
-             WHERE id = ?7 AND step = ?8 AND state = 'active'",
+             WHERE id = ?7 AND org_id = ?8 AND step = ?9 AND state = 'active'",
         )
         .bind(i64::from(step))
         .bind(next_at.map(micros))
@@ -327,6 +327,7 @@ impl AutomationStore for SqliteStore {
         .bind(error)
         .bind(micros(now))
         .bind(e.id)
+        .bind(e.org_id)
         .bind(i64::from(e.step))
         .execute(&mut *tx)
         .await
@@ -708,10 +709,12 @@ impl AutomationStore for SqliteStore {
                     stored.enrollment_id = Some(enrollment.id);
                 } else {
                     let existing: Option<Uuid> = sqlx::query_scalar(
-                        "SELECT id FROM drip_enrollments WHERE drip_id = ?1 AND phone = ?2",
+                        "SELECT id FROM drip_enrollments
+                         WHERE drip_id = ?1 AND phone = ?2 AND org_id = ?3",
                     )
                     .bind(enrollment.drip_id)
                     .bind(&enrollment.phone)
+                    .bind(enrollment.org_id)
                     .fetch_optional(&mut *tx)
                     .await
                     .ctx("failed to read an enrolment")?;

@@ -235,6 +235,11 @@ fn migrator() -> Migrator {
             "campaigns",
             include_str!("../migrations/0016_campaigns.sql"),
         ),
+        migration(
+            17,
+            "automation",
+            include_str!("../migrations/0017_automation.sql"),
+        ),
     ])
 }
 

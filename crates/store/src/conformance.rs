@@ -19,6 +19,7 @@ use crate::*;
 
 mod accounts;
 mod audience;
+mod automation;
 mod broadcasts;
 mod campaigns;
 mod contacts;
@@ -27,6 +28,7 @@ mod segments;
 mod templates;
 pub use accounts::*;
 pub use audience::*;
+pub use automation::*;
 pub use broadcasts::*;
 pub use campaigns::*;
 pub use contacts::*;
@@ -171,6 +173,21 @@ macro_rules! conformance_tests {
             a_run_finishes_only_once_everything_is_settled,
             campaign_facts_walk_released_messages_by_run_and_seq,
             replies_and_opt_outs_after_a_message_are_counted_per_variant,
+            drips_are_stored_listed_and_changed_only_in_their_scope,
+            an_idempotency_key_replays_a_drip_or_trigger_creation,
+            a_number_is_enrolled_in_a_drip_once,
+            only_due_active_enrolments_of_active_drips_are_handed_out,
+            a_step_is_taken_once_with_its_message,
+            concurrent_takers_of_a_step_send_it_once,
+            a_step_the_credits_do_not_cover_changes_nothing,
+            drip_stats_count_enrolments_by_state_and_steps_by_message,
+            replies_are_found_after_a_time_and_only_the_organizations,
+            triggers_are_stored_listed_and_changed_only_in_their_scope,
+            active_triggers_are_found_by_kind_and_event,
+            trigger_candidates_are_new_matching_contacts_in_the_window,
+            a_trigger_fires_once_per_key,
+            a_firing_the_credits_do_not_cover_stores_nothing,
+            concurrent_firings_with_one_key_fire_once,
         );
     };
     (@cases $subject:path, $cleanup:path; $($case:ident),* $(,)?) => {
