@@ -322,7 +322,14 @@ impl AutomationStore for PostgresStore {
     ) -> Result<Advanced, StoreError> {
         let (step, next_at, state, reason, error) = match &next {
             Next::Step { step, at } => (*step, Some(*at), EnrollmentState::Active, None, None),
-            Next::Completed => (e.step + 1, None, EnrollmentState::Completed, None, None),
+            // The last step taken now, or none left (steps removed since).
+            Next::Completed => (
+                e.step + u32::from(taken.is_some()),
+                None,
+                EnrollmentState::Completed,
+                None,
+                None,
+            ),
             Next::Exited(reason) => (e.step, None, EnrollmentState::Exited, Some(reason), None),
             Next::Retry { at, error } => (
                 e.step,
@@ -338,7 +345,9 @@ impl AutomationStore for PostgresStore {
         let moved = sqlx::query(
             "UPDATE drip_enrollments SET step = $1, next_at = $2, state = $3, reason = $4,
                  error = $5, updated_at = $6
-             WHERE id = $7 AND org_id = $8 AND step = $9 AND state = 'active'",
+             WHERE id = $7 AND org_id = $8 AND step = $9 AND state = 'active'
+               AND EXISTS (SELECT 1 FROM drips d
+                           WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
         )
         .bind(int(step)?)
         .bind(next_at.map(ts))

@@ -318,7 +318,9 @@ impl AutomationStore for SqliteStore {
         let moved = sqlx::query(
             "UPDATE drip_enrollments SET step = ?1, next_at = ?2, state = ?3, reason = ?4,
                  error = ?5, updated_at = ?6
-             WHERE id = ?7 AND org_id = ?8 AND step = ?9 AND state = 'active'",
+             WHERE id = ?7 AND org_id = ?8 AND step = ?9 AND state = 'active'
+               AND EXISTS (SELECT 1 FROM drips d
+                           WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
         )
         .bind(i64::from(step))
         .bind(next_at.map(micros))

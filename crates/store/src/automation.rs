@@ -366,8 +366,8 @@ pub trait AutomationStore {
         limit: u32,
     ) -> Result<Vec<Enrollment>, StoreError>;
 
-    /// Take `enrollment`'s current step (still `enrollment.step` and active, else
-    /// [`Advanced::Moved`]) and move it to `next`, in one transaction. `taken` is `None` when
+    /// Take `enrollment`'s current step (still `enrollment.step` and active, in a drip still
+    /// active, else [`Advanced::Moved`]) and move it to `next`, in one transaction. `taken` is `None` when
     /// the enrolment leaves or retries without taking the step.
     async fn advance_enrollment(
         &self,

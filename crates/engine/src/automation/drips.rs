@@ -64,7 +64,7 @@ impl Step {
 }
 
 /// Everything a drip says, as the API takes and shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DripSpec {
     #[serde(default)]
@@ -85,6 +85,21 @@ pub struct DripSpec {
     pub timezone: String,
     #[serde(default)]
     pub steps: Vec<Step>,
+}
+
+impl Default for DripSpec {
+    /// As an empty request reads.
+    fn default() -> DripSpec {
+        DripSpec {
+            name: String::new(),
+            description: None,
+            message_type: MessageType::default(),
+            from: None,
+            exit_on_reply: yes(),
+            timezone: utc(),
+            steps: Vec::new(),
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -31,7 +31,7 @@ pub const MAX_NAME: usize = 100;
 pub const MAX_KEY: usize = 255;
 
 /// Everything a trigger says, as the API takes and shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerSpec {
     #[serde(default)]
@@ -64,6 +64,26 @@ pub struct TriggerSpec {
     /// Enrol the contact in this drip instead of sending a message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drip_id: Option<Uuid>,
+}
+
+impl Default for TriggerSpec {
+    /// As an empty request reads.
+    fn default() -> TriggerSpec {
+        TriggerSpec {
+            name: String::new(),
+            event: String::new(),
+            filter: None,
+            days: None,
+            at: None,
+            timezone: utc(),
+            message_type: MessageType::default(),
+            from: None,
+            template_id: None,
+            body: None,
+            variables: Map::new(),
+            drip_id: None,
+        }
+    }
 }
 
 fn utc() -> String {

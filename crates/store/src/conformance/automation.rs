@@ -483,6 +483,12 @@ pub async fn only_due_active_enrolments_of_active_drips_are_handed_out(subject: 
         advance(store, &done, None, Next::Completed, at(6)).await,
         Advanced::Done
     );
+    let held = enrolled(store, &paused, "+12025550107", at(5)).await;
+    assert_eq!(
+        advance(store, &held, None, Next::Completed, at(6)).await,
+        Advanced::Moved,
+        "a paused drip takes no step"
+    );
 
     let due = store.due_enrollments(at(30), 10).await.unwrap();
     assert_eq!(
