@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Content, Ready, Recipient, check_content, next_time, parse_delay, parse_json};
+use super::{Content, Ready, Recipient, Sender, check_content, next_time, parse_delay, parse_json};
 use crate::Engine;
 use crate::accounts::FieldError;
 use crate::broadcasts::{self, Position, Recipient as Entry};
@@ -185,18 +185,14 @@ pub async fn check(
                 message,
             ));
         }
-        match check_content(
-            engine,
+        let sender = Sender {
             org,
             scope,
             api_key_id,
-            &step.content(),
-            spec.message_type,
-            spec.from.as_ref(),
-            &format!("steps[{i}]."),
-        )
-        .await?
-        {
+            kind: spec.message_type,
+            from: spec.from.as_ref(),
+        };
+        match check_content(engine, sender, &step.content(), &format!("steps[{i}].")).await? {
             Ok(ready) => steps.push(ready),
             Err(found) => errors.extend(found),
         }

@@ -55,18 +55,31 @@ pub struct Ready {
     pub variables: Map<String, Value>,
 }
 
+/// Who sends a drip's or trigger's messages, and as what.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sender<'a> {
+    pub org: &'a Organization,
+    pub scope: Scope,
+    pub api_key_id: Option<Uuid>,
+    pub kind: MessageType,
+    pub from: Option<&'a String>,
+}
+
 /// Check `content` as intake would for any recipient, naming faults under `prefix` (`""` or
 /// `"steps[2]."`); answers it ready to render.
 pub(crate) async fn check_content(
     engine: &Engine,
-    org: &Organization,
-    scope: Scope,
-    api_key_id: Option<Uuid>,
+    sender: Sender<'_>,
     content: &Content,
-    kind: MessageType,
-    from: Option<&String>,
     prefix: &str,
 ) -> Result<Result<Ready, Vec<FieldError>>, StoreError> {
+    let Sender {
+        org,
+        scope,
+        api_key_id,
+        kind,
+        from,
+    } = sender;
     let mut errors = Vec::new();
     if content.body.is_some() == content.template_id.is_some() {
         errors.push(FieldError::new(
@@ -169,18 +182,20 @@ pub type Skip = String;
 /// The message `ready` becomes for `to`, through intake, or why it cannot be sent: the
 /// recipient opted out, gave no consent to promotional messages, is in a country the
 /// organization may not send to, or the template lacks a value.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn compose(
     engine: &Engine,
-    org: &Organization,
-    scope: Scope,
-    api_key_id: Option<Uuid>,
+    sender: Sender<'_>,
     ready: &Ready,
     extra: Option<&Map<String, Value>>,
-    kind: MessageType,
-    from: Option<&String>,
     to: &Recipient,
 ) -> Result<Result<NewMessage, Skip>, StoreError> {
+    let Sender {
+        org,
+        scope,
+        api_key_id,
+        kind,
+        from,
+    } = sender;
     if !engine
         .store
         .opted_out_among(org.id, std::slice::from_ref(&to.phone))

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::drips::DripSpec;
 use super::triggers::{TriggerSpec, age_slack, fire, ready};
-use super::{Ready, Recipient, check_content, compose, recipient_of_phone};
+use super::{Ready, Recipient, Sender, check_content, compose, recipient_of_phone};
 use crate::Engine;
 
 /// How often each process looks for due steps and new contacts.
@@ -107,11 +107,12 @@ struct Cache {
 
 impl Cache {
     async fn org(&mut self, engine: &Engine, id: Uuid) -> Result<Option<Organization>, StoreError> {
-        if !self.orgs.contains_key(&id) {
-            let org = engine.store.get_organization(id).await?;
-            self.orgs.insert(id, org);
+        if let Some(org) = self.orgs.get(&id) {
+            return Ok(org.clone());
         }
-        Ok(self.orgs[&id].clone())
+        let org = engine.store.get_organization(id).await?;
+        self.orgs.insert(id, org.clone());
+        Ok(org)
     }
 
     async fn drip(
@@ -119,23 +120,24 @@ impl Cache {
         engine: &Engine,
         e: &Enrollment,
     ) -> Result<Option<(Drip, DripSpec)>, StoreError> {
-        if !self.drips.contains_key(&e.drip_id) {
-            let mut found = None;
-            // An enrolment knows its organization, not the mode its drip was made in.
-            for mode in [Mode::Live, Mode::Test] {
-                let scope = Scope {
-                    org_id: e.org_id,
-                    mode,
-                };
-                if let Some(drip) = engine.store.get_drip(scope, e.drip_id).await? {
-                    let spec = DripSpec::of(&drip)?;
-                    found = Some((drip, spec));
-                    break;
-                }
-            }
-            self.drips.insert(e.drip_id, found);
+        if let Some(drip) = self.drips.get(&e.drip_id) {
+            return Ok(drip.clone());
         }
-        Ok(self.drips[&e.drip_id].clone())
+        let mut found = None;
+        // An enrolment knows its organization, not the mode its drip was made in.
+        for mode in [Mode::Live, Mode::Test] {
+            let scope = Scope {
+                org_id: e.org_id,
+                mode,
+            };
+            if let Some(drip) = engine.store.get_drip(scope, e.drip_id).await? {
+                let spec = DripSpec::of(&drip)?;
+                found = Some((drip, spec));
+                break;
+            }
+        }
+        self.drips.insert(e.drip_id, found.clone());
+        Ok(found)
     }
 
     async fn step(
@@ -147,26 +149,28 @@ impl Cache {
         index: u32,
     ) -> Result<Result<Ready, String>, StoreError> {
         let key = (drip.id, index);
-        if !self.steps.contains_key(&key) {
-            let step = &spec.steps[index as usize];
-            let ready = check_content(
-                engine,
-                org,
-                drip.scope(),
-                drip.api_key_id,
-                &step.content(),
-                spec.message_type,
-                spec.from.as_ref(),
-                "",
-            )
+        if let Some(ready) = self.steps.get(&key) {
+            return Ok(ready.clone());
+        }
+        let step = &spec.steps[index as usize];
+        let ready = check_content(engine, drip_sender(org, drip, spec), &step.content(), "")
             .await?
             .map_err(|errors| {
                 let code = errors.first().map_or("invalid", |e| e.code);
                 format!("step_unavailable: {code}")
             });
-            self.steps.insert(key, ready);
-        }
-        Ok(self.steps[&key].clone())
+        self.steps.insert(key, ready.clone());
+        Ok(ready)
+    }
+}
+
+fn drip_sender<'a>(org: &'a Organization, drip: &Drip, spec: &'a DripSpec) -> Sender<'a> {
+    Sender {
+        org,
+        scope: drip.scope(),
+        api_key_id: drip.api_key_id,
+        kind: spec.message_type,
+        from: spec.from.as_ref(),
     }
 }
 
@@ -186,10 +190,11 @@ async fn take_step(
         return Ok(());
     };
     let to = match e.contact_id {
-        Some(id) => match store.contacts_by_id(e.org_id, &[id]).await?.pop() {
-            Some(contact) => Some(Recipient::of(contact)),
-            None => None,
-        },
+        Some(id) => store
+            .contacts_by_id(e.org_id, &[id])
+            .await?
+            .pop()
+            .map(Recipient::of),
         None => recipient_of_phone(engine, &org, &e.phone).await?,
     };
     let exit = |reason: &str| Next::Exited(reason.to_owned());
@@ -235,19 +240,7 @@ async fn take_step(
             return Ok(());
         }
     };
-    let taken = match compose(
-        engine,
-        &org,
-        drip.scope(),
-        drip.api_key_id,
-        &ready,
-        None,
-        spec.message_type,
-        spec.from.as_ref(),
-        &to,
-    )
-    .await?
-    {
+    let taken = match compose(engine, drip_sender(&org, &drip, &spec), &ready, None, &to).await? {
         Ok(message) => StepTaken::Sent(Box::new(message)),
         Err(skip) => StepTaken::Skipped(skip),
     };

@@ -20,7 +20,9 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::drips::{DripSpec, enrollment};
-use super::{Content, Ready, Recipient, check_content, compose, parse_json, recipient_of_phone};
+use super::{
+    Content, Ready, Recipient, Sender, check_content, compose, parse_json, recipient_of_phone,
+};
 use crate::Engine;
 use crate::accounts::FieldError;
 
@@ -119,6 +121,21 @@ impl TriggerSpec {
             .to_zoned(zone.clone())
             .map(|z| z.timestamp())
             .unwrap_or(created)
+    }
+
+    fn sender<'a>(
+        &'a self,
+        org: &'a Organization,
+        scope: Scope,
+        api_key_id: Option<Uuid>,
+    ) -> Sender<'a> {
+        Sender {
+            org,
+            scope,
+            api_key_id,
+            kind: self.message_type,
+            from: self.from.as_ref(),
+        }
     }
 
     fn content(&self) -> Content {
@@ -269,12 +286,8 @@ pub async fn check(
         }
         None => match check_content(
             engine,
-            org,
-            scope,
-            api_key_id,
+            spec.sender(org, scope, api_key_id),
             &spec.content(),
-            spec.message_type,
-            spec.from.as_ref(),
             "",
         )
         .await?
@@ -459,13 +472,9 @@ pub(crate) async fn fire(
         }
         Act::Send(ready) => match compose(
             engine,
-            org,
-            trigger.scope(),
-            trigger.api_key_id,
+            spec.sender(org, trigger.scope(), trigger.api_key_id),
             ready,
             data,
-            spec.message_type,
-            spec.from.as_ref(),
             to,
         )
         .await?
