@@ -86,6 +86,14 @@ fn check_campaign(report: &Value) {
     assert_eq!(accounted(report, "pending"), N - opted_out, "{report}");
 }
 
+/// Every contact is enrolled once; one in 100 opted out and left; the rest took the first step.
+fn check_drip(report: &Value) {
+    let opted_out = N.div_ceil(100);
+    assert_eq!(accounted(report, "enrolled"), N, "{report}");
+    assert_eq!(accounted(report, "exited"), opted_out, "{report}");
+    assert_eq!(accounted(report, "steps"), N - opted_out, "{report}");
+}
+
 #[test]
 fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite() {
     check_dispatch_sim(&bench("dispatch-sim", "sqlite", None));
@@ -94,6 +102,7 @@ fn dispatch_sim_fanout_dispatch_http_and_import_account_for_everything_on_sqlite
     check_import(&bench("import", "sqlite", None));
     check_broadcast(&bench("broadcast", "sqlite", None));
     check_campaign(&bench("campaign", "sqlite", None));
+    check_drip(&bench("drip", "sqlite", None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,6 +121,7 @@ async fn the_scenarios_run_on_postgresql_too() {
     check_import(&bench("import", "postgres", Some(&admin)));
     check_broadcast(&bench("broadcast", "postgres", Some(&admin)));
     check_campaign(&bench("campaign", "postgres", Some(&admin)));
+    check_drip(&bench("drip", "postgres", Some(&admin)));
     let idle = bench("idle", "postgres", Some(&admin));
     assert!(idle["metrics"]["idle_rss_mb"].as_f64().unwrap() > 0.0);
 }

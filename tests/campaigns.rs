@@ -218,6 +218,20 @@ async fn bad_input_is_refused_by_field_and_changes_nothing(s: &TestServer) {
             "variants",
         ),
         (json!({"name": "n", "body": "x", "colour": "red"}), "colour"),
+        (
+            json!({"name": "n", "variants": [{"name": "a", "body": "x"}, {"name": "b", "body": "y"}],
+                   "ab_test": {"fraction": 0.9, "wait": "PT1H"}}),
+            "ab_test.fraction",
+        ),
+        (
+            json!({"name": "n", "variants": [{"name": "a", "body": "x"}, {"name": "b", "body": "y"}],
+                   "ab_test": {"fraction": 0.1, "wait": "soon"}}),
+            "ab_test.wait",
+        ),
+        (
+            json!({"name": "n", "body": "x", "ab_test": {"fraction": 0.1, "wait": "PT1H"}}),
+            "ab_test",
+        ),
     ];
     for (body, field) in cases {
         let (status, problem) = post(s, key, "/v1/campaigns", body.clone()).await;

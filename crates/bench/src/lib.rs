@@ -7,6 +7,7 @@ mod campaign;
 mod child;
 pub mod db;
 mod dispatch;
+mod drip;
 mod fanout;
 mod idle;
 mod import;
@@ -49,6 +50,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     (
         "campaign",
         "a campaign to a lead status of N contacts: audience snapshotted, then released to the queue",
+    ),
+    (
+        "drip",
+        "N contacts of a segment enrolled in a drip, then its first step taken for each by the automation runner",
     ),
     (
         "idle",
@@ -130,6 +135,7 @@ pub async fn run(options: &Options) -> Result<Report> {
         "import" => import::run(options, &db).await,
         "broadcast" => broadcast::run(options, &db).await,
         "campaign" => campaign::run(options, &db).await,
+        "drip" => drip::run(options, &db).await,
         _ => unreachable!("checked above"),
     };
     db.finish().await?;

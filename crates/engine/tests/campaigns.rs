@@ -779,6 +779,105 @@ fn assignment_is_deterministic_and_proportional() {
     }
 }
 
+/// With an A/B test, only the test fraction goes out first; after the wait, the variant with
+/// the most replies per message goes to everyone else, each recipient reached once.
+async fn ab_test_sends_the_winner_to_the_rest(backend: Backend) {
+    let Some(w) = world(backend).await else {
+        return;
+    };
+    let mut s = spec(phones(400));
+    s.body = None;
+    s.variants = vec![
+        Variant {
+            name: "A".into(),
+            body: Some("Sale: 20% off".into()),
+            template_id: None,
+            weight: 1,
+        },
+        Variant {
+            name: "B".into(),
+            body: Some("This week only: 20% off everything".into()),
+            template_id: None,
+            weight: 1,
+        },
+    ];
+    s.ab_test = Some(campaigns::AbTest {
+        fraction: 0.2,
+        wait: "PT2H".into(),
+        metric: campaigns::WinnerMetric::Replies,
+    });
+    let c = w.create(s).await;
+    w.act(c.id, Action::Start).await.unwrap();
+    for _ in 0..20 {
+        w.step().await;
+    }
+    // Only the test group went out; the rest wait, and the run is not over.
+    let first = w.accepted_per_number().await;
+    let tested = first.len();
+    // 400 draws at p = 0.2: mean 80, σ = 8; within 4σ.
+    assert!((tested as f64 - 80.0).abs() < 32.0, "{tested} tested");
+    assert_eq!(w.campaign(c.id).await.status, CampaignStatus::Running);
+    let books = w.books(c.id).await;
+    assert_eq!(books.pending, 400 - tested as u64, "{books:?}");
+
+    // Everyone who got B replies; nobody who got A does.
+    let run = w.campaign(c.id).await.current_run.unwrap();
+    let rows = w
+        .engine
+        .store
+        .list_recipients(w.scope, run, None, 1_000)
+        .await
+        .unwrap();
+    w.clock.advance(SignedDuration::from_mins(30));
+    for r in rows
+        .iter()
+        .filter(|r| r.message_id.is_some() && r.variant == 1)
+    {
+        let reply = herald_store::InboundMessage {
+            id: Uuid::now_v7(),
+            org_id: w.org.id,
+            provider: "simulator".into(),
+            provider_message_id: format!("SIM{}", Uuid::now_v7().simple()),
+            from: r.phone.clone(),
+            to: "simulator".into(),
+            body: "Interested!".into(),
+            received_at: w.clock.now(),
+        };
+        w.engine.store.insert_inbound(&reply).await.unwrap();
+    }
+    // Nothing more before the wait is over.
+    w.step().await;
+    assert_eq!(w.accepted_per_number().await.len(), tested);
+
+    w.clock.advance(SignedDuration::from_mins(91));
+    let done = w.run_out(c.id, 50).await;
+    assert_eq!(done.status, CampaignStatus::Completed);
+    let counts = w.accepted_per_number().await;
+    assert_eq!(counts.len(), 400);
+    assert!(counts.values().all(|n| *n == 1), "each reached once");
+    let rows = w
+        .engine
+        .store
+        .list_recipients(w.scope, run, None, 1_000)
+        .await
+        .unwrap();
+    let winners = rows
+        .iter()
+        .filter(|r| !first.contains_key(&r.phone))
+        .inspect(|r| {
+            assert_eq!(r.variant, 1, "{r:?}");
+            assert_eq!(
+                r.body.as_deref(),
+                Some("This week only: 20% off everything")
+            );
+        })
+        .count();
+    assert_eq!(winners, 400 - tested);
+    let books = w.books(c.id).await;
+    assert_eq!(books.pending, 0, "{books:?}");
+    w.done().await;
+}
+
 /// Run each case on both stores.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
@@ -817,4 +916,5 @@ on_both_stores!(
     recurrence_runs_each_occurrence,
     throttle_holds_in_every_minute,
     ab_variants_by_weight,
+    ab_test_sends_the_winner_to_the_rest,
 );

@@ -703,6 +703,68 @@ impl CampaignStore for PostgresStore {
         rows.iter().map(recipient).collect()
     }
 
+    async fn held_recipients(
+        &self,
+        run_id: Uuid,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<RunRecipient>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients cr
+                 LEFT JOIN messages m ON m.id = cr.message_id
+             WHERE cr.run_id = $1 AND cr.state = 'pending' AND cr.due_at = $2 AND cr.seq > $3
+             ORDER BY cr.seq LIMIT $4"
+        )))
+        .bind(run_id)
+        .bind(ts(held_until()))
+        .bind(after.map_or(-1, signed))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("failed to read held recipients")?;
+        rows.iter().map(recipient).collect()
+    }
+
+    async fn assign_held(
+        &self,
+        r: &CampaignRun,
+        variant: u16,
+        assigned: &[(u64, Option<String>)],
+        due_at: Timestamp,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
+            return Ok(ReleaseOutcome::Lost);
+        }
+        let seqs: Vec<i64> = assigned.iter().map(|(seq, _)| signed(*seq)).collect();
+        let bodies: Vec<Option<String>> = assigned.iter().map(|(_, b)| b.clone()).collect();
+        let marked = sqlx::query(
+            "UPDATE campaign_recipients cr SET variant = $2, body = u.body, due_at = $3,
+                 state = CASE WHEN u.body IS NULL THEN 'suppressed' ELSE 'pending' END,
+                 reason = CASE WHEN u.body IS NULL THEN 'missing_variables' END
+             FROM unnest($4::int8[], $5::text[]) AS u(seq, body)
+             WHERE cr.run_id = $1 AND cr.seq = u.seq AND cr.state = 'pending'
+               AND cr.due_at = $6",
+        )
+        .bind(r.id)
+        .bind(i32::from(variant))
+        .bind(ts(due_at))
+        .bind(seqs)
+        .bind(bodies)
+        .bind(ts(held_until()))
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to assign held recipients")?
+        .rows_affected();
+        if marked != assigned.len() as u64 {
+            return Ok(ReleaseOutcome::Lost);
+        }
+        tx.commit()
+            .await
+            .ctx("failed to commit an A/B assignment")?;
+        Ok(ReleaseOutcome::Stored)
+    }
+
     async fn released_since(&self, run_id: Uuid, since: Timestamp) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM messages WHERE campaign_run_id = $1 AND created_at > $2",

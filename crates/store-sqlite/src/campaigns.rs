@@ -647,6 +647,74 @@ impl CampaignStore for SqliteStore {
         rows.iter().map(recipient).collect()
     }
 
+    async fn held_recipients(
+        &self,
+        run_id: Uuid,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<RunRecipient>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECIPIENT_COLUMNS} FROM campaign_recipients cr
+                 LEFT JOIN messages m ON m.id = cr.message_id
+             WHERE cr.run_id = ?1 AND cr.state = 'pending' AND cr.due_at = ?2 AND cr.seq > ?3
+             ORDER BY cr.seq LIMIT ?4"
+        )))
+        .bind(run_id)
+        .bind(micros(held_until()))
+        .bind(after.map_or(-1, signed))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .ctx("failed to read held recipients")?;
+        rows.iter().map(recipient).collect()
+    }
+
+    async fn assign_held(
+        &self,
+        r: &CampaignRun,
+        variant: u16,
+        assigned: &[(u64, Option<String>)],
+        due_at: Timestamp,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let mut tx = self.write().await?;
+        if !still_held(&mut tx, r, &[RunPhase::Send]).await? {
+            return Ok(ReleaseOutcome::Lost);
+        }
+        for range in bulk::chunks(assigned.len()) {
+            let chunk = &assigned[range];
+            let mut query =
+                QueryBuilder::<Sqlite>::new("UPDATE campaign_recipients SET variant = ");
+            query
+                .push_bind(i64::from(variant))
+                .push(", body = v.column2, due_at = ")
+                .push_bind(micros(due_at))
+                .push(
+                    ", state = CASE WHEN v.column2 IS NULL THEN 'suppressed' ELSE 'pending' END, \
+                     reason = CASE WHEN v.column2 IS NULL THEN 'missing_variables' END FROM (",
+                );
+            query.push_values(chunk, |mut row, (seq, body)| {
+                row.push_bind(signed(*seq)).push_bind(body.clone());
+            });
+            query
+                .push(") AS v WHERE run_id = ")
+                .push_bind(r.id)
+                .push(" AND seq = v.column1 AND state = 'pending' AND due_at = ")
+                .push_bind(micros(held_until()));
+            let marked = query
+                .build()
+                .execute(&mut *tx)
+                .await
+                .ctx("failed to assign held recipients")?;
+            if marked.rows_affected() != chunk.len() as u64 {
+                return Ok(ReleaseOutcome::Lost);
+            }
+        }
+        tx.commit()
+            .await
+            .ctx("failed to commit an A/B assignment")?;
+        Ok(ReleaseOutcome::Stored)
+    }
+
     async fn released_since(&self, run_id: Uuid, since: Timestamp) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM messages WHERE campaign_run_id = ?1 AND created_at > ?2",

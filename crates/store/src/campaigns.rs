@@ -546,6 +546,26 @@ pub trait CampaignStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<RunRecipient>, StoreError>;
 
+    /// Pending recipients of a run held for its A/B test's winner (due at [`held_until`]), in
+    /// seq order after `after`.
+    async fn held_recipients(
+        &self,
+        run_id: Uuid,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<RunRecipient>, StoreError>;
+
+    /// Give held recipients the A/B test's winner: each `(seq, body)` gets `variant` and its
+    /// body rendered, due at `due_at`, or is suppressed as `missing_variables` without one.
+    /// Only while the campaign runs and `run.lease` holds.
+    async fn assign_held(
+        &self,
+        run: &CampaignRun,
+        variant: u16,
+        assigned: &[(u64, Option<String>)],
+        due_at: Timestamp,
+    ) -> Result<ReleaseOutcome, StoreError>;
+
     /// Messages of the run created after `since` (the throttle's window).
     async fn released_since(&self, run_id: Uuid, since: Timestamp) -> Result<u64, StoreError>;
 

@@ -180,6 +180,57 @@ pub struct RecurrenceSpec {
     pub rrule: String,
 }
 
+/// What picks an A/B test's winner.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WinnerMetric {
+    /// The most replies per message sent.
+    #[default]
+    Replies,
+    /// The highest share of messages delivered.
+    DeliveryRate,
+}
+
+/// Send the variants to a test fraction of the audience first; after `wait`, the variant that
+/// did best goes to everyone else.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbTest {
+    /// Share of the audience in the test, above 0 and at most 0.5.
+    pub fraction: f64,
+    /// An ISO 8601 duration from the run's time to choosing the winner (`PT4H`).
+    pub wait: String,
+    #[serde(default)]
+    pub metric: WinnerMetric,
+}
+
+impl AbTest {
+    /// How long after the occurrence the winner is chosen.
+    pub fn wait(&self) -> Option<SignedDuration> {
+        crate::automation::parse_delay(&self.wait, MAX_AB_WAIT_DAYS)
+            .ok()
+            .and_then(|span| {
+                span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                    .ok()
+            })
+    }
+
+    /// Whether `phone` is in the test group (deterministic, like the variant).
+    pub fn in_test(&self, campaign_id: Uuid, phone: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"ab-test")
+            .chain_update(campaign_id.as_bytes())
+            .chain_update(phone.as_bytes())
+            .finalize();
+        let draw = u64::from_be_bytes(digest[..8].try_into().expect("eight bytes"));
+        (draw as f64 / u64::MAX as f64) < self.fraction
+    }
+}
+
+/// Longest wait for an A/B test's winner.
+pub const MAX_AB_WAIT_DAYS: i64 = 7;
+
 /// How fast a campaign releases its messages, on top of any provider's own limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -212,6 +263,9 @@ pub struct CampaignSpec {
     pub variables: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<Variant>,
+    /// Test the variants on a fraction first, then send the winner to the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab_test: Option<AbTest>,
     #[serde(default)]
     pub audience: AudienceSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -463,6 +517,25 @@ pub(crate) async fn check(
             "body_or_template",
             "give exactly one of `body` and `template_id` (or `variants`)",
         ));
+    }
+    if let Some(test) = &spec.ab_test {
+        if spec.variants.is_empty() {
+            errors.push(invalid(
+                "ab_test",
+                "variants_required",
+                "an A/B test needs `variants`",
+            ));
+        }
+        if !(test.fraction > 0.0 && test.fraction <= 0.5) {
+            errors.push(invalid(
+                "ab_test.fraction",
+                "out_of_range",
+                "`fraction` is above 0 and at most 0.5",
+            ));
+        }
+        if let Err(message) = crate::automation::parse_delay(&test.wait, MAX_AB_WAIT_DAYS) {
+            errors.push(invalid("ab_test.wait", "invalid_wait", message));
+        }
     }
     if spec.variants.len() == 1 || spec.variants.len() > MAX_VARIANTS {
         errors.push(invalid(

@@ -27,12 +27,15 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CampaignSpec, Checked, assign_variant, check, new_run, next_occurrence};
+use super::report::Bucket;
+use super::{CampaignSpec, Checked, WinnerMetric, assign_variant, check, new_run, next_occurrence};
 use crate::Engine;
 use crate::broadcasts::{Position, next_targets, normalise};
 
 /// How long a process's hold on a run lasts; renewed with every write.
 pub const LEASE: SignedDuration = SignedDuration::from_secs(30);
+/// Recipients held for an A/B test's winner, read and assigned per transaction.
+const HELD_PAGE: u32 = 1_000;
 /// How often each process looks for work when nothing wakes it.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -144,6 +147,9 @@ async fn work(
             None => return Ok(()),
         }
     }
+    if run.phase == RunPhase::Send && !worker.decide(&run).await? {
+        return Ok(());
+    }
     if run.phase == RunPhase::Send {
         let (released, finished) = worker.release(&mut run).await?;
         pass.released += released;
@@ -250,6 +256,83 @@ impl Worker {
             }
             at = next_at;
         }
+    }
+
+    /// With an A/B test whose wait is over, choose the winner and give it to everyone held for
+    /// it. Answers whether the run may go on (`false` once it is no longer this process's).
+    async fn decide(&self, run: &CampaignRun) -> Result<bool, StoreError> {
+        let Some(test) = &self.spec.ab_test else {
+            return Ok(true);
+        };
+        let engine = &self.engine;
+        let store = engine.store.clone();
+        let now = engine.clock.now();
+        let Some(wait) = test.wait() else {
+            return Ok(true);
+        };
+        if now < run.occurrence + wait {
+            return Ok(true);
+        }
+        let mut held = store.held_recipients(run.id, None, HELD_PAGE).await?;
+        if held.is_empty() {
+            return Ok(true);
+        }
+        let analytics = super::report::analytics(engine, &self.campaign, Bucket::Hour).await?;
+        let winner = winner(&analytics.variants, test.metric);
+        let variants = self.spec.effective_variants();
+        let Some(variant) = variants.get(usize::from(winner)) else {
+            return Ok(true);
+        };
+        let template = match variant.template_id {
+            None => None,
+            Some(id) => {
+                match crate::templates::sendable(store.as_ref(), self.org.id, id, "template_id")
+                    .await?
+                {
+                    Ok((template, _)) => Some(template),
+                    Err(error) => {
+                        // Gone since the test began: pause rather than send something else.
+                        store
+                            .pause_for(run, &format!("ab_winner_{}", error.code), now)
+                            .await?;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        tracing::info!(run_id = %run.id, winner = %variant.name, "A/B test decided");
+        while !held.is_empty() {
+            let ids: Vec<Uuid> = held.iter().filter_map(|r| r.contact_id).collect();
+            let contacts: HashMap<Uuid, Contact> = if ids.is_empty() {
+                HashMap::new()
+            } else {
+                store
+                    .contacts_by_id(self.org.id, &ids)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c.id, c))
+                    .collect()
+            };
+            let assigned: Vec<(u64, Option<String>)> = held
+                .iter()
+                .map(|r| {
+                    let contact = r.contact_id.and_then(|id| contacts.get(&id));
+                    let body = crate::templates::personalise(
+                        template.as_ref(),
+                        variant.body.as_ref(),
+                        contact,
+                        &self.spec.variables,
+                    );
+                    (r.seq, body)
+                })
+                .collect();
+            let last = held.last().map(|r| r.seq);
+            if store.assign_held(run, winner, &assigned, now).await? != ReleaseOutcome::Stored {
+                return Ok(false);
+            }
+            held = store.held_recipients(run.id, last, HELD_PAGE).await?;
+        }
+        Ok(true)
     }
 
     /// Release what is due, within the throttle; finish the run when everything is settled.
@@ -497,6 +580,13 @@ pub(crate) async fn resolve_targets(
             (None, None) => Some("missing_variables"),
             (None, Some(_)) => None,
         };
+        // Outside an A/B test's fraction: held for the winner, whose body it then gets.
+        let due_at = match &spec.ab_test {
+            Some(test) if reason.is_none() && !test.in_test(*campaign_id, &phone) => {
+                herald_store::held_until()
+            }
+            _ => due_at,
+        };
         resolved.push(NewRecipient {
             phone,
             contact_id: contact.as_ref().map(|c| c.id),
@@ -513,4 +603,26 @@ pub(crate) async fn resolve_targets(
         });
     }
     Ok(resolved)
+}
+
+/// The index of the variant that did best by `metric`; ties go to fewer opt-outs, then to the
+/// first variant.
+pub(crate) fn winner(variants: &[super::report::VariantStats], metric: WinnerMetric) -> u16 {
+    let share = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+    let mut best: Option<(usize, f64, f64)> = None;
+    for (i, v) in variants.iter().enumerate() {
+        let score = match metric {
+            WinnerMetric::Replies => share(v.replies, v.sent),
+            WinnerMetric::DeliveryRate => share(v.delivered, v.sent),
+        };
+        let opt_outs = share(v.opt_outs, v.sent);
+        let better = match best {
+            None => true,
+            Some((_, s, o)) => score > s || (score == s && opt_outs < o),
+        };
+        if better {
+            best = Some((i, score, opt_outs));
+        }
+    }
+    best.map_or(0, |(i, ..)| i as u16)
 }
