@@ -313,89 +313,113 @@ impl AutomationStore for PostgresStore {
         rows.iter().map(enrollment).collect()
     }
 
-    async fn advance_enrollment(
+    async fn advance_enrollments(
         &self,
-        e: &Enrollment,
-        taken: Option<StepTaken>,
-        next: Next,
+        steps: &[Advance],
         now: Timestamp,
-    ) -> Result<Advanced, StoreError> {
-        let (step, next_at, state, reason, error) = match &next {
-            Next::Step { step, at } => (*step, Some(*at), EnrollmentState::Active, None, None),
-            // The last step taken now, or none left (steps removed since).
-            Next::Completed => (
-                e.step + u32::from(taken.is_some()),
-                None,
-                EnrollmentState::Completed,
-                None,
-                None,
-            ),
-            Next::Exited(reason) => (e.step, None, EnrollmentState::Exited, Some(reason), None),
-            Next::Retry { at, error } => (
-                e.step,
-                Some(*at),
-                EnrollmentState::Active,
-                None,
-                Some(error),
-            ),
-        };
-        let mut tx = self.begin().await?;
-        // The compare-and-set comes first: a concurrent taker of the same step waits here for
-        // the row, then matches nothing and writes nothing.
-        let moved = sqlx::query(
-            "UPDATE drip_enrollments SET step = $1, next_at = $2, state = $3, reason = $4,
-                 error = $5, updated_at = $6
-             WHERE id = $7 AND org_id = $8 AND step = $9 AND state = 'active'
-               AND EXISTS (SELECT 1 FROM drips d
-                           WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
-        )
-        .bind(int(step)?)
-        .bind(next_at.map(ts))
-        .bind(state.as_str())
-        .bind(reason)
-        .bind(error)
-        .bind(ts(now))
-        .bind(e.id)
-        .bind(e.org_id)
-        .bind(int(e.step)?)
-        .execute(&mut *tx)
-        .await
-        .ctx("failed to advance an enrolment")?;
-        if moved.rows_affected() != 1 {
-            return Ok(Advanced::Moved);
+    ) -> Result<Vec<Advanced>, StoreError> {
+        let mut ids = Vec::with_capacity(steps.len());
+        let mut org_ids = Vec::with_capacity(steps.len());
+        let mut old_steps = Vec::with_capacity(steps.len());
+        let mut new_steps = Vec::with_capacity(steps.len());
+        let mut next_ats = Vec::with_capacity(steps.len());
+        let mut states = Vec::with_capacity(steps.len());
+        let mut reasons = Vec::with_capacity(steps.len());
+        let mut errors = Vec::with_capacity(steps.len());
+        for a in steps {
+            let e = &a.enrollment;
+            let (step, next_at, state, reason, error) = a.next.target(e, a.taken.is_some());
+            ids.push(e.id);
+            org_ids.push(e.org_id);
+            old_steps.push(int(e.step)?);
+            new_steps.push(int(step)?);
+            next_ats.push(next_at.map(ts));
+            states.push(state.as_str());
+            reasons.push(reason);
+            errors.push(error);
         }
-        let (message_id, outcome) = match taken {
-            None => (None, None),
-            Some(StepTaken::Sent(message)) => {
-                let id = message.id;
-                // Dropping the transaction on a refusal rolls back the compare-and-set too.
-                if let Err(refusal) =
-                    broadcasts::insert_batch(&mut tx, std::slice::from_ref(&*message)).await?
-                {
-                    return Ok(Advanced::Refused(refusal));
-                }
-                (Some(id), Some("sent".to_owned()))
+        let mut tx = self.begin().await?;
+        // Lock the rows in id order first, so two processes taking overlapping batches wait for
+        // each other instead of deadlocking.
+        sqlx::query("SELECT id FROM drip_enrollments WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await
+            .ctx("failed to lock enrolments")?;
+        // The compare-and-set comes first: a step taken elsewhere, or an enrolment that left,
+        // writes nothing of its own.
+        let moved: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE drip_enrollments e SET step = u.step, next_at = u.next_at, state = u.state,
+                 reason = u.reason, error = u.error, updated_at = $1
+             FROM unnest($2::uuid[], $3::uuid[], $4::int4[], $5::int4[], $6::timestamptz[],
+                         $7::text[], $8::text[], $9::text[])
+                  AS u(id, org_id, old_step, step, next_at, state, reason, error)
+             WHERE e.id = u.id AND e.org_id = u.org_id AND e.step = u.old_step
+               AND e.state = 'active'
+               AND EXISTS (SELECT 1 FROM drips d WHERE d.id = e.drip_id AND d.status = 'active')
+             RETURNING e.id",
+        )
+        .bind(ts(now))
+        .bind(&ids)
+        .bind(&org_ids)
+        .bind(&old_steps)
+        .bind(&new_steps)
+        .bind(&next_ats)
+        .bind(&states)
+        .bind(&reasons)
+        .bind(&errors)
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("failed to advance enrolments")?;
+        let moved: std::collections::HashSet<Uuid> = moved.into_iter().collect();
+        let mut outcomes = Vec::with_capacity(steps.len());
+        let mut messages = Vec::new();
+        let (mut send_ids, mut send_steps, mut send_drips, mut send_messages, mut outcomes_of) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for a in steps {
+            let e = &a.enrollment;
+            if !moved.contains(&e.id) {
+                outcomes.push(Advanced::Moved);
+                continue;
             }
-            Some(StepTaken::Skipped(reason)) => (None, Some(reason)),
-        };
-        if let Some(outcome) = outcome {
+            outcomes.push(Advanced::Done);
+            let (message_id, outcome) = match &a.taken {
+                None => continue,
+                Some(StepTaken::Sent(message)) => {
+                    messages.push((**message).clone());
+                    (Some(message.id), "sent")
+                }
+                Some(StepTaken::Skipped(reason)) => (None, reason.as_str()),
+            };
+            send_ids.push(e.id);
+            send_steps.push(int(e.step)?);
+            send_drips.push(e.drip_id);
+            send_messages.push(message_id);
+            outcomes_of.push(outcome);
+        }
+        if let Err(refusal) = broadcasts::insert_batch(&mut tx, &messages).await? {
+            // Dropping the transaction rolls back every compare-and-set too.
+            return Ok(vec![Advanced::Refused(refusal); steps.len()]);
+        }
+        if !send_ids.is_empty() {
             sqlx::query(
                 "INSERT INTO drip_sends (enrollment_id, step, drip_id, message_id, outcome,
                      created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                 SELECT u.*, $6 FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $4::uuid[],
+                                            $5::text[]) AS u",
             )
-            .bind(e.id)
-            .bind(int(e.step)?)
-            .bind(e.drip_id)
-            .bind(message_id)
-            .bind(outcome)
+            .bind(&send_ids)
+            .bind(&send_steps)
+            .bind(&send_drips)
+            .bind(&send_messages)
+            .bind(&outcomes_of)
             .bind(ts(now))
             .execute(&mut *tx)
             .await
-            .ctx("failed to record a drip step")?;
+            .ctx("failed to record drip steps")?;
         }
-        tx.commit().await.ctx("failed to commit a drip step")?;
-        Ok(Advanced::Done)
+        tx.commit().await.ctx("failed to commit drip steps")?;
+        Ok(outcomes)
     }
 
     async fn get_enrollment(
@@ -515,22 +539,30 @@ impl AutomationStore for PostgresStore {
         Ok(stats)
     }
 
-    async fn replied_since(
+    async fn last_replies(
         &self,
         org_id: Uuid,
-        phone: &str,
-        since: Timestamp,
-    ) -> Result<bool, StoreError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM inbound_messages
-                 WHERE org_id = $1 AND from_number = $2 AND received_at > $3)",
+        phones: &[String],
+    ) -> Result<std::collections::HashMap<String, Timestamp>, StoreError> {
+        // One index probe per number: a plan over the whole organization's inbound messages
+        // is never chosen this way.
+        let rows = sqlx::query(
+            "SELECT p.phone, (SELECT max(i.received_at) FROM inbound_messages i
+                              WHERE i.org_id = $1 AND i.from_number = p.phone)
+             FROM unnest($2::text[]) AS p(phone)",
         )
         .bind(org_id)
-        .bind(phone)
-        .bind(ts(since))
-        .fetch_one(&self.pool)
+        .bind(phones)
+        .fetch_all(&self.pool)
         .await
-        .ctx("failed to look for replies")
+        .ctx("failed to look for replies")?;
+        let mut last = std::collections::HashMap::new();
+        for row in &rows {
+            if let Some(at) = convert::opt_timestamp(row, 1)? {
+                last.insert(col(row, 0)?, at);
+            }
+        }
+        Ok(last)
     }
 
     async fn create_trigger(

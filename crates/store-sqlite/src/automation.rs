@@ -1,13 +1,15 @@
 //! Automation on SQLite: drips and their enrolments, each step taken in one transaction with
 //! its message, and triggers whose firings are unique per key.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use herald_store::segment::Rule;
 use herald_store::segment::sql::{self, Dialect};
 use herald_store::*;
 use jiff::Timestamp;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use crate::SqliteStore;
@@ -288,69 +290,59 @@ impl AutomationStore for SqliteStore {
         rows.iter().map(enrollment).collect()
     }
 
-    async fn advance_enrollment(
+    async fn advance_enrollments(
         &self,
-        e: &Enrollment,
-        taken: Option<StepTaken>,
-        next: Next,
+        steps: &[Advance],
         now: Timestamp,
-    ) -> Result<Advanced, StoreError> {
+    ) -> Result<Vec<Advanced>, StoreError> {
         let mut tx = self.write().await?;
-        let (step, next_at, state, reason, error) = match &next {
-            Next::Step { step, at } => (*step, Some(*at), EnrollmentState::Active, None, None),
-            // The last step taken now, or none left (steps removed since).
-            Next::Completed => (
-                e.step + u32::from(taken.is_some()),
-                None,
-                EnrollmentState::Completed,
-                None,
-                None,
-            ),
-            Next::Exited(reason) => (e.step, None, EnrollmentState::Exited, Some(reason), None),
-            Next::Retry { at, error } => (
-                e.step,
-                Some(*at),
-                EnrollmentState::Active,
-                None,
-                Some(error),
-            ),
-        };
-        let moved = sqlx::query(
-            "UPDATE drip_enrollments SET step = ?1, next_at = ?2, state = ?3, reason = ?4,
-                 error = ?5, updated_at = ?6
-             WHERE id = ?7 AND org_id = ?8 AND step = ?9 AND state = 'active'
-               AND EXISTS (SELECT 1 FROM drips d
-                           WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
-        )
-        .bind(i64::from(step))
-        .bind(next_at.map(micros))
-        .bind(state.as_str())
-        .bind(reason)
-        .bind(error)
-        .bind(micros(now))
-        .bind(e.id)
-        .bind(e.org_id)
-        .bind(i64::from(e.step))
-        .execute(&mut *tx)
-        .await
-        .ctx("failed to advance an enrolment")?;
-        if moved.rows_affected() != 1 {
-            return Ok(Advanced::Moved);
-        }
-        let (message_id, outcome) = match taken {
-            None => (None, None),
-            Some(StepTaken::Sent(message)) => {
-                let id = message.id;
-                if let Err(refusal) =
-                    broadcasts::insert_batch(&mut tx, std::slice::from_ref(&*message)).await?
-                {
-                    return Ok(Advanced::Refused(refusal));
-                }
-                (Some(id), Some("sent".to_owned()))
+        let mut outcomes = Vec::with_capacity(steps.len());
+        let mut messages = Vec::new();
+        // (enrollment, step, drip, message, outcome) of each step taken.
+        let mut sends = Vec::new();
+        for a in steps {
+            let e = &a.enrollment;
+            let (step, next_at, state, reason, error) = a.next.target(e, a.taken.is_some());
+            // The compare-and-set comes first: a step taken elsewhere, or an enrolment that
+            // left, writes nothing of its own.
+            let moved = sqlx::query(
+                "UPDATE drip_enrollments SET step = ?1, next_at = ?2, state = ?3, reason = ?4,
+                     error = ?5, updated_at = ?6
+                 WHERE id = ?7 AND org_id = ?8 AND step = ?9 AND state = 'active'
+                   AND EXISTS (SELECT 1 FROM drips d
+                               WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
+            )
+            .bind(i64::from(step))
+            .bind(next_at.map(micros))
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(error)
+            .bind(micros(now))
+            .bind(e.id)
+            .bind(e.org_id)
+            .bind(i64::from(e.step))
+            .execute(&mut *tx)
+            .await
+            .ctx("failed to advance an enrolment")?;
+            if moved.rows_affected() != 1 {
+                outcomes.push(Advanced::Moved);
+                continue;
             }
-            Some(StepTaken::Skipped(reason)) => (None, Some(reason)),
-        };
-        if let Some(outcome) = outcome {
+            outcomes.push(Advanced::Done);
+            match &a.taken {
+                None => {}
+                Some(StepTaken::Sent(message)) => {
+                    sends.push((e, Some(message.id), "sent"));
+                    messages.push((**message).clone());
+                }
+                Some(StepTaken::Skipped(reason)) => sends.push((e, None, reason.as_str())),
+            }
+        }
+        if let Err(refusal) = broadcasts::insert_batch(&mut tx, &messages).await? {
+            // Dropping the transaction rolls back every compare-and-set too.
+            return Ok(vec![Advanced::Refused(refusal); steps.len()]);
+        }
+        for (e, message_id, outcome) in sends {
             sqlx::query(
                 "INSERT INTO drip_sends (enrollment_id, step, drip_id, message_id, outcome,
                      created_at)
@@ -366,8 +358,8 @@ impl AutomationStore for SqliteStore {
             .await
             .ctx("failed to record a drip step")?;
         }
-        tx.commit().await.ctx("failed to commit a drip step")?;
-        Ok(Advanced::Done)
+        tx.commit().await.ctx("failed to commit drip steps")?;
+        Ok(outcomes)
     }
 
     async fn get_enrollment(
@@ -485,23 +477,32 @@ impl AutomationStore for SqliteStore {
         Ok(stats)
     }
 
-    async fn replied_since(
+    async fn last_replies(
         &self,
         org_id: Uuid,
-        phone: &str,
-        since: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let found: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM inbound_messages
-                 WHERE org_id = ?1 AND from_number = ?2 AND received_at > ?3)",
-        )
-        .bind(org_id)
-        .bind(phone)
-        .bind(micros(since))
-        .fetch_one(&self.reader)
-        .await
-        .ctx("failed to look for replies")?;
-        Ok(found)
+        phones: &[String],
+    ) -> Result<HashMap<String, Timestamp>, StoreError> {
+        let mut last = HashMap::new();
+        for chunk in phones.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT from_number, max(received_at) FROM inbound_messages WHERE org_id = ",
+            );
+            query.push_bind(org_id).push(" AND from_number IN (");
+            let mut list = query.separated(", ");
+            for phone in chunk {
+                list.push_bind(phone);
+            }
+            query.push(") GROUP BY from_number");
+            let rows = query
+                .build()
+                .fetch_all(&self.reader)
+                .await
+                .ctx("failed to look for replies")?;
+            for row in &rows {
+                last.insert(row.get(0), convert::timestamp(row.get(1))?);
+            }
+        }
+        Ok(last)
     }
 
     async fn create_trigger(

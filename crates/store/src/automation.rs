@@ -170,7 +170,53 @@ pub enum Next {
     Retry { at: Timestamp, error: String },
 }
 
-/// The outcome of [`AutomationStore::advance_enrollment`].
+impl Next {
+    /// What the enrolment's row becomes: `(step, next_at, state, reason, error)`. `taken` says
+    /// whether the current step was taken now.
+    pub fn target<'a>(
+        &'a self,
+        e: &Enrollment,
+        taken: bool,
+    ) -> (
+        u32,
+        Option<Timestamp>,
+        EnrollmentState,
+        Option<&'a str>,
+        Option<&'a str>,
+    ) {
+        match self {
+            Next::Step { step, at } => (*step, Some(*at), EnrollmentState::Active, None, None),
+            // The last step taken now, or none left (steps removed since).
+            Next::Completed => (
+                e.step + u32::from(taken),
+                None,
+                EnrollmentState::Completed,
+                None,
+                None,
+            ),
+            Next::Exited(reason) => (e.step, None, EnrollmentState::Exited, Some(reason), None),
+            Next::Retry { at, error } => (
+                e.step,
+                Some(*at),
+                EnrollmentState::Active,
+                None,
+                Some(error),
+            ),
+        }
+    }
+}
+
+/// One enrolment's step for [`AutomationStore::advance_enrollments`].
+#[derive(Clone, Debug)]
+pub struct Advance {
+    /// As read: the step it is at is the one taken.
+    pub enrollment: Enrollment,
+    /// `None` when it leaves or retries without taking the step.
+    pub taken: Option<StepTaken>,
+    pub next: Next,
+}
+
+/// The outcome of [`AutomationStore::advance_enrollments`] for one enrolment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Advanced {
     Done,
@@ -366,16 +412,33 @@ pub trait AutomationStore {
         limit: u32,
     ) -> Result<Vec<Enrollment>, StoreError>;
 
-    /// Take `enrollment`'s current step (still `enrollment.step` and active, in a drip still
-    /// active, else [`Advanced::Moved`]) and move it to `next`, in one transaction. `taken` is `None` when
-    /// the enrolment leaves or retries without taking the step.
+    /// Take each enrolment's current step (still `enrollment.step` and active, in a drip still
+    /// active, else [`Advanced::Moved`] for it) and move it to its `next`, all in one
+    /// transaction: the messages of the steps taken are stored together. When the credits do
+    /// not cover them all, nothing changes and every one answers [`Advanced::Refused`].
+    async fn advance_enrollments(
+        &self,
+        steps: &[Advance],
+        now: Timestamp,
+    ) -> Result<Vec<Advanced>, StoreError>;
+
+    /// [`AutomationStore::advance_enrollments`] for one enrolment.
     async fn advance_enrollment(
         &self,
         enrollment: &Enrollment,
         taken: Option<StepTaken>,
         next: Next,
         now: Timestamp,
-    ) -> Result<Advanced, StoreError>;
+    ) -> Result<Advanced, StoreError> {
+        let step = Advance {
+            enrollment: enrollment.clone(),
+            taken,
+            next,
+        };
+        let mut done = self.advance_enrollments(&[step], now).await?;
+        done.pop()
+            .ok_or_else(|| StoreError::Corrupt("no outcome for a step".into()))
+    }
 
     async fn get_enrollment(
         &self,
@@ -402,13 +465,24 @@ pub trait AutomationStore {
 
     async fn drip_stats(&self, org_id: Uuid, drip_id: Uuid) -> Result<DripStats, StoreError>;
 
+    /// When each of `phones` last sent the organization anything (those that never did are
+    /// absent).
+    async fn last_replies(
+        &self,
+        org_id: Uuid,
+        phones: &[String],
+    ) -> Result<std::collections::HashMap<String, Timestamp>, StoreError>;
+
     /// Whether `phone` sent the organization anything after `since`.
     async fn replied_since(
         &self,
         org_id: Uuid,
         phone: &str,
         since: Timestamp,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let last = self.last_replies(org_id, &[phone.to_owned()]).await?;
+        Ok(last.get(phone).is_some_and(|at| *at > since))
+    }
 
     // --- triggers -----------------------------------------------------------------------------
 

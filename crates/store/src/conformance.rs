@@ -180,6 +180,7 @@ macro_rules! conformance_tests {
             a_step_is_taken_once_with_its_message,
             concurrent_takers_of_a_step_send_it_once,
             a_step_the_credits_do_not_cover_changes_nothing,
+            a_batch_of_steps_is_taken_together,
             drip_stats_count_enrolments_by_state_and_steps_by_message,
             replies_are_found_after_a_time_and_only_the_organizations,
             triggers_are_stored_listed_and_changed_only_in_their_scope,

@@ -189,6 +189,25 @@ pub(crate) async fn compose(
     extra: Option<&Map<String, Value>>,
     to: &Recipient,
 ) -> Result<Result<NewMessage, Skip>, StoreError> {
+    if !engine
+        .store
+        .opted_out_among(sender.org.id, std::slice::from_ref(&to.phone))
+        .await?
+        .is_empty()
+    {
+        return Ok(Err("opted_out".into()));
+    }
+    compose_checked(engine, sender, ready, extra, to).await
+}
+
+/// [`compose`] for a recipient already known not to have opted out.
+pub(crate) async fn compose_checked(
+    engine: &Engine,
+    sender: Sender<'_>,
+    ready: &Ready,
+    extra: Option<&Map<String, Value>>,
+    to: &Recipient,
+) -> Result<Result<NewMessage, Skip>, StoreError> {
     let Sender {
         org,
         scope,
@@ -196,14 +215,6 @@ pub(crate) async fn compose(
         kind,
         from,
     } = sender;
-    if !engine
-        .store
-        .opted_out_among(org.id, std::slice::from_ref(&to.phone))
-        .await?
-        .is_empty()
-    {
-        return Ok(Err("opted_out".into()));
-    }
     if kind == MessageType::Promotional && !to.contact.as_ref().is_some_and(|c| c.consent) {
         return Ok(Err("no_consent".into()));
     }

@@ -7,13 +7,14 @@
 //! once. A sweep records how far it got (`swept_until`) only when it finished, so a crash
 //! mid-sweep means the next sweep looks again, and firings already made are not repeated.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_domain::message::Mode;
+use herald_domain::phone::PhoneNumber;
 use herald_store::{
-    Advanced, Drip, Enrollment, Fired, Next, Organization, Scope, StepTaken, StoreError, Trigger,
-    TriggerKind,
+    Advance, Advanced, Contact, Drip, Enrollment, Fired, Next, Organization, Scope, StepTaken,
+    StoreError, Trigger, TriggerKind,
 };
 use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -21,13 +22,13 @@ use uuid::Uuid;
 
 use super::drips::DripSpec;
 use super::triggers::{TriggerSpec, age_slack, fire, ready};
-use super::{Ready, Recipient, Sender, check_content, compose, recipient_of_phone};
+use super::{Ready, Recipient, Sender, check_content, compose_checked};
 use crate::Engine;
 
 /// How often each process looks for due steps and new contacts.
 pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Enrolments read per batch, and batches per pass (the rest wait for the next pass).
-const BATCH: u32 = 200;
+const BATCH: u32 = 500;
 const BATCHES: usize = 10;
 /// Contacts read per page of a sweep, and pages per trigger per pass.
 const PAGE: u32 = 200;
@@ -78,9 +79,7 @@ pub async fn tick(engine: &Arc<Engine>) -> Result<Pass, StoreError> {
         let now = engine.clock.now();
         let due = engine.store.due_enrollments(now, BATCH).await?;
         let full = due.len() == BATCH as usize;
-        for enrollment in due {
-            take_step(engine, &mut cache, &enrollment, now, &mut pass).await?;
-        }
+        take_steps(engine, &mut cache, due, now, &mut pass).await?;
         if !full {
             break;
         }
@@ -174,104 +173,179 @@ fn drip_sender<'a>(org: &'a Organization, drip: &Drip, spec: &'a DripSpec) -> Se
     }
 }
 
-/// Take an enrolment's due step, or let it leave.
-async fn take_step(
+/// Take the due steps of `due` (or let the enrolments leave), all stored in one transaction.
+async fn take_steps(
     engine: &Engine,
     cache: &mut Cache,
-    e: &Enrollment,
+    due: Vec<Enrollment>,
     now: Timestamp,
     pass: &mut Pass,
 ) -> Result<(), StoreError> {
     let store = engine.store.as_ref();
-    let (Some((drip, spec)), Some(org)) = (
-        cache.drip(engine, e).await?,
-        cache.org(engine, e.org_id).await?,
-    ) else {
-        return Ok(());
-    };
-    let to = match e.contact_id {
-        Some(id) => store
-            .contacts_by_id(e.org_id, &[id])
-            .await?
-            .pop()
-            .map(Recipient::of),
-        None => recipient_of_phone(engine, &org, &e.phone).await?,
-    };
-    let exit = |reason: &str| Next::Exited(reason.to_owned());
-    let next = match &to {
-        None => Some(exit("contact_deleted")),
-        Some(to)
-            if !store
-                .opted_out_among(e.org_id, std::slice::from_ref(&to.phone))
+    let mut by_org: BTreeMap<Uuid, Vec<Enrollment>> = BTreeMap::new();
+    for e in due {
+        by_org.entry(e.org_id).or_default().push(e);
+    }
+    let mut planned = Vec::new();
+    for (org_id, group) in by_org {
+        let Some(org) = cache.org(engine, org_id).await? else {
+            continue;
+        };
+        let recipients = recipients(engine, &org, &group).await?;
+        let phones: Vec<String> = recipients
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|r| r.phone.clone()))
+            .collect();
+        let opted_out: HashSet<String> = if phones.is_empty() {
+            HashSet::new()
+        } else {
+            store
+                .opted_out_among(org_id, &phones)
                 .await?
-                .is_empty() =>
-        {
-            Some(exit("opted_out"))
+                .into_iter()
+                .map(|o| o.phone)
+                .collect()
+        };
+        let replies = store.last_replies(org_id, &phones).await?;
+        for (e, to) in group.into_iter().zip(recipients) {
+            let Some((drip, spec)) = cache.drip(engine, &e).await? else {
+                continue;
+            };
+            let exit = |reason: &str| (None, Next::Exited(reason.to_owned()));
+            let replied = |to: &Recipient| {
+                spec.exit_on_reply && replies.get(&to.phone).is_some_and(|at| *at > e.enrolled_at)
+            };
+            let (taken, next) = match to {
+                Err(reason) => exit(reason),
+                Ok(to) if opted_out.contains(&to.phone) => exit("opted_out"),
+                Ok(to) if replied(&to) => exit("replied"),
+                Ok(_) if e.step as usize >= spec.steps.len() => (None, Next::Completed),
+                Ok(to) => match cache.step(engine, &org, &drip, &spec, e.step).await? {
+                    Err(error) => (
+                        None,
+                        Next::Retry {
+                            at: now + RETRY_AFTER,
+                            error,
+                        },
+                    ),
+                    Ok(ready) => {
+                        let sender = drip_sender(&org, &drip, &spec);
+                        // Opt-outs were read for the whole batch above.
+                        let taken = match compose_checked(engine, sender, &ready, None, &to).await?
+                        {
+                            Ok(message) => StepTaken::Sent(Box::new(message)),
+                            Err(skip) => StepTaken::Skipped(skip),
+                        };
+                        let next = match spec.due(e.step as usize + 1, now, &to) {
+                            Some(at) => Next::Step {
+                                step: e.step + 1,
+                                at,
+                            },
+                            None => Next::Completed,
+                        };
+                        (Some(taken), next)
+                    }
+                },
+            };
+            planned.push(Advance {
+                enrollment: e,
+                taken,
+                next,
+            });
         }
-        Some(to)
-            if spec.exit_on_reply
-                && store
-                    .replied_since(e.org_id, &to.phone, e.enrolled_at)
-                    .await? =>
-        {
-            Some(exit("replied"))
-        }
-        Some(_) if e.step as usize >= spec.steps.len() => Some(Next::Completed),
-        Some(_) => None,
-    };
-    if let Some(next) = next {
-        if store.advance_enrollment(e, None, next.clone(), now).await? == Advanced::Done {
-            match next {
-                Next::Completed => pass.completed += 1,
-                _ => pass.exited += 1,
-            }
+    }
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let outcomes = store.advance_enrollments(&planned, now).await?;
+    if !outcomes.iter().any(|o| matches!(o, Advanced::Refused(_))) {
+        for (a, outcome) in planned.iter().zip(outcomes) {
+            count(pass, a, &outcome);
         }
         return Ok(());
     }
-    let Some(to) = to else { return Ok(()) };
-    let ready = match cache.step(engine, &org, &drip, &spec, e.step).await? {
-        Ok(ready) => ready,
-        Err(error) => {
-            let retry = Next::Retry {
-                at: now + RETRY_AFTER,
-                error,
-            };
-            store.advance_enrollment(e, None, retry, now).await?;
-            return Ok(());
-        }
-    };
-    let taken = match compose(engine, drip_sender(&org, &drip, &spec), &ready, None, &to).await? {
-        Ok(message) => StepTaken::Sent(Box::new(message)),
-        Err(skip) => StepTaken::Skipped(skip),
-    };
-    let index = e.step as usize;
-    let next = match spec.due(index + 1, now, &to) {
-        Some(at) => Next::Step {
-            step: e.step + 1,
-            at,
-        },
-        None => Next::Completed,
-    };
-    match store
-        .advance_enrollment(e, Some(taken), next.clone(), now)
-        .await?
-    {
-        Advanced::Done => {
-            pass.steps += 1;
-            if next == Next::Completed {
-                pass.completed += 1;
+    // The credits do not cover the whole batch: one by one, so those they cover go out and
+    // the rest wait.
+    for a in planned {
+        let e = &a.enrollment;
+        match store
+            .advance_enrollment(e, a.taken.clone(), a.next.clone(), now)
+            .await?
+        {
+            Advanced::Refused(refusal) => {
+                let retry = Next::Retry {
+                    at: now + RETRY_AFTER,
+                    error: crate::broadcasts::refusal_code(&refusal),
+                };
+                store.advance_enrollment(e, None, retry, now).await?;
             }
-        }
-        Advanced::Moved => {}
-        Advanced::Refused(refusal) => {
-            let retry = Next::Retry {
-                at: now + RETRY_AFTER,
-                error: crate::broadcasts::refusal_code(&refusal),
-            };
-            store.advance_enrollment(e, None, retry, now).await?;
+            outcome => count(pass, &a, &outcome),
         }
     }
     Ok(())
+}
+
+fn count(pass: &mut Pass, a: &Advance, outcome: &Advanced) {
+    if *outcome != Advanced::Done {
+        return;
+    }
+    pass.steps += u64::from(a.taken.is_some());
+    match a.next {
+        Next::Completed => pass.completed += 1,
+        Next::Exited(_) => pass.exited += 1,
+        Next::Step { .. } | Next::Retry { .. } => {}
+    }
+}
+
+/// Whom each enrolment's next step goes to, or why it leaves: its contact (deleted since:
+/// `contact_deleted`), or its number with the contact that now has it.
+async fn recipients(
+    engine: &Engine,
+    org: &Organization,
+    group: &[Enrollment],
+) -> Result<Vec<Result<Recipient, &'static str>>, StoreError> {
+    let store = engine.store.as_ref();
+    let ids: Vec<Uuid> = group.iter().filter_map(|e| e.contact_id).collect();
+    let contacts: HashMap<Uuid, Contact> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .contacts_by_id(org.id, &ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect()
+    };
+    let bare: Vec<&str> = group
+        .iter()
+        .filter(|e| e.contact_id.is_none())
+        .map(|e| e.phone.as_str())
+        .collect();
+    let by_phone = if bare.is_empty() {
+        HashMap::new()
+    } else {
+        store.find_contacts_by_phone(org.id, &bare).await?
+    };
+    Ok(group
+        .iter()
+        .map(|e| match e.contact_id {
+            Some(id) => contacts
+                .get(&id)
+                .cloned()
+                .map(Recipient::of)
+                .ok_or("contact_deleted"),
+            None => match by_phone.get(&e.phone) {
+                Some(contact) => Ok(Recipient::of(contact.clone())),
+                None => PhoneNumber::parse(&e.phone, Some(org.default_region))
+                    .map(|number| Recipient {
+                        phone: e.phone.clone(),
+                        country: number.region(),
+                        contact: None,
+                    })
+                    .map_err(|_| "invalid_phone"),
+            },
+        })
+        .collect())
 }
 
 /// Sweep one contact trigger: fire it for every contact whose moment came since the last

@@ -782,6 +782,104 @@ pub async fn a_step_the_credits_do_not_cover_changes_nothing(subject: &Subject) 
     assert!(stored(store, scope, unpaid.id).await);
 }
 
+/// A batch of steps is one transaction: a step taken elsewhere answers `Moved` and sends
+/// nothing while the rest go through; when the credits do not cover every message, nothing
+/// of the batch changes.
+pub async fn a_batch_of_steps_is_taken_together(subject: &Subject) {
+    let store = subject.store.as_ref();
+    let scope = organization(store, "acme").await;
+    grant(store, scope.org_id, 3).await;
+    let d = drip(scope, "welcome");
+    create_drip(store, &d).await;
+    let e: Vec<Enrollment> = [
+        "+12025550101",
+        "+12025550102",
+        "+12025550103",
+        "+12025550104",
+    ]
+    .iter()
+    .map(|phone| enrollment(&d, phone, at(1)))
+    .collect();
+    assert_eq!(store.enrol(&e).await.unwrap(), 4);
+    let next = Next::Step {
+        step: 1,
+        at: at(100),
+    };
+    // The second was taken elsewhere first.
+    let elsewhere = step_message(&d, &e[1], at(2));
+    assert_eq!(
+        advance(store, &e[1], sent(&elsewhere), next.clone(), at(2)).await,
+        Advanced::Done
+    );
+    let batch = |messages: &[NewMessage]| -> Vec<Advance> {
+        e[..3]
+            .iter()
+            .zip(messages)
+            .map(|(e, m)| Advance {
+                enrollment: e.clone(),
+                taken: sent(m),
+                next: next.clone(),
+            })
+            .chain(std::iter::once(Advance {
+                enrollment: e[3].clone(),
+                taken: None,
+                next: Next::Exited("opted_out".into()),
+            }))
+            .collect()
+    };
+    let messages: Vec<NewMessage> = e[..3].iter().map(|e| step_message(&d, e, at(3))).collect();
+    assert_eq!(
+        store
+            .advance_enrollments(&batch(&messages), at(3))
+            .await
+            .unwrap(),
+        vec![
+            Advanced::Done,
+            Advanced::Moved,
+            Advanced::Done,
+            Advanced::Done
+        ]
+    );
+    assert!(stored(store, scope, messages[0].id).await);
+    assert!(
+        !stored(store, scope, messages[1].id).await,
+        "the moved step sent nothing"
+    );
+    assert!(stored(store, scope, messages[2].id).await);
+    assert_eq!(
+        read_enrollment(store, &e[3]).await.state,
+        EnrollmentState::Exited
+    );
+    assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 3);
+
+    // Three more messages with no credit left: the whole batch changes nothing.
+    let d2 = drip(scope, "second");
+    create_drip(store, &d2).await;
+    let f: Vec<Enrollment> = ["+12025550105", "+12025550106"]
+        .iter()
+        .map(|phone| enrollment(&d2, phone, at(1)))
+        .collect();
+    store.enrol(&f).await.unwrap();
+    let refused: Vec<Advance> = f
+        .iter()
+        .map(|e| Advance {
+            enrollment: e.clone(),
+            taken: sent(&step_message(&d2, e, at(4))),
+            next: next.clone(),
+        })
+        .collect();
+    let outcomes = store.advance_enrollments(&refused, at(4)).await.unwrap();
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Advanced::Refused(_))),
+        "{outcomes:?}"
+    );
+    for e in &f {
+        assert_eq!(read_enrollment(store, e).await, *e, "nothing moved");
+    }
+    assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 3);
+    assert_eq!(reserved(store, scope.org_id).await, 3);
+}
+
 pub async fn drip_stats_count_enrolments_by_state_and_steps_by_message(subject: &Subject) {
     let store = subject.store.as_ref();
     let scope = organization(store, "acme").await;
@@ -992,6 +1090,22 @@ pub async fn replies_are_found_after_a_time_and_only_the_organizations(subject: 
             .replied_since(scope.org_id, "+12025550102", at(50))
             .await
             .unwrap()
+    );
+    let last = store
+        .last_replies(
+            scope.org_id,
+            &[
+                phone.to_owned(),
+                "+12025550102".to_owned(),
+                "+12025550103".to_owned(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        last,
+        [(phone.to_owned(), at(100))].into(),
+        "only this organization's"
     );
 }
 
