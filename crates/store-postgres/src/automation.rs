@@ -318,59 +318,41 @@ impl AutomationStore for PostgresStore {
         steps: &[Advance],
         now: Timestamp,
     ) -> Result<Vec<Advanced>, StoreError> {
-        let mut ids = Vec::with_capacity(steps.len());
-        let mut org_ids = Vec::with_capacity(steps.len());
-        let mut old_steps = Vec::with_capacity(steps.len());
-        let mut new_steps = Vec::with_capacity(steps.len());
-        let mut next_ats = Vec::with_capacity(steps.len());
-        let mut states = Vec::with_capacity(steps.len());
-        let mut reasons = Vec::with_capacity(steps.len());
-        let mut errors = Vec::with_capacity(steps.len());
-        for a in steps {
+        // Rows are written in id order, so two processes taking overlapping batches wait for
+        // each other instead of deadlocking. One statement per row: each is a primary-key
+        // probe whatever the table's statistics say (a batch just enrolled has none yet).
+        let mut order: Vec<&Advance> = steps.iter().collect();
+        order.sort_by_key(|a| a.enrollment.id);
+        let mut tx = self.begin().await?;
+        let mut moved = Vec::with_capacity(steps.len());
+        for a in order {
             let e = &a.enrollment;
             let (step, next_at, state, reason, error) = a.next.target(e, a.taken.is_some());
-            ids.push(e.id);
-            org_ids.push(e.org_id);
-            old_steps.push(int(e.step)?);
-            new_steps.push(int(step)?);
-            next_ats.push(next_at.map(ts));
-            states.push(state.as_str());
-            reasons.push(reason);
-            errors.push(error);
-        }
-        let mut tx = self.begin().await?;
-        // Lock the rows in id order first, so two processes taking overlapping batches wait for
-        // each other instead of deadlocking.
-        sqlx::query("SELECT id FROM drip_enrollments WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
+            // The compare-and-set comes first: a step taken elsewhere, or an enrolment that
+            // left, writes nothing of its own.
+            let done = sqlx::query(
+                "UPDATE drip_enrollments SET step = $1, next_at = $2, state = $3, reason = $4,
+                     error = $5, updated_at = $6
+                 WHERE id = $7 AND org_id = $8 AND step = $9 AND state = 'active'
+                   AND EXISTS (SELECT 1 FROM drips d
+                               WHERE d.id = drip_enrollments.drip_id AND d.status = 'active')",
+            )
+            .bind(int(step)?)
+            .bind(next_at.map(ts))
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(error)
+            .bind(ts(now))
+            .bind(e.id)
+            .bind(e.org_id)
+            .bind(int(e.step)?)
+            .execute(&mut *tx)
             .await
-            .ctx("failed to lock enrolments")?;
-        // The compare-and-set comes first: a step taken elsewhere, or an enrolment that left,
-        // writes nothing of its own.
-        let moved: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE drip_enrollments e SET step = u.step, next_at = u.next_at, state = u.state,
-                 reason = u.reason, error = u.error, updated_at = $1
-             FROM unnest($2::uuid[], $3::uuid[], $4::int4[], $5::int4[], $6::timestamptz[],
-                         $7::text[], $8::text[], $9::text[])
-                  AS u(id, org_id, old_step, step, next_at, state, reason, error)
-             WHERE e.id = u.id AND e.org_id = u.org_id AND e.step = u.old_step
-               AND e.state = 'active'
-               AND EXISTS (SELECT 1 FROM drips d WHERE d.id = e.drip_id AND d.status = 'active')
-             RETURNING e.id",
-        )
-        .bind(ts(now))
-        .bind(&ids)
-        .bind(&org_ids)
-        .bind(&old_steps)
-        .bind(&new_steps)
-        .bind(&next_ats)
-        .bind(&states)
-        .bind(&reasons)
-        .bind(&errors)
-        .fetch_all(&mut *tx)
-        .await
-        .ctx("failed to advance enrolments")?;
+            .ctx("failed to advance an enrolment")?;
+            if done.rows_affected() == 1 {
+                moved.push(e.id);
+            }
+        }
         let moved: std::collections::HashSet<Uuid> = moved.into_iter().collect();
         let mut outcomes = Vec::with_capacity(steps.len());
         let mut messages = Vec::new();

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::audience::bind_rule;
+use crate::bulk;
 use crate::convert::{self, Ctx, micros};
 use crate::{broadcasts, contacts, messages};
 
@@ -262,10 +263,33 @@ impl AutomationStore for SqliteStore {
     async fn enrol(&self, enrollments: &[Enrollment]) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         let mut enrolled = 0;
-        for e in enrollments {
-            if insert_enrollment(&mut tx, e).await? {
-                enrolled += 1;
-            }
+        for range in bulk::chunks(enrollments.len()) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO drip_enrollments (id, org_id, drip_id, phone, contact_id, source, \
+                 step, next_at, state, reason, error, enrolled_at, updated_at) ",
+            );
+            query.push_values(&enrollments[range], |mut row, e| {
+                row.push_bind(e.id)
+                    .push_bind(e.org_id)
+                    .push_bind(e.drip_id)
+                    .push_bind(&e.phone)
+                    .push_bind(e.contact_id)
+                    .push_bind(&e.source)
+                    .push_bind(i64::from(e.step))
+                    .push_bind(e.next_at.map(micros))
+                    .push_bind(e.state.as_str())
+                    .push_bind(&e.reason)
+                    .push_bind(&e.error)
+                    .push_bind(micros(e.enrolled_at))
+                    .push_bind(micros(e.updated_at));
+            });
+            query.push(" ON CONFLICT (drip_id, phone) DO NOTHING");
+            enrolled += query
+                .build()
+                .execute(&mut *tx)
+                .await
+                .ctx("failed to enrol numbers")?
+                .rows_affected();
         }
         tx.commit().await.ctx("failed to commit enrolments")?;
         Ok(enrolled)
