@@ -150,6 +150,26 @@ async fn a_drip_is_left_by_stop_and_by_reply(s: &TestServer, clock: &Arc<ManualC
         .await;
         assert_eq!(status, 201, "{reply}");
     }
+    // They leave at once, before their next step is due.
+    let (_, now) = call(s, Method::GET, &format!("/v1/drips/{id}/enrollments"), None).await;
+    let states: Vec<(Value, Value, Value)> = now["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["phone"].clone(), e["state"].clone(), e["reason"].clone()))
+        .collect();
+    assert!(
+        states.contains(&(json!(stopper), json!("exited"), json!("opted_out"))),
+        "{now}"
+    );
+    assert!(
+        states.contains(&(json!(replier), json!("exited"), json!("replied"))),
+        "{now}"
+    );
+    assert!(
+        states.contains(&(json!(stayer), json!("active"), Value::Null)),
+        "{now}"
+    );
     clock.advance(SignedDuration::from_hours(48));
     let page = until(s, &format!("/v1/drips/{id}/enrollments"), |page| {
         page["data"]

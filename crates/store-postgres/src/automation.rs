@@ -404,6 +404,23 @@ impl AutomationStore for PostgresStore {
         Ok(outcomes)
     }
 
+    async fn active_enrollments(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<Enrollment>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM drip_enrollments e
+             WHERE e.org_id = $1 AND e.phone = $2 AND e.state = 'active' ORDER BY e.id"
+        )))
+        .bind(org_id)
+        .bind(phone)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("failed to read a number's enrolments")?;
+        rows.iter().map(enrollment).collect()
+    }
+
     async fn get_enrollment(
         &self,
         org_id: Uuid,

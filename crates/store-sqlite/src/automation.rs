@@ -386,6 +386,23 @@ impl AutomationStore for SqliteStore {
         Ok(outcomes)
     }
 
+    async fn active_enrollments(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<Enrollment>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM drip_enrollments
+             WHERE org_id = ?1 AND phone = ?2 AND state = 'active' ORDER BY id"
+        )))
+        .bind(org_id)
+        .bind(phone)
+        .fetch_all(&self.reader)
+        .await
+        .ctx("failed to read a number's enrolments")?;
+        rows.iter().map(enrollment).collect()
+    }
+
     async fn get_enrollment(
         &self,
         org_id: Uuid,

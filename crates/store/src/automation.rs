@@ -440,6 +440,13 @@ pub trait AutomationStore {
             .ok_or_else(|| StoreError::Corrupt("no outcome for a step".into()))
     }
 
+    /// The active enrolments of `phone` in the organization's drips.
+    async fn active_enrollments(
+        &self,
+        org_id: Uuid,
+        phone: &str,
+    ) -> Result<Vec<Enrollment>, StoreError>;
+
     async fn get_enrollment(
         &self,
         org_id: Uuid,

@@ -210,15 +210,24 @@ pub(crate) async fn act_on_keyword(
         opt_out: settings.opt_out_words,
         opt_in: settings.opt_in_words,
     };
-    let Some(keyword) = Keyword::of_with(&message.body, &extra) else {
-        return Ok(None);
-    };
+    let keyword = Keyword::of_with(&message.body, &extra);
     // Only a phone number can be suppressed (not, say, a chat channel's address).
     let Ok(sender) = PhoneNumber::parse(&message.from, None) else {
         return Ok(None);
     };
     let engine = &state.engine;
     let phone = sender.e164();
+    let opted_out = keyword == Some(Keyword::OptOut);
+    // An opt-out or a reply ends the drips the number is in; the suppression list below is
+    // checked again when a step comes due, so a failure here loses nothing.
+    if let Err(error) =
+        herald_engine::automation::drips::on_inbound(engine, org_id, phone, opted_out).await
+    {
+        tracing::warn!(%error, "failed to end drips on an inbound message");
+    }
+    let Some(keyword) = keyword else {
+        return Ok(None);
+    };
     match keyword {
         Keyword::OptOut => {
             engine

@@ -8,10 +8,10 @@
 
 use std::collections::HashSet;
 
-use herald_domain::message::MessageType;
+use herald_domain::message::{MessageType, Mode};
 use herald_store::{
-    CampaignCreation, Drip, DripStatus, Enrollment, EnrollmentState, IdempotencyRecord,
-    Organization, Scope, StoreError,
+    Advanced, CampaignCreation, Drip, DripStatus, Enrollment, EnrollmentState, IdempotencyRecord,
+    Next, Organization, Scope, StoreError,
 };
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -475,4 +475,52 @@ pub(crate) fn enrollment(
         enrolled_at: now,
         updated_at: now,
     }
+}
+
+/// The drip an enrolment is in, with its spec (an enrolment knows its organization, not the
+/// mode its drip was made in).
+pub(crate) async fn drip_of(
+    engine: &Engine,
+    e: &Enrollment,
+) -> Result<Option<(Drip, DripSpec)>, StoreError> {
+    for mode in [Mode::Live, Mode::Test] {
+        let scope = Scope {
+            org_id: e.org_id,
+            mode,
+        };
+        if let Some(drip) = engine.store.get_drip(scope, e.drip_id).await? {
+            let spec = DripSpec::of(&drip)?;
+            return Ok(Some((drip, spec)));
+        }
+    }
+    Ok(None)
+}
+
+/// `phone` texted the organization: it leaves at once every drip it is in that an opt-out
+/// (`opted_out`) or a reply ends. Answers how many it left. (A step coming due checks the same,
+/// so a message this misses, say while its drip is paused, still ends the enrolment.)
+pub async fn on_inbound(
+    engine: &Engine,
+    org_id: Uuid,
+    phone: &str,
+    opted_out: bool,
+) -> Result<u64, StoreError> {
+    let store = engine.store.as_ref();
+    let now = engine.clock.now();
+    let mut left = 0;
+    for e in store.active_enrollments(org_id, phone).await? {
+        let reason = if opted_out {
+            "opted_out"
+        } else {
+            match drip_of(engine, &e).await? {
+                Some((_, spec)) if spec.exit_on_reply => "replied",
+                _ => continue,
+            }
+        };
+        let exit = Next::Exited(reason.to_owned());
+        if store.advance_enrollment(&e, None, exit, now).await? == Advanced::Done {
+            left += 1;
+        }
+    }
+    Ok(left)
 }

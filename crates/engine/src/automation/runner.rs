@@ -10,11 +10,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use herald_domain::message::Mode;
 use herald_domain::phone::PhoneNumber;
 use herald_store::{
-    Advance, Advanced, Contact, Drip, Enrollment, Fired, Next, Organization, Scope, StepTaken,
-    StoreError, Trigger, TriggerKind,
+    Advance, Advanced, Contact, Drip, Enrollment, Fired, Next, Organization, StepTaken, StoreError,
+    Trigger, TriggerKind,
 };
 use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -122,19 +121,7 @@ impl Cache {
         if let Some(drip) = self.drips.get(&e.drip_id) {
             return Ok(drip.clone());
         }
-        let mut found = None;
-        // An enrolment knows its organization, not the mode its drip was made in.
-        for mode in [Mode::Live, Mode::Test] {
-            let scope = Scope {
-                org_id: e.org_id,
-                mode,
-            };
-            if let Some(drip) = engine.store.get_drip(scope, e.drip_id).await? {
-                let spec = DripSpec::of(&drip)?;
-                found = Some((drip, spec));
-                break;
-            }
-        }
+        let found = super::drips::drip_of(engine, e).await?;
         self.drips.insert(e.drip_id, found.clone());
         Ok(found)
     }

@@ -851,6 +851,28 @@ pub async fn a_batch_of_steps_is_taken_together(subject: &Subject) {
         EnrollmentState::Exited
     );
     assert_eq!(store.count_messages(scope.org_id).await.unwrap(), 3);
+    // A number's active enrolments: the one still going, not the one that left, and not
+    // another organization's.
+    let active = store
+        .active_enrollments(scope.org_id, &e[0].phone)
+        .await
+        .unwrap();
+    assert_eq!(active, vec![read_enrollment(store, &e[0]).await]);
+    assert!(
+        store
+            .active_enrollments(scope.org_id, &e[3].phone)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = organization(store, "globex").await;
+    assert!(
+        store
+            .active_enrollments(other.org_id, &e[0].phone)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Three more messages with no credit left: the whole batch changes nothing.
     let d2 = drip(scope, "second");
