@@ -474,16 +474,7 @@ pub(crate) async fn check_recipients(
             _ => None,
         })
         .collect();
-    let contacts: HashMap<Uuid, Contact> = if contact_ids.is_empty() {
-        HashMap::new()
-    } else {
-        store
-            .contacts_by_id(org_id, &contact_ids)
-            .await?
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect()
-    };
+    let contacts = crate::contacts::by_id(store, org_id, &contact_ids).await?;
     let statuses = if recipients
         .iter()
         .any(|r| matches!(r, Recipient::LeadStatus(_)))
@@ -905,16 +896,7 @@ impl Resolver {
         self.counts.duplicates += (before - valid.len()) as u64;
 
         let phones: Vec<String> = valid.iter().map(|(p, _, _)| p.clone()).collect();
-        let opted_out: HashSet<String> = if phones.is_empty() {
-            HashSet::new()
-        } else {
-            store
-                .opted_out_among(org_id, &phones)
-                .await?
-                .into_iter()
-                .map(|o| o.phone)
-                .collect()
-        };
+        let opted_out = crate::contacts::opted_out(store.as_ref(), org_id, &phones).await?;
 
         let promotional = self.request.kind == MessageType::Promotional;
         let mut messages = Vec::with_capacity(valid.len());

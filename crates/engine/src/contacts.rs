@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_domain::phone::PhoneNumber;
 use herald_store::{
-    ContactImport, ContactPatch, ContactUpsert, ImportStatus, Organization, RowError, Store,
-    StoreError, Upserted,
+    Contact, ContactImport, ContactPatch, ContactUpsert, ImportStatus, Organization, RowError,
+    Store, StoreError, Upserted,
 };
 use serde_json::{Map, Number, Value};
 use tokio::sync::mpsc;
@@ -842,6 +842,40 @@ fn typed(text: &str) -> Value {
         }
     }
     Value::String(text.to_owned())
+}
+
+/// The organization's contacts among `ids` that still exist, by id (no read when there are none).
+pub(crate) async fn by_id(
+    store: &dyn Store,
+    org_id: Uuid,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Contact>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(store
+        .contacts_by_id(org_id, ids)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect())
+}
+
+/// Which of `phones` are on the organization's suppression list (no read when there are none).
+pub(crate) async fn opted_out(
+    store: &dyn Store,
+    org_id: Uuid,
+    phones: &[String],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if phones.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(store
+        .opted_out_among(org_id, phones)
+        .await?
+        .into_iter()
+        .map(|o| o.phone)
+        .collect())
 }
 
 #[cfg(test)]

@@ -66,6 +66,27 @@ use intake::{FieldError, IntakeConfig, SendRequest};
 use maintenance::{Maintenance, MaintenanceConfig};
 use recorder::Recorder;
 
+/// How creating something that takes an idempotency key went (a campaign, a drip, a trigger).
+#[derive(Debug)]
+pub enum Created<T> {
+    Created(T),
+    /// The key was used before with the same request: the id of what was created then.
+    Replayed(Uuid),
+    /// The key was used before with a different request; nothing was stored.
+    KeyReused,
+}
+
+impl<T> Created<T> {
+    /// What the store said of storing `made`.
+    pub(crate) fn of(creation: herald_store::CampaignCreation, made: T) -> Created<T> {
+        match creation {
+            herald_store::CampaignCreation::Created => Created::Created(made),
+            herald_store::CampaignCreation::Replayed(id) => Created::Replayed(id),
+            herald_store::CampaignCreation::KeyReused => Created::KeyReused,
+        }
+    }
+}
+
 /// Everything the engine can be tuned by.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 
 use herald_domain::message::{MessageType, Mode};
 use herald_store::{
-    Advanced, CampaignCreation, Drip, DripStatus, Enrollment, EnrollmentState, IdempotencyRecord,
-    Next, Organization, Scope, StoreError,
+    Advanced, Drip, DripStatus, Enrollment, EnrollmentState, IdempotencyRecord, Next, Organization,
+    Scope, StoreError,
 };
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Content, Ready, Recipient, Sender, check_content, next_time, parse_delay, parse_json};
+use super::{
+    Content, Ready, Recipient, Sender, check_content, merge_patch, next_time, parse_delay,
+    parse_json,
+};
 use crate::Engine;
 use crate::accounts::FieldError;
 use crate::broadcasts::{self, Position, Recipient as Entry};
@@ -204,14 +207,8 @@ pub async fn check(
     })
 }
 
-/// The outcome of creating a drip.
-#[derive(Debug)]
-pub enum Created {
-    Created(Drip),
-    /// The idempotency key was used before with this request: the drip created then.
-    Replayed(Uuid),
-    KeyReused,
-}
+/// How [`create`] went.
+pub type Created = crate::Created<Drip>;
 
 /// Create a drip; it takes steps from the start (`active`).
 pub async fn create(
@@ -238,17 +235,11 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    Ok(Ok(
-        match engine
-            .store
-            .create_drip(&drip, idempotency.as_ref(), now)
-            .await?
-        {
-            CampaignCreation::Created => Created::Created(drip),
-            CampaignCreation::Replayed(id) => Created::Replayed(id),
-            CampaignCreation::KeyReused => Created::KeyReused,
-        },
-    ))
+    let creation = engine
+        .store
+        .create_drip(&drip, idempotency.as_ref(), now)
+        .await?;
+    Ok(Ok(Created::of(creation, drip)))
 }
 
 /// Why a change to a drip was refused.
@@ -284,12 +275,7 @@ pub async fn update(
         let Some(current) = engine.store.get_drip(scope, id).await? else {
             return Ok(Err(Refused::NotFound));
         };
-        let mut merged = match current.spec.clone() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        merged.extend(patch.clone());
-        let spec: DripSpec = match parse_json(Value::Object(merged)) {
+        let spec: DripSpec = match parse_json(merge_patch(&current.spec, &patch)) {
             Ok(spec) => spec,
             Err(error) => return Ok(Err(Refused::Invalid(vec![error]))),
         };

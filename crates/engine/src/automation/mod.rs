@@ -257,6 +257,17 @@ pub(crate) async fn compose_checked(
     Ok(Ok(message))
 }
 
+/// A stored spec with `patch`'s top-level fields in place of its own: how every `PATCH` of a
+/// campaign, drip or trigger reads.
+pub(crate) fn merge_patch(spec: &Value, patch: &Map<String, Value>) -> Value {
+    let mut merged = match spec {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    merged.extend(patch.clone());
+    Value::Object(merged)
+}
+
 /// Parse `value` as a `T`, naming the field at fault as the client wrote it (an unknown field
 /// by its own name).
 pub fn parse_json<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {

@@ -7,13 +7,13 @@
 //! once. A sweep records how far it got (`swept_until`) only when it finished, so a crash
 //! mid-sweep means the next sweep looks again, and firings already made are not repeated.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use herald_domain::phone::PhoneNumber;
 use herald_store::{
-    Advance, Advanced, Contact, Drip, Enrollment, Fired, Next, Organization, StepTaken, StoreError,
-    Trigger, TriggerKind,
+    Advance, Advanced, Drip, Enrollment, Fired, Next, Organization, StepTaken, StoreError, Trigger,
+    TriggerKind,
 };
 use jiff::{SignedDuration, Timestamp};
 use tokio_util::sync::CancellationToken;
@@ -183,16 +183,7 @@ async fn take_steps(
             .iter()
             .filter_map(|r| r.as_ref().ok().map(|r| r.phone.clone()))
             .collect();
-        let opted_out: HashSet<String> = if phones.is_empty() {
-            HashSet::new()
-        } else {
-            store
-                .opted_out_among(org_id, &phones)
-                .await?
-                .into_iter()
-                .map(|o| o.phone)
-                .collect()
-        };
+        let opted_out = crate::contacts::opted_out(store, org_id, &phones).await?;
         let replies = store.last_replies(org_id, &phones).await?;
         for (e, to) in group.into_iter().zip(recipients) {
             let Some((drip, spec)) = cache.drip(engine, &e).await? else {
@@ -293,16 +284,7 @@ async fn recipients(
 ) -> Result<Vec<Result<Recipient, &'static str>>, StoreError> {
     let store = engine.store.as_ref();
     let ids: Vec<Uuid> = group.iter().filter_map(|e| e.contact_id).collect();
-    let contacts: HashMap<Uuid, Contact> = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        store
-            .contacts_by_id(org.id, &ids)
-            .await?
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect()
-    };
+    let contacts = crate::contacts::by_id(store, org.id, &ids).await?;
     let bare: Vec<&str> = group
         .iter()
         .filter(|e| e.contact_id.is_none())

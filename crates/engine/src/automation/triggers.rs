@@ -9,8 +9,8 @@
 use herald_domain::message::MessageType;
 use herald_store::segment::{Limits, Rule, parse_rule};
 use herald_store::{
-    CampaignCreation, Drip, Fired, Firing, FiringAction, IdempotencyRecord, Organization, Scope,
-    StoreError, Trigger, TriggerKind,
+    Drip, Fired, Firing, FiringAction, IdempotencyRecord, Organization, Scope, StoreError, Trigger,
+    TriggerKind,
 };
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::drips::{DripSpec, enrollment};
 use super::{
-    Content, Ready, Recipient, Sender, check_content, compose, parse_json, recipient_of_phone,
+    Content, Ready, Recipient, Sender, check_content, compose, merge_patch, parse_json,
+    recipient_of_phone,
 };
 use crate::Engine;
 use crate::accounts::FieldError;
@@ -305,13 +306,8 @@ pub async fn check(
     })
 }
 
-/// The outcome of creating a trigger.
-#[derive(Debug)]
-pub enum Created {
-    Created(Trigger),
-    Replayed(Uuid),
-    KeyReused,
-}
+/// How [`create`] went.
+pub type Created = crate::Created<Trigger>;
 
 /// Create a trigger, active. A contact trigger looks at contacts created from now on.
 pub async fn create(
@@ -342,17 +338,11 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    Ok(Ok(
-        match engine
-            .store
-            .create_trigger(&trigger, idempotency.as_ref(), now)
-            .await?
-        {
-            CampaignCreation::Created => Created::Created(trigger),
-            CampaignCreation::Replayed(id) => Created::Replayed(id),
-            CampaignCreation::KeyReused => Created::KeyReused,
-        },
-    ))
+    let creation = engine
+        .store
+        .create_trigger(&trigger, idempotency.as_ref(), now)
+        .await?;
+    Ok(Ok(Created::of(creation, trigger)))
 }
 
 /// Why a change to a trigger was refused.
@@ -386,13 +376,9 @@ pub async fn update(
         let Some(current) = engine.store.get_trigger(scope, id).await? else {
             return Ok(Err(Refused::NotFound));
         };
-        let mut merged = match current.spec.clone() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
         if patch
             .get("event")
-            .is_some_and(|e| merged.get("event") != Some(e))
+            .is_some_and(|e| current.spec.get("event") != Some(e))
         {
             return Ok(Err(Refused::Invalid(vec![FieldError::new(
                 "event",
@@ -400,8 +386,7 @@ pub async fn update(
                 "what a trigger listens for cannot change; create another trigger",
             )])));
         }
-        merged.extend(patch.clone());
-        let spec: TriggerSpec = match parse_json(Value::Object(merged)) {
+        let spec: TriggerSpec = match parse_json(merge_patch(&current.spec, &patch)) {
             Ok(spec) => spec,
             Err(error) => return Ok(Err(Refused::Invalid(vec![error]))),
         };

@@ -21,8 +21,8 @@ use herald_domain::message::MessageType;
 use herald_domain::recurrence::Recurrence;
 use herald_domain::template::Template;
 use herald_store::{
-    Campaign, CampaignCreation, CampaignRefusal, CampaignRun, CampaignStatus, IdempotencyRecord,
-    Lease, Organization, RunPhase, Scope, StoreError, Transition,
+    Campaign, CampaignRefusal, CampaignRun, CampaignStatus, IdempotencyRecord, Lease, Organization,
+    RunPhase, Scope, StoreError, Transition,
 };
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
@@ -757,12 +757,7 @@ fn rename(field: &str, prefix: &str, sizes: &[(&str, usize)]) -> String {
 }
 
 /// How [`create`] went.
-#[derive(Debug)]
-pub enum Created {
-    Created(Campaign),
-    Replayed(Uuid),
-    KeyReused,
-}
+pub type Created = crate::Created<Campaign>;
 
 /// Create a campaign as a draft.
 pub async fn create(
@@ -793,17 +788,11 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    Ok(Ok(
-        match engine
-            .store
-            .create_campaign(&campaign, idempotency.as_ref(), now)
-            .await?
-        {
-            CampaignCreation::Created => Created::Created(campaign),
-            CampaignCreation::Replayed(id) => Created::Replayed(id),
-            CampaignCreation::KeyReused => Created::KeyReused,
-        },
-    ))
+    let creation = engine
+        .store
+        .create_campaign(&campaign, idempotency.as_ref(), now)
+        .await?;
+    Ok(Ok(Created::of(creation, campaign)))
 }
 
 /// Why a change to a campaign was refused.
@@ -840,14 +829,8 @@ pub async fn update(
         if !current.status.editable() {
             return Ok(Err(Refused::State(current.status)));
         }
-        let mut merged = match current.spec.clone() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        for (key, value) in &patch {
-            merged.insert(key.clone(), value.clone());
-        }
-        let spec: CampaignSpec = match parse_spec(Value::Object(merged)) {
+        let merged = crate::automation::merge_patch(&current.spec, &patch);
+        let spec: CampaignSpec = match parse_spec(merged) {
             Ok(spec) => spec,
             Err(error) => return Ok(Err(Refused::Invalid(vec![error]))),
         };

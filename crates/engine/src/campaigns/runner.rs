@@ -303,16 +303,7 @@ impl Worker {
         tracing::info!(run_id = %run.id, winner = %variant.name, "A/B test decided");
         while !held.is_empty() {
             let ids: Vec<Uuid> = held.iter().filter_map(|r| r.contact_id).collect();
-            let contacts: HashMap<Uuid, Contact> = if ids.is_empty() {
-                HashMap::new()
-            } else {
-                store
-                    .contacts_by_id(self.org.id, &ids)
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.id, c))
-                    .collect()
-            };
+            let contacts = crate::contacts::by_id(store.as_ref(), self.org.id, &ids).await?;
             let assigned: Vec<(u64, Option<String>)> = held
                 .iter()
                 .map(|r| {
@@ -366,16 +357,7 @@ impl Worker {
         // Quiet hours need promotional recipients' own zones.
         let contacts: HashMap<Uuid, Contact> = if kind == MessageType::Promotional {
             let ids: Vec<Uuid> = due.iter().filter_map(|r| r.contact_id).collect();
-            if ids.is_empty() {
-                HashMap::new()
-            } else {
-                store
-                    .contacts_by_id(self.org.id, &ids)
-                    .await?
-                    .into_iter()
-                    .map(|c| (c.id, c))
-                    .collect()
-            }
+            crate::contacts::by_id(store.as_ref(), self.org.id, &ids).await?
         } else {
             HashMap::new()
         };
@@ -514,16 +496,7 @@ pub(crate) async fn resolve_targets(
     }
     let valid = kept;
     let phones: Vec<String> = valid.iter().map(|(p, ..)| p.clone()).collect();
-    let opted_out: HashSet<String> = if phones.is_empty() {
-        HashSet::new()
-    } else {
-        store
-            .opted_out_among(org.id, &phones)
-            .await?
-            .into_iter()
-            .map(|o| o.phone)
-            .collect()
-    };
+    let opted_out = crate::contacts::opted_out(store, org.id, &phones).await?;
     let spec = &checked.spec;
     let promotional = spec.message_type() == MessageType::Promotional;
     let weights: Vec<u32> = checked.variants.iter().map(|v| v.weight).collect();
