@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use herald_domain::phone::Region;
 use herald_engine::campaigns::{
     self, Action, AudienceSpec, CampaignSpec, Created, Throttle, Variant, runner,
 };
-use herald_engine::clock::{Clock, SystemClock};
+use herald_engine::clock::SystemClock;
 use herald_engine::{Engine, EngineConfig};
-use herald_store::{CampaignStatus, ContactPatch, ContactUpsert};
+use herald_store::CampaignStatus;
 
 use crate::db::BenchDb;
 use crate::report::Report;
@@ -28,31 +27,9 @@ fn phone(i: u64) -> String {
 pub async fn run(options: &Options, db: &BenchDb) -> Result<Report> {
     let n = options.messages;
     let (org, scope) = db.organization().await?;
-    let clock = SystemClock;
 
     let seeding = Instant::now();
-    let us = Region::parse("US").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut start = 0;
-    while start < n {
-        let end = (start + 1_000).min(n);
-        let rows: Vec<ContactUpsert> = (start..end)
-            .map(|i| ContactUpsert {
-                phone: phone(i),
-                country: Some(us),
-                patch: ContactPatch::default(),
-            })
-            .collect();
-        db.store
-            .upsert_contacts(org.id, &rows, "new", clock.now())
-            .await?;
-        start = end;
-    }
-    let opted_out = n.div_ceil(100);
-    for i in (0..n).step_by(100) {
-        db.store
-            .opt_out(org.id, &phone(i), "benchmark", None, clock.now())
-            .await?;
-    }
+    let opted_out = db.seed_contacts(org.id, n, phone).await?;
     let setup = seeding.elapsed().as_secs_f64();
 
     let engine = Arc::new(Engine::new(

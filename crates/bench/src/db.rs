@@ -109,6 +109,38 @@ impl BenchDb {
         Ok((org, scope))
     }
 
+    /// `n` contacts of `org_id` (lead status `new`) with the numbers `phone(0..n)`, one in 100
+    /// of them (from the first) on the suppression list; answers how many opted out.
+    pub async fn seed_contacts(
+        &self,
+        org_id: Uuid,
+        n: u64,
+        phone: impl Fn(u64) -> String,
+    ) -> Result<u64> {
+        let us = Region::parse("US").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut start = 0;
+        while start < n {
+            let end = (start + 1_000).min(n);
+            let rows: Vec<herald_store::ContactUpsert> = (start..end)
+                .map(|i| herald_store::ContactUpsert {
+                    phone: phone(i),
+                    country: Some(us),
+                    patch: herald_store::ContactPatch::default(),
+                })
+                .collect();
+            self.store
+                .upsert_contacts(org_id, &rows, "new", SystemClock.now())
+                .await?;
+            start = end;
+        }
+        for i in (0..n).step_by(100) {
+            self.store
+                .opt_out(org_id, &phone(i), "benchmark", None, SystemClock.now())
+                .await?;
+        }
+        Ok(n.div_ceil(100))
+    }
+
     /// When each message entered `status`, from the stored history.
     pub async fn events(&self, org_id: Uuid, status: &str) -> Result<Events> {
         match self.kind {
