@@ -39,6 +39,7 @@ macro_rules! on_both_stores {
 
 on_both_stores!(
     a_campaign_runs_to_the_end_with_balanced_books,
+    an_ab_test_sends_its_winner_and_shows_it,
     bad_input_is_refused_by_field_and_changes_nothing,
     illegal_transitions_answer_409_with_the_current_status,
     estimates_count_recipients_segments_cost_and_credits,
@@ -93,6 +94,52 @@ fn assert_balanced(books: &Value) {
     .map(|k| books[k].as_u64().unwrap())
     .sum();
     assert_eq!(sum, books["audience"].as_u64().unwrap(), "{books}");
+}
+
+/// An A/B test with no wait: the winner is chosen as soon as the run sends (with nothing to go
+/// on yet, the first variant), everyone outside the test gets it, and the run shows it.
+async fn an_ab_test_sends_its_winner_and_shows_it(s: &TestServer) {
+    let key = &s.tenant.live_key;
+    let campaign = create(
+        s,
+        json!({
+            "name": "Subject lines",
+            "variants": [
+                {"name": "short", "body": "Hi!"},
+                {"name": "long", "body": "Hello and welcome aboard!"}
+            ],
+            "ab_test": {"fraction": 0.1, "wait": "PT0S", "metric": "delivery_rate"},
+            "audience": {"phones": phones(40)}
+        }),
+    )
+    .await;
+    assert_eq!(campaign["ab_test"]["fraction"], 0.1);
+    let id = campaign["id"].as_str().unwrap();
+    let (status, started) = s.post(key, &format!("/v1/campaigns/{id}/start")).await;
+    assert_eq!(status, 200, "{started}");
+    let done = wait_for(s, id, "completed").await;
+    let run = &done["current_run"];
+    assert_balanced(&run["books"]);
+    assert_eq!(run["ab_winner"]["name"], "short", "{run}");
+    assert_eq!(run["ab_winner"]["variant"], 0, "{run}");
+    let run_id = run["id"].as_str().unwrap();
+    let (status, page) = s
+        .get(
+            key,
+            &format!("/v1/campaigns/{id}/runs/{run_id}/recipients?limit=100"),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let bodies: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 40);
+    // Only the test fraction could get the long one.
+    let long = bodies.iter().filter(|b| **b != "Hi!").count();
+    assert!(long < 20, "{long} of 40 got the losing variant");
 }
 
 async fn a_campaign_runs_to_the_end_with_balanced_books(s: &TestServer) {

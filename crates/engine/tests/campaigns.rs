@@ -873,6 +873,19 @@ async fn ab_test_sends_the_winner_to_the_rest(backend: Backend) {
         })
         .count();
     assert_eq!(winners, 400 - tested);
+    let decided = w
+        .engine
+        .store
+        .get_run(w.scope, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .ab_winner;
+    assert_eq!(
+        decided.map(|(variant, _)| variant),
+        Some(1),
+        "the run records B"
+    );
     let books = w.books(c.id).await;
     assert_eq!(books.pending, 0, "{books:?}");
     w.done().await;

@@ -26,7 +26,7 @@ const CAMPAIGN_COLUMNS: &str = "id, org_id, mode, name, status, spec, api_key_id
 /// Run columns, of `campaign_runs r`, in the order [`run`] expects.
 const RUN_COLUMNS: &str = "r.id, r.campaign_id, r.org_id, r.mode, r.occurrence, r.phase, \
      r.audience, r.position, r.owner, r.lease_until, r.next_release_at, r.error, r.created_at, \
-     r.finished_at";
+     r.finished_at, r.ab_winner, r.ab_decided_at";
 
 /// Recipient columns joined with their message, in the order [`recipient`] expects (`cr` is
 /// the recipient, `m` its message).
@@ -96,6 +96,16 @@ fn run(row: &PgRow) -> Result<CampaignRun, StoreError> {
         error: col(row, 11)?,
         created_at: convert::timestamp(row, 12)?,
         finished_at: convert::opt_timestamp(row, 13)?,
+        ab_winner: match (
+            col::<Option<i32>>(row, 14)?,
+            convert::opt_timestamp(row, 15)?,
+        ) {
+            (Some(variant), Some(at)) => Some((
+                u16::try_from(variant).map_err(|_| StoreError::Corrupt("A/B winner".into()))?,
+                at,
+            )),
+            _ => None,
+        },
     })
 }
 
@@ -759,6 +769,16 @@ impl CampaignStore for PostgresStore {
         if marked != assigned.len() as u64 {
             return Ok(ReleaseOutcome::Lost);
         }
+        sqlx::query(
+            "UPDATE campaign_runs SET ab_winner = $1, ab_decided_at = coalesce(ab_decided_at, $2)
+             WHERE id = $3",
+        )
+        .bind(i32::from(variant))
+        .bind(ts(due_at))
+        .bind(r.id)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to record an A/B winner")?;
         tx.commit()
             .await
             .ctx("failed to commit an A/B assignment")?;

@@ -17,7 +17,7 @@ const CAMPAIGN_COLUMNS: &str = "id, org_id, mode, name, status, spec, api_key_id
      current_run, runs, error, created_at, updated_at";
 
 const RUN_COLUMNS: &str = "id, campaign_id, org_id, mode, occurrence, phase, audience, position, \
-     owner, lease_until, next_release_at, error, created_at, finished_at";
+     owner, lease_until, next_release_at, error, created_at, finished_at, ab_winner, ab_decided_at";
 
 /// Recipient columns joined with their message, in the order [`recipient`] expects (`cr` is
 /// the recipient, `m` its message).
@@ -83,6 +83,13 @@ fn run(row: &SqliteRow) -> Result<CampaignRun, StoreError> {
         error: row.get(11),
         created_at: convert::timestamp(row.get(12))?,
         finished_at: convert::opt_timestamp(row.get(13))?,
+        ab_winner: match (row.get::<Option<i64>, _>(14), row.get::<Option<i64>, _>(15)) {
+            (Some(variant), Some(at)) => Some((
+                u16::try_from(variant).map_err(|_| StoreError::Corrupt("A/B winner".into()))?,
+                convert::timestamp(at)?,
+            )),
+            _ => None,
+        },
     })
 }
 
@@ -709,6 +716,16 @@ impl CampaignStore for SqliteStore {
                 return Ok(ReleaseOutcome::Lost);
             }
         }
+        sqlx::query(
+            "UPDATE campaign_runs SET ab_winner = ?1, ab_decided_at = coalesce(ab_decided_at, ?2)
+             WHERE id = ?3",
+        )
+        .bind(i64::from(variant))
+        .bind(micros(due_at))
+        .bind(r.id)
+        .execute(&mut *tx)
+        .await
+        .ctx("failed to record an A/B winner")?;
         tx.commit()
             .await
             .ctx("failed to commit an A/B assignment")?;

@@ -240,6 +240,11 @@ fn migrator() -> Migrator {
             "automation",
             include_str!("../migrations/0017_automation.sql"),
         ),
+        migration(
+            18,
+            "A/B winner",
+            include_str!("../migrations/0018_ab_winner.sql"),
+        ),
     ])
 }
 

@@ -172,6 +172,8 @@ pub struct CampaignRun {
     pub error: Option<String>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The variant an A/B test chose for the rest of the audience, and when.
+    pub ab_winner: Option<(u16, Timestamp)>,
 }
 
 impl CampaignRun {
@@ -556,8 +558,9 @@ pub trait CampaignStore: Send + Sync {
     ) -> Result<Vec<RunRecipient>, StoreError>;
 
     /// Give held recipients the A/B test's winner: each `(seq, body)` gets `variant` and its
-    /// body rendered, due at `due_at`, or is suppressed as `missing_variables` without one.
-    /// Only while the campaign runs and `run.lease` holds.
+    /// body rendered, due at `due_at`, or is suppressed as `missing_variables` without one;
+    /// the run records the winner (and the first time it was given). Only while the campaign
+    /// runs and `run.lease` holds.
     async fn assign_held(
         &self,
         run: &CampaignRun,

@@ -60,6 +60,17 @@ pub struct RunView {
     pub error: Option<String>,
     pub created_at: Timestamp,
     pub finished_at: Option<Timestamp>,
+    /// The variant an A/B test chose for the rest of the audience, once chosen.
+    pub ab_winner: Option<AbWinnerView>,
+}
+
+/// An A/B test's choice.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AbWinnerView {
+    /// Its name, and its index among the campaign's variants.
+    pub name: Option<String>,
+    pub variant: u16,
+    pub decided_at: Timestamp,
 }
 
 /// A campaign: what it says, where it stands, and its current run's books.
@@ -133,7 +144,16 @@ fn campaign_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| not_found())
 }
 
-fn run_view(run: &CampaignRun, books: RunBooks) -> RunView {
+fn run_view(campaign: &Campaign, run: &CampaignRun, books: RunBooks) -> RunView {
+    let ab_winner = run.ab_winner.map(|(variant, decided_at)| AbWinnerView {
+        name: CampaignSpec::from_campaign(campaign).ok().and_then(|spec| {
+            spec.variants
+                .get(usize::from(variant))
+                .map(|v| v.name.clone())
+        }),
+        variant,
+        decided_at,
+    });
     RunView {
         id: run.id,
         phase: run.phase.as_str().to_owned(),
@@ -142,6 +162,7 @@ fn run_view(run: &CampaignRun, books: RunBooks) -> RunView {
         error: run.error.clone(),
         created_at: run.created_at,
         finished_at: run.finished_at,
+        ab_winner,
     }
 }
 
@@ -149,7 +170,7 @@ async fn view(state: &AppState, campaign: &Campaign) -> Result<CampaignView, Pro
     let store = &state.engine.store;
     let current_run = match campaign.current_run {
         Some(id) => match store.get_run(campaign.scope(), id).await? {
-            Some(run) => Some(run_view(&run, store.run_books(run.id).await?)),
+            Some(run) => Some(run_view(campaign, &run, store.run_books(run.id).await?)),
             None => None,
         },
         None => None,
@@ -790,14 +811,14 @@ pub async fn list_runs(
     let id = campaign_id(&id)?;
     let (limit, after) = paging::params(&query, paging::id_cursor)?;
     let store = &state.engine.store;
-    store
+    let campaign = store
         .get_campaign(caller.scope(), id)
         .await?
         .ok_or_else(not_found)?;
     let page = store.list_runs(caller.scope(), id, after, limit).await?;
     let mut data = Vec::with_capacity(page.items.len());
     for run in &page.items {
-        data.push(run_view(run, store.run_books(run.id).await?));
+        data.push(run_view(&campaign, run, store.run_books(run.id).await?));
     }
     Ok(Json(RunPage {
         data,

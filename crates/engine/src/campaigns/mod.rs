@@ -1073,6 +1073,7 @@ pub(crate) fn new_run(
         error: None,
         created_at: now,
         finished_at: None,
+        ab_winner: None,
     }
 }
 

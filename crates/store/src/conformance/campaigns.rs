@@ -60,6 +60,7 @@ fn new_run(c: &Campaign) -> CampaignRun {
         error: None,
         created_at: t0(),
         finished_at: None,
+        ab_winner: None,
     }
 }
 
