@@ -368,6 +368,33 @@ async fn bad_input_is_refused_by_field_and_changes_nothing(
         assert_eq!(page["data"], json!([]), "{path}");
     }
     assert_eq!(s.message_count().await, 0);
+
+    // Enrolments naming what is not there, or no one, enrol no one.
+    let (_, drip) = post(
+        s,
+        "/v1/drips",
+        json!({"name": "x", "steps": [{"body": "hi"}]}),
+    )
+    .await;
+    let path = format!("/v1/drips/{}/enrollments", drip["id"].as_str().unwrap());
+    for (body, field) in [
+        (
+            json!({"lists": ["0195f1c4-0000-7000-8000-000000000000"]}),
+            "lists[0].id",
+        ),
+        (
+            json!({"phones": ["+14155550100"], "segments": ["0195f1c4-0000-7000-8000-000000000001"]}),
+            "segments[0].id",
+        ),
+        (json!({}), "contacts"),
+        (json!({"people": []}), "people"),
+    ] {
+        let (status, problem) = post(s, &path, body.clone()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+    }
+    let (_, page) = call(s, Method::GET, &path, None).await;
+    assert_eq!(page["data"], json!([]));
 }
 
 async fn automation_stays_within_its_organization(s: &TestServer, _clock: &Arc<ManualClock>) {

@@ -279,6 +279,10 @@ pub fn parse_json<T: DeserializeOwned>(value: Value) -> Result<T, FieldError> {
             .and_then(|rest| rest.split('`').next());
         let field = match (path.as_str(), unknown) {
             (".", Some(name)) => name.to_owned(),
+            // Some structs report the unknown key as the path already.
+            (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
+                path.to_owned()
+            }
             (path, Some(name)) => format!("{path}.{name}"),
             (".", None) => "body".to_owned(),
             (path, None) => path.to_owned(),
