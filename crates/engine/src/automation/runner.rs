@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::drips::DripSpec;
-use super::triggers::{TriggerSpec, age_slack, fire, ready};
+use super::triggers::{AGE_SLACK, TriggerSpec, fire, ready};
 use super::{Ready, Recipient, Sender, check_content, compose_checked};
 use crate::Engine;
 
@@ -40,6 +40,8 @@ const AGE_PAGES: usize = 500;
 const OVERLAP: SignedDuration = SignedDuration::from_secs(5 * 60);
 /// `contact.age` fires at a time of day: looking once a minute is enough.
 const AGE_SWEEP_EVERY: SignedDuration = SignedDuration::from_secs(60);
+/// How often a sweep records how far it got.
+const SWEPT_WRITE_EVERY: SignedDuration = SignedDuration::from_secs(60);
 /// When a step could not be sent (credits, a template since deactivated), it is tried again
 /// after this.
 const RETRY_AFTER: SignedDuration = SignedDuration::from_secs(10 * 60);
@@ -325,44 +327,58 @@ async fn sweep(engine: &Engine, cache: &mut Cache, trigger: &Trigger) -> Result<
     if age && now.duration_since(trigger.swept_until) < AGE_SWEEP_EVERY {
         return Ok(0);
     }
-    let Some(org) = cache.org(engine, trigger.org_id).await? else {
-        return Ok(0);
-    };
-    let Some(checked) = ready(engine, &org, trigger).await? else {
-        // What it sends is gone; contacts meanwhile are not caught up on later.
-        engine.store.set_swept(trigger.id, now).await?;
-        return Ok(0);
-    };
+    let spec = TriggerSpec::of(trigger)?;
+    let rule = spec.rule();
     // Due times in [lower, now] are fired; never one before the trigger existed.
     let lower = (trigger.swept_until - OVERLAP).max(trigger.created_at);
     let (from, to) = if age {
-        let days = SignedDuration::from_hours(24 * i64::from(checked.spec.days.unwrap_or(0)));
-        let slack = SignedDuration::try_from(age_slack()).unwrap_or(SignedDuration::ZERO);
-        (lower - days - slack, now - days + slack)
+        let days = SignedDuration::from_hours(24 * i64::from(spec.days.unwrap_or(0)));
+        (lower - days - AGE_SLACK, now - days + AGE_SLACK)
     } else {
         (lower, now + SignedDuration::from_micros(1))
     };
+    // What it sends is read and checked only once there is someone to send it to.
+    let mut ready_to_fire = None;
     let mut fired = 0;
     let mut after = None;
     for _ in 0..if age { AGE_PAGES } else { PAGES } {
         let contacts = engine
             .store
-            .trigger_candidates(trigger, checked.rule.as_ref(), from, to, after, now, PAGE)
+            .trigger_candidates(trigger, rule.as_ref(), from, to, after, now, PAGE)
             .await?;
         let last_page = contacts.len() < PAGE as usize;
         for contact in contacts {
             after = Some((contact.created_at, contact.id));
-            if age && !age_due(&checked.spec, &contact, lower, now) {
+            if age && !age_due(&spec, &contact, lower, now) {
                 continue;
             }
+            if ready_to_fire.is_none() {
+                let Some(org) = cache.org(engine, trigger.org_id).await? else {
+                    return Ok(fired);
+                };
+                let Some(checked) = ready(engine, &org, trigger).await? else {
+                    // What it sends is gone; contacts meanwhile are not caught up on later.
+                    engine.store.set_swept(trigger.id, now).await?;
+                    return Ok(fired);
+                };
+                ready_to_fire = Some((org, checked));
+            }
+            let Some((org, checked)) = &ready_to_fire else {
+                continue;
+            };
+            // Candidates have no firing yet: fire without looking again.
             let key = contact.id.to_string();
             let to = Recipient::of(contact);
-            if let Fired::New(_) = fire(engine, &org, trigger, &checked, &to, &key, None).await? {
+            if let Fired::New(_) = fire(engine, org, trigger, checked, &to, &key, None).await? {
                 fired += 1;
             }
         }
         if last_page {
-            engine.store.set_swept(trigger.id, now).await?;
+            // Written at most once a minute: the next sweep's window starts [`OVERLAP`]
+            // before it anyway, and firings already made are not repeated.
+            if now.duration_since(trigger.swept_until) >= SWEPT_WRITE_EVERY {
+                engine.store.set_swept(trigger.id, now).await?;
+            }
             return Ok(fired);
         }
     }

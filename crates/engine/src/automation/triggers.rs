@@ -14,7 +14,7 @@ use herald_store::{
 };
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Span, Timestamp, ToSpan};
+use jiff::{SignedDuration, Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -137,6 +137,14 @@ impl TriggerSpec {
             kind: self.message_type,
             from: self.from.as_ref(),
         }
+    }
+
+    /// The filter as a rule; `None` without one, or when it no longer parses (then
+    /// [`ready`] refuses the trigger).
+    pub(crate) fn rule(&self) -> Option<Rule> {
+        self.filter
+            .as_ref()
+            .and_then(|raw| parse_rule(raw, &Limits::default()).ok())
     }
 
     fn content(&self) -> Content {
@@ -422,7 +430,8 @@ pub async fn update(
 }
 
 /// Fire `checked` (the spec of `trigger`) for `to` with `key`, unless it already fired with
-/// that key; `data` fills the template after the trigger's own variables.
+/// that key (the store decides; callers that may repeat a key look first, to spare the
+/// composing); `data` fills the template after the trigger's own variables.
 pub(crate) async fn fire(
     engine: &Engine,
     org: &Organization,
@@ -433,9 +442,6 @@ pub(crate) async fn fire(
     data: Option<&Map<String, Value>>,
 ) -> Result<Fired, StoreError> {
     let store = engine.store.as_ref();
-    if let Some(previous) = store.get_firing(org.id, trigger.id, key).await? {
-        return Ok(Fired::Already(previous));
-    }
     let now = engine.clock.now();
     let mut firing = Firing {
         id: Uuid::now_v7(),
@@ -586,6 +592,11 @@ pub async fn record_event(
         let Some(checked) = ready(engine, org, &trigger).await? else {
             continue;
         };
+        // A repeated key answers the first firing without composing anything.
+        if let Some(previous) = engine.store.get_firing(org.id, trigger.id, &key).await? {
+            firings.push((previous, true));
+            continue;
+        }
         match fire(
             engine,
             org,
@@ -622,8 +633,6 @@ pub(crate) async fn ready(
     }
 }
 
-/// The span a `contact.age` sweep looks back over, beyond the trigger's days: a contact's due
-/// time is its creation day plus `days` at a time of day, in a zone up to 14 hours away.
-pub(crate) fn age_slack() -> Span {
-    Span::new().hours(24 + 14 + 2)
-}
+/// How far a `contact.age` sweep looks beyond the trigger's days: a contact's due time is its
+/// creation day plus `days` at a time of day, in a zone up to 14 hours away.
+pub(crate) const AGE_SLACK: SignedDuration = SignedDuration::from_hours(24 + 14 + 2);
