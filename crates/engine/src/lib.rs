@@ -475,6 +475,20 @@ pub(crate) fn hold_for_quiet_hours(
     }
 }
 
+/// A recipient's own time zone: their contact's, else their number's country's when it has
+/// only one; `None` when that says nothing.
+pub(crate) fn own_zone(
+    contact: Option<&herald_store::Contact>,
+    country: Option<herald_domain::phone::Region>,
+) -> Option<jiff::tz::TimeZone> {
+    contact.and_then(contact_zone).or_else(|| {
+        match country.map(herald_domain::quiet_hours::zones_of) {
+            Some([only]) => Some(only.clone()),
+            _ => None,
+        }
+    })
+}
+
 /// A contact's own time zone, when it names one the zone database knows.
 pub(crate) fn contact_zone(contact: &herald_store::Contact) -> Option<jiff::tz::TimeZone> {
     contact

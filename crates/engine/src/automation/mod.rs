@@ -19,7 +19,6 @@ pub mod triggers;
 
 use herald_domain::message::MessageType;
 use herald_domain::phone::PhoneNumber;
-use herald_domain::quiet_hours::zones_of;
 use herald_domain::template::Template;
 use herald_store::{Contact, NewMessage, Organization, Scope, StoreError};
 use jiff::civil::Time;
@@ -145,14 +144,7 @@ impl Recipient {
     /// The recipient's own time zone: the contact's, else their number's country's when it
     /// has only one, else `fallback`.
     pub fn zone(&self, fallback: &TimeZone) -> TimeZone {
-        self.contact
-            .as_ref()
-            .and_then(crate::contact_zone)
-            .or_else(|| match self.country.map(zones_of) {
-                Some([only]) => Some(only.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| fallback.clone())
+        crate::own_zone(self.contact.as_ref(), self.country).unwrap_or_else(|| fallback.clone())
     }
 }
 

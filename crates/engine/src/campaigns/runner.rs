@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_domain::message::MessageType;
-use herald_domain::quiet_hours::zones_of;
 use herald_store::{
     Campaign, CampaignRun, CampaignStatus, Contact, Lease, NewRecipient, Organization,
     RecipientState, ReleaseOutcome, RunEnd, RunPhase, Scope, StoreError, Transition,
@@ -511,13 +510,7 @@ pub(crate) async fn resolve_targets(
         let variant = assign_variant(*campaign_id, &phone, &weights);
         let due_at = match civil {
             Some(civil) => {
-                let zone = contact
-                    .as_ref()
-                    .and_then(crate::contact_zone)
-                    .or_else(|| match number.region().map(zones_of) {
-                        Some([only]) => Some(only.clone()),
-                        _ => None,
-                    })
+                let zone = crate::own_zone(contact.as_ref(), number.region())
                     .unwrap_or_else(|| fallback_zone.clone());
                 civil
                     .to_zoned(zone)
