@@ -9,7 +9,7 @@ use axum::response::Response;
 use herald_engine::automation::drips::{self, DripSpec, EnrolRequest, Enrolled};
 use herald_engine::automation::parse_json;
 use herald_engine::automation::triggers::{self, EventRequest, TriggerSpec};
-use herald_store::{Drip, DripStats, Enrollment, Firing, IdempotencyRecord, Trigger};
+use herald_store::{Drip, DripStats, Enrollment, Firing, Trigger};
 use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -52,31 +52,6 @@ fn no_trigger() -> Problem {
 /// Path ids that are not UUIDs name nothing: that is a 404, not a 400.
 fn path_id(raw: &str, missing: fn() -> Problem) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| missing())
-}
-
-fn idempotency(
-    state: &AppState,
-    key: Option<String>,
-    route: &str,
-    body: &Value,
-) -> Option<IdempotencyRecord> {
-    key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: crate::lists::request_hash(route, body),
-        response: Vec::new(),
-        expires_at: state.engine.clock.now() + state.engine.config.intake.idempotency_ttl,
-    })
-}
-
-fn created(body: &impl Serialize, location: &str, replayed: bool) -> Result<Response, Problem> {
-    let body = serde_json::to_vec(body)
-        .map_err(|e| Problem::internal("failed to render a response", &e))?;
-    Ok(crate::json_response(
-        StatusCode::CREATED,
-        body,
-        Some(location),
-        replayed,
-    ))
 }
 
 // --- drips -----------------------------------------------------------------------------------
@@ -156,7 +131,7 @@ pub async fn create_drip(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, Problem> {
     let spec: DripSpec = parse_json(body.clone()).map_err(|e| invalid(vec![e]))?;
-    let record = idempotency(&state, key, "POST /v1/drips", &body);
+    let record = crate::lists::replay_key(&state, key, "POST /v1/drips", &body);
     let engine = &state.engine;
     let done = drips::create(
         engine,
@@ -168,20 +143,14 @@ pub async fn create_drip(
     )
     .await?
     .map_err(invalid)?;
-    let (drip, replayed) = match done {
-        drips::Created::Created(drip) => (drip, false),
-        drips::Created::Replayed(id) => (
-            engine
-                .store
-                .get_drip(caller.scope(), id)
-                .await?
-                .ok_or_else(no_drip)?,
-            true,
-        ),
-        drips::Created::KeyReused => return Err(crate::lists::key_reused()),
-    };
+    let (drip, replayed) = crate::lists::made(
+        done,
+        |id| engine.store.get_drip(caller.scope(), id),
+        no_drip,
+    )
+    .await?;
     tracing::info!(drip_id = %drip.id, "drip created");
-    created(
+    crate::lists::created(
         &drip_view(&drip, None),
         &format!("/v1/drips/{}", drip.id),
         replayed,
@@ -544,7 +513,7 @@ pub async fn create_trigger(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, Problem> {
     let spec: TriggerSpec = parse_json(body.clone()).map_err(|e| invalid(vec![e]))?;
-    let record = idempotency(&state, key, "POST /v1/triggers", &body);
+    let record = crate::lists::replay_key(&state, key, "POST /v1/triggers", &body);
     let engine = &state.engine;
     let done = triggers::create(
         engine,
@@ -556,20 +525,14 @@ pub async fn create_trigger(
     )
     .await?
     .map_err(invalid)?;
-    let (trigger, replayed) = match done {
-        triggers::Created::Created(trigger) => (trigger, false),
-        triggers::Created::Replayed(id) => (
-            engine
-                .store
-                .get_trigger(caller.scope(), id)
-                .await?
-                .ok_or_else(no_trigger)?,
-            true,
-        ),
-        triggers::Created::KeyReused => return Err(crate::lists::key_reused()),
-    };
+    let (trigger, replayed) = crate::lists::made(
+        done,
+        |id| engine.store.get_trigger(caller.scope(), id),
+        no_trigger,
+    )
+    .await?;
     tracing::info!(trigger_id = %trigger.id, "trigger created");
-    created(
+    crate::lists::created(
         &trigger_view(&trigger),
         &format!("/v1/triggers/{}", trigger.id),
         replayed,

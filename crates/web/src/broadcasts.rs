@@ -9,9 +9,7 @@ use axum::response::Response;
 use herald_engine::broadcasts::{
     self as engine_broadcasts, BroadcastError, BroadcastRequest, MAX_ENTRIES, Recipient, Started,
 };
-use herald_store::{
-    Broadcast, BroadcastCancelRefusal, BroadcastCounts, BroadcastStatus, IdempotencyRecord,
-};
+use herald_store::{Broadcast, BroadcastCancelRefusal, BroadcastCounts, BroadcastStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -328,13 +326,13 @@ pub async fn create_broadcast(
     let engine = &state.engine;
     let request_json = serde_json::to_value(&body)
         .map_err(|e| Problem::internal("failed to read a request", &e))?;
-    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: crate::lists::request_hash("POST /v1/broadcasts", &request_json),
-        // A replay answers the broadcast as it is then, not this first snapshot.
-        response: Vec::new(),
-        expires_at: engine.clock.now() + engine.config.intake.idempotency_ttl,
-    });
+    // A replay answers the broadcast as it is then, not this first snapshot.
+    let idempotency = crate::lists::replay_key(
+        &state,
+        idempotency_key,
+        "POST /v1/broadcasts",
+        &request_json,
+    );
     let request = BroadcastRequest {
         recipients,
         body: body.body.clone(),

@@ -13,8 +13,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use herald_engine::campaigns::report::{self, Analytics, Bucket, Estimate};
-use herald_engine::campaigns::{self as engine_campaigns, Action, CampaignSpec, Created, Refused};
-use herald_store::{Book, Campaign, CampaignRun, IdempotencyRecord, RunBooks, RunRecipient};
+use herald_engine::campaigns::{self as engine_campaigns, Action, CampaignSpec, Refused};
+use herald_store::{Book, Campaign, CampaignRun, RunBooks, RunRecipient};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -248,12 +248,8 @@ pub async fn create_campaign(
 ) -> Result<Response, Problem> {
     let engine = &state.engine;
     let spec = engine_campaigns::parse_spec(body.clone()).map_err(|e| invalid(vec![e]))?;
-    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-        key,
-        request_hash: crate::lists::request_hash("POST /v1/campaigns", &body),
-        response: Vec::new(),
-        expires_at: engine.clock.now() + engine.config.intake.idempotency_ttl,
-    });
+    let idempotency =
+        crate::lists::replay_key(&state, idempotency_key, "POST /v1/campaigns", &body);
     let created = engine_campaigns::create(
         engine,
         &caller.org,
@@ -264,29 +260,15 @@ pub async fn create_campaign(
     )
     .await?
     .map_err(invalid)?;
-    let (campaign, replayed) = match created {
-        Created::Created(campaign) => (campaign, false),
-        Created::Replayed(id) => (
-            engine
-                .store
-                .get_campaign(caller.scope(), id)
-                .await?
-                .ok_or_else(not_found)?,
-            true,
-        ),
-        Created::KeyReused => return Err(crate::lists::key_reused()),
-    };
+    let (campaign, replayed) = crate::lists::made(
+        created,
+        |id| engine.store.get_campaign(caller.scope(), id),
+        not_found,
+    )
+    .await?;
     tracing::info!(campaign_id = %campaign.id, "campaign created");
     let view = view(&state, &campaign).await?;
-    let body = serde_json::to_vec(&view)
-        .map_err(|e| Problem::internal("failed to render a campaign", &e))?;
-    let location = format!("/v1/campaigns/{}", campaign.id);
-    Ok(crate::json_response(
-        StatusCode::CREATED,
-        body,
-        Some(&location),
-        replayed,
-    ))
+    crate::lists::created(&view, &format!("/v1/campaigns/{}", campaign.id), replayed)
 }
 
 /// List campaigns, newest first.

@@ -282,6 +282,56 @@ pub(crate) fn request_hash(route: &str, canonical: &serde_json::Value) -> [u8; 3
     hasher.finalize().into()
 }
 
+/// The `Idempotency-Key` of a create whose retry answers the object as it is by then (no
+/// response is kept with the key), or `None` without one.
+pub(crate) fn replay_key(
+    state: &AppState,
+    key: Option<String>,
+    route: &str,
+    request: &serde_json::Value,
+) -> Option<herald_store::IdempotencyRecord> {
+    let engine = &state.engine;
+    key.map(|key| herald_store::IdempotencyRecord {
+        key,
+        request_hash: request_hash(route, request),
+        response: Vec::new(),
+        expires_at: engine.clock.now() + engine.config.intake.idempotency_ttl,
+    })
+}
+
+/// What a create keyed by [`replay_key`] made: the new object, or (`true`) the one an earlier
+/// request with the key made, read by `earlier`; a key reused with another request is refused.
+pub(crate) async fn made<T, Fut>(
+    created: herald_engine::Created<T>,
+    earlier: impl FnOnce(Uuid) -> Fut,
+    missing: fn() -> Problem,
+) -> Result<(T, bool), Problem>
+where
+    Fut: std::future::Future<Output = Result<Option<T>, herald_store::StoreError>>,
+{
+    match created {
+        herald_engine::Created::Created(made) => Ok((made, false)),
+        herald_engine::Created::Replayed(id) => Ok((earlier(id).await?.ok_or_else(missing)?, true)),
+        herald_engine::Created::KeyReused => Err(key_reused()),
+    }
+}
+
+/// 201 with `body` at `location`, marked replayed when an earlier request with the key made it.
+pub(crate) fn created(
+    body: &impl serde::Serialize,
+    location: &str,
+    replayed: bool,
+) -> Result<Response, Problem> {
+    let body = serde_json::to_vec(body)
+        .map_err(|e| Problem::internal("failed to render a response", &e))?;
+    Ok(crate::json_response(
+        StatusCode::CREATED,
+        body,
+        Some(location),
+        replayed,
+    ))
+}
+
 pub(crate) fn key_reused() -> Problem {
     Problem::field(
         &problem::IDEMPOTENCY_KEY_REUSED,
