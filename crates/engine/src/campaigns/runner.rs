@@ -276,8 +276,16 @@ impl Worker {
         if held.is_empty() {
             return Ok(true);
         }
-        let analytics = super::report::analytics(engine, &self.campaign, Bucket::Hour).await?;
-        let winner = winner(&analytics.variants, test.metric);
+        // A process taking over part-way goes on with the winner already chosen: every held
+        // recipient gets the same variant, however the counts moved since.
+        let winner = match run.ab_winner {
+            Some((variant, _)) => variant,
+            None => {
+                let analytics =
+                    super::report::analytics(engine, &self.campaign, Bucket::Hour).await?;
+                winner(&analytics.variants, test.metric)
+            }
+        };
         let variants = self.spec.effective_variants();
         let Some(variant) = variants.get(usize::from(winner)) else {
             return Ok(true);
