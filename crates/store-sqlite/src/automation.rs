@@ -105,34 +105,42 @@ fn unsigned(value: i64) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("count {value}")))
 }
 
-/// Insert an enrolment unless its number is already in the drip; answers whether it was.
-async fn insert_enrollment(
+/// Insert enrolments, leaving every number already in its drip as it is; answers how many were
+/// inserted.
+async fn insert_enrollments(
     conn: &mut SqliteConnection,
-    e: &Enrollment,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "INSERT INTO drip_enrollments (id, org_id, drip_id, phone, contact_id, source, step,
-             next_at, state, reason, error, enrolled_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (drip_id, phone) DO NOTHING",
-    )
-    .bind(e.id)
-    .bind(e.org_id)
-    .bind(e.drip_id)
-    .bind(&e.phone)
-    .bind(e.contact_id)
-    .bind(&e.source)
-    .bind(i64::from(e.step))
-    .bind(e.next_at.map(micros))
-    .bind(e.state.as_str())
-    .bind(&e.reason)
-    .bind(&e.error)
-    .bind(micros(e.enrolled_at))
-    .bind(micros(e.updated_at))
-    .execute(&mut *conn)
-    .await
-    .ctx("failed to enrol a number")?;
-    Ok(done.rows_affected() == 1)
+    enrollments: &[Enrollment],
+) -> Result<u64, StoreError> {
+    let mut inserted = 0;
+    for range in bulk::chunks(enrollments.len()) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO drip_enrollments (id, org_id, drip_id, phone, contact_id, source, step, \
+             next_at, state, reason, error, enrolled_at, updated_at) ",
+        );
+        query.push_values(&enrollments[range], |mut row, e| {
+            row.push_bind(e.id)
+                .push_bind(e.org_id)
+                .push_bind(e.drip_id)
+                .push_bind(&e.phone)
+                .push_bind(e.contact_id)
+                .push_bind(&e.source)
+                .push_bind(i64::from(e.step))
+                .push_bind(e.next_at.map(micros))
+                .push_bind(e.state.as_str())
+                .push_bind(&e.reason)
+                .push_bind(&e.error)
+                .push_bind(micros(e.enrolled_at))
+                .push_bind(micros(e.updated_at));
+        });
+        query.push(" ON CONFLICT (drip_id, phone) DO NOTHING");
+        inserted += query
+            .build()
+            .execute(&mut *conn)
+            .await
+            .ctx("failed to enrol numbers")?
+            .rows_affected();
+    }
+    Ok(inserted)
 }
 
 async fn read_firing(
@@ -262,35 +270,7 @@ impl AutomationStore for SqliteStore {
 
     async fn enrol(&self, enrollments: &[Enrollment]) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
-        let mut enrolled = 0;
-        for range in bulk::chunks(enrollments.len()) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO drip_enrollments (id, org_id, drip_id, phone, contact_id, source, \
-                 step, next_at, state, reason, error, enrolled_at, updated_at) ",
-            );
-            query.push_values(&enrollments[range], |mut row, e| {
-                row.push_bind(e.id)
-                    .push_bind(e.org_id)
-                    .push_bind(e.drip_id)
-                    .push_bind(&e.phone)
-                    .push_bind(e.contact_id)
-                    .push_bind(&e.source)
-                    .push_bind(i64::from(e.step))
-                    .push_bind(e.next_at.map(micros))
-                    .push_bind(e.state.as_str())
-                    .push_bind(&e.reason)
-                    .push_bind(&e.error)
-                    .push_bind(micros(e.enrolled_at))
-                    .push_bind(micros(e.updated_at));
-            });
-            query.push(" ON CONFLICT (drip_id, phone) DO NOTHING");
-            enrolled += query
-                .build()
-                .execute(&mut *tx)
-                .await
-                .ctx("failed to enrol numbers")?
-                .rows_affected();
-        }
+        let enrolled = insert_enrollments(&mut tx, enrollments).await?;
         tx.commit().await.ctx("failed to commit enrolments")?;
         Ok(enrolled)
     }
@@ -749,7 +729,7 @@ impl AutomationStore for SqliteStore {
                 }
             }
             FiringAction::Enrol(enrollment) => {
-                if insert_enrollment(&mut tx, &enrollment).await? {
+                if insert_enrollments(&mut tx, std::slice::from_ref(&*enrollment)).await? == 1 {
                     stored.enrollment_id = Some(enrollment.id);
                 } else {
                     let existing: Option<Uuid> = sqlx::query_scalar(
