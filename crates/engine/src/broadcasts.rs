@@ -409,8 +409,10 @@ async fn validate(
         errors.extend(found);
     }
 
-    let (audience, found) =
-        check_recipients(store, org.id, &request.recipients, "recipients").await?;
+    let (audience, found) = check_recipients(store, org.id, &request.recipients, |i, sub| {
+        format!("recipients[{i}].{sub}")
+    })
+    .await?;
     errors.extend(found);
 
     // A variable neither given nor a contact field can only come from a contact's custom
@@ -458,13 +460,14 @@ pub(crate) fn sample_problems(
     }
 }
 
-/// Check that every list, segment, contact and lead status named in `recipients` exists (each
-/// fault is reported at `{field}[i]`), and read what resolving them needs.
+/// Check that every list, segment, contact and lead status named in `recipients` exists (the
+/// fault with entry `i` is reported at `field(i, "id")`, or `field(i, "status")` for a lead
+/// status), and read what resolving them needs.
 pub(crate) async fn check_recipients(
     store: &dyn herald_store::Store,
     org_id: Uuid,
     recipients: &[Recipient],
-    field: &str,
+    field: impl Fn(usize, &str) -> String,
 ) -> Result<(Audience, Vec<FieldError>), StoreError> {
     let mut errors = Vec::new();
     let contact_ids: Vec<Uuid> = recipients
@@ -488,7 +491,7 @@ pub(crate) async fn check_recipients(
         match recipient {
             Recipient::Phone(_) => {}
             Recipient::Contact(id) if !contacts.contains_key(id) => errors.push(FieldError::new(
-                format!("{field}[{i}].id"),
+                field(i, "id"),
                 "unknown_contact",
                 "names no contact of this organization",
             )),
@@ -496,7 +499,7 @@ pub(crate) async fn check_recipients(
             Recipient::List(id) => {
                 if store.get_list(org_id, *id).await?.is_none() {
                     errors.push(FieldError::new(
-                        format!("{field}[{i}].id"),
+                        field(i, "id"),
                         "unknown_list",
                         "names no list of this organization",
                     ));
@@ -514,14 +517,14 @@ pub(crate) async fn check_recipients(
                     }
                 },
                 None => errors.push(FieldError::new(
-                    format!("{field}[{i}].id"),
+                    field(i, "id"),
                     "unknown_segment",
                     "names no segment of this organization",
                 )),
             },
             Recipient::LeadStatus(status) if !statuses.contains(status) => {
                 errors.push(FieldError::new(
-                    format!("{field}[{i}].status"),
+                    field(i, "status"),
                     "unknown_lead_status",
                     format!(
                         "is not one of the organization's lead statuses ({})",
@@ -560,6 +563,21 @@ async fn only_strangers(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// The field of entry `index` of entries given in groups, in order (`lists[2]` for the third
+/// list when `groups` is `[("contacts", n), ("lists", m), …]`).
+pub(crate) fn entry_field(groups: &[(&str, usize)], index: usize) -> String {
+    let mut at = index;
+    for (name, len) in groups {
+        if at < *len {
+            return format!("{name}[{at}]");
+        }
+        at -= len;
+    }
+    groups
+        .first()
+        .map_or_else(String::new, |(name, _)| (*name).to_owned())
 }
 
 /// The phone and contact entries among `entries`, as targets.

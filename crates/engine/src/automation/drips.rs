@@ -325,24 +325,6 @@ impl EnrolRequest {
         entries.extend(self.phones.iter().map(|p| Entry::Phone(p.clone())));
         entries
     }
-
-    /// The field each entry of [`EnrolRequest::entries`] came from, for error messages.
-    fn field_of(&self, index: usize) -> String {
-        let bounds = [
-            ("lists", self.lists.len()),
-            ("segments", self.segments.len()),
-            ("contacts", self.contacts.len()),
-            ("phones", self.phones.len()),
-        ];
-        let mut start = 0;
-        for (name, len) in bounds {
-            if index < start + len {
-                return format!("{name}[{}]", index - start);
-            }
-            start += len;
-        }
-        "contacts".into()
-    }
 }
 
 /// What an enrolment request did.
@@ -376,27 +358,18 @@ pub async fn enrol(
         )]));
     }
     let store = engine.store.as_ref();
-    let (audience, errors) =
-        broadcasts::check_recipients(store, org.id, &entries, "entries").await?;
+    let groups = [
+        ("lists", request.lists.len()),
+        ("segments", request.segments.len()),
+        ("contacts", request.contacts.len()),
+        ("phones", request.phones.len()),
+    ];
+    let (audience, errors) = broadcasts::check_recipients(store, org.id, &entries, |i, sub| {
+        format!("{}.{sub}", broadcasts::entry_field(&groups, i))
+    })
+    .await?;
     if !errors.is_empty() {
-        // Name each fault by the field the client wrote (`lists[0].id`).
-        return Ok(Err(errors
-            .into_iter()
-            .map(|e| {
-                let index = e
-                    .field
-                    .strip_prefix("entries[")
-                    .and_then(|rest| rest.split(']').next())
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let tail = e.field.split(']').nth(1).unwrap_or("");
-                FieldError::new(
-                    format!("{}{tail}", request.field_of(index)),
-                    e.code,
-                    e.message,
-                )
-            })
-            .collect()));
+        return Ok(Err(errors));
     }
     let spec = DripSpec::of(drip)?;
     let now = engine.clock.now();

@@ -629,20 +629,35 @@ pub(crate) async fn check(
             "the audience names no one: give lists, segments, contacts, lead statuses or phones",
         ));
     }
-    let (audience, found) =
-        broadcasts::check_recipients(store, org.id, &spec.audience.entries(), "audience").await?;
-    errors.extend(
-        found
-            .into_iter()
-            .map(|e| rename_audience_field(e, &spec.audience)),
-    );
+    let a = &spec.audience;
+    let included = [
+        ("audience.contacts", a.contacts.len()),
+        ("audience.phones", a.phones.len()),
+        ("audience.lists", a.lists.len()),
+        ("audience.segments", a.segments.len()),
+        ("audience.lead_statuses", a.lead_statuses.len()),
+    ];
+    // A lead status is named by the entry itself: there is no `.status` in the audience.
+    let (audience, found) = broadcasts::check_recipients(store, org.id, &a.entries(), |i, sub| {
+        let entry = broadcasts::entry_field(&included, i);
+        if sub == "status" {
+            entry
+        } else {
+            format!("{entry}.{sub}")
+        }
+    })
+    .await?;
+    errors.extend(found);
+    let excluded = [
+        ("audience.exclude_lists", a.exclude_lists.len()),
+        ("audience.exclude_segments", a.exclude_segments.len()),
+    ];
     let (exclusions, found) =
-        broadcasts::check_recipients(store, org.id, &spec.audience.exclusions(), "exclude").await?;
-    errors.extend(
-        found
-            .into_iter()
-            .map(|e| rename_exclusion_field(e, &spec.audience)),
-    );
+        broadcasts::check_recipients(store, org.id, &a.exclusions(), |i, sub| {
+            format!("{}.{sub}", broadcasts::entry_field(&excluded, i))
+        })
+        .await?;
+    errors.extend(found);
 
     // Schedule and recurrence.
     if let Some(schedule) = &spec.schedule
@@ -711,51 +726,6 @@ pub(crate) async fn check(
 
 /// `audience[i]` as resolved names the entry by its place in [`AudienceSpec::entries`]; the
 /// client named it by its own field.
-fn rename_audience_field(mut error: FieldError, audience: &AudienceSpec) -> FieldError {
-    let sizes = [
-        ("contacts", audience.contacts.len()),
-        ("phones", audience.phones.len()),
-        ("lists", audience.lists.len()),
-        ("segments", audience.segments.len()),
-        ("lead_statuses", audience.lead_statuses.len()),
-    ];
-    error.field = rename(&error.field, "audience", &sizes);
-    error
-}
-
-fn rename_exclusion_field(mut error: FieldError, audience: &AudienceSpec) -> FieldError {
-    let sizes = [
-        ("exclude_lists", audience.exclude_lists.len()),
-        ("exclude_segments", audience.exclude_segments.len()),
-    ];
-    error.field = rename(&error.field, "exclude", &sizes);
-    error
-}
-
-fn rename(field: &str, prefix: &str, sizes: &[(&str, usize)]) -> String {
-    let Some((index, rest)) = field
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('['))
-        .and_then(|rest| rest.split_once(']'))
-    else {
-        return field.to_owned();
-    };
-    let Ok(mut at) = index.parse::<usize>() else {
-        return field.to_owned();
-    };
-    for (name, len) in sizes {
-        if at < *len {
-            // The entry itself: `.id` or `.status` named what the client gave directly.
-            return format!(
-                "audience.{name}[{at}]{}",
-                rest.trim_start_matches(".status")
-            );
-        }
-        at -= len;
-    }
-    field.to_owned()
-}
-
 /// How [`create`] went.
 pub type Created = crate::Created<Campaign>;
 
