@@ -57,11 +57,11 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn content(&self) -> Content {
+    pub(crate) fn content(&self) -> Content<'_> {
         Content {
             template_id: self.template_id,
-            body: self.body.clone(),
-            variables: self.variables.clone(),
+            body: self.body.as_ref(),
+            variables: &self.variables,
         }
     }
 }
@@ -195,7 +195,7 @@ pub async fn check(
             kind: spec.message_type,
             from: spec.from.as_ref(),
         };
-        match check_content(engine, sender, &step.content(), &format!("steps[{i}].")).await? {
+        match check_content(engine, sender, step.content(), &format!("steps[{i}].")).await? {
             Ok(ready) => steps.push(ready),
             Err(found) => errors.extend(found),
         }

@@ -25,7 +25,6 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, ToSpan};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -33,17 +32,13 @@ use crate::Engine;
 use crate::accounts::FieldError;
 use crate::intake::SendRequest;
 
-/// What a step or trigger sends: a template filled with the contact's fields and the fixed
-/// `variables` (and, for an event, its `data`), or a plain body.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Content {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+/// What a step or trigger sends, as its spec says it: a template filled with the contact's
+/// fields and the fixed `variables` (and, for an event, its `data`), or a plain body.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Content<'a> {
     pub template_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub variables: Map<String, Value>,
+    pub body: Option<&'a String>,
+    pub variables: &'a Map<String, Value>,
 }
 
 /// Content whose template was found and parsed.
@@ -69,7 +64,7 @@ pub(crate) struct Sender<'a> {
 pub(crate) async fn check_content(
     engine: &Engine,
     sender: Sender<'_>,
-    content: &Content,
+    content: Content<'_>,
     prefix: &str,
 ) -> Result<Result<Ready, Vec<FieldError>>, StoreError> {
     let Sender {
@@ -95,7 +90,7 @@ pub(crate) async fn check_content(
             Err(error) => errors.push(error),
         }
     }
-    if let Err(found) = crate::templates::variables(None, &content.variables) {
+    if let Err(found) = crate::templates::variables(None, content.variables) {
         errors.extend(
             found
                 .into_iter()
@@ -103,7 +98,7 @@ pub(crate) async fn check_content(
         );
     }
     let sample = SendRequest {
-        body: content.body.clone().or_else(|| Some("x".into())),
+        body: Some(content.body.cloned().unwrap_or_else(|| "x".into())),
         kind,
         from: from.cloned(),
         ..Default::default()
@@ -116,7 +111,7 @@ pub(crate) async fn check_content(
     Ok(if errors.is_empty() {
         Ok(Ready {
             template,
-            body: content.body.clone(),
+            body: content.body.cloned(),
             variables: content.variables.clone(),
         })
     } else {

@@ -141,7 +141,7 @@ impl Cache {
             return Ok(ready.clone());
         }
         let step = &spec.steps[index as usize];
-        let ready = check_content(engine, drip_sender(org, drip, spec), &step.content(), "")
+        let ready = check_content(engine, drip_sender(org, drip, spec), step.content(), "")
             .await?
             .map_err(|errors| {
                 let code = errors.first().map_or("invalid", |e| e.code);

@@ -147,11 +147,11 @@ impl TriggerSpec {
             .and_then(|raw| parse_rule(raw, &Limits::default()).ok())
     }
 
-    fn content(&self) -> Content {
+    fn content(&self) -> Content<'_> {
         Content {
             template_id: self.template_id,
-            body: self.body.clone(),
-            variables: self.variables.clone(),
+            body: self.body.as_ref(),
+            variables: &self.variables,
         }
     }
 
@@ -296,7 +296,7 @@ pub async fn check(
         None => match check_content(
             engine,
             spec.sender(org, scope, api_key_id),
-            &spec.content(),
+            spec.content(),
             "",
         )
         .await?
