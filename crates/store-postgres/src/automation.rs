@@ -197,10 +197,7 @@ impl AutomationStore for PostgresStore {
             && let Some(previous) =
                 messages::take_key(&mut tx, d.scope(), d.id, record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO drips (id, org_id, mode, name, status, spec, api_key_id, created_at,
@@ -576,10 +573,7 @@ impl AutomationStore for PostgresStore {
             && let Some(previous) =
                 messages::take_key(&mut tx, t.scope(), t.id, record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO triggers (id, org_id, mode, name, kind, event, active, spec, api_key_id,

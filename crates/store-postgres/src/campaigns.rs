@@ -296,10 +296,7 @@ impl CampaignStore for PostgresStore {
             && let Some(previous) =
                 messages::take_key(&mut tx, c.scope(), c.id, record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO campaigns (id, org_id, mode, name, status, spec, api_key_id,

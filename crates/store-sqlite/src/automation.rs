@@ -174,10 +174,7 @@ impl AutomationStore for SqliteStore {
         if let Some(record) = idempotency
             && let Some(previous) = messages::check_key(&mut tx, d.scope(), record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO drips (id, org_id, mode, name, status, spec, api_key_id, created_at,
@@ -536,10 +533,7 @@ impl AutomationStore for SqliteStore {
         if let Some(record) = idempotency
             && let Some(previous) = messages::check_key(&mut tx, t.scope(), record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO triggers (id, org_id, mode, name, kind, event, active, spec, api_key_id,

@@ -251,10 +251,7 @@ impl CampaignStore for SqliteStore {
         if let Some(record) = idempotency
             && let Some(previous) = messages::check_key(&mut tx, c.scope(), record, now).await?
         {
-            return Ok(match previous {
-                Insertion::Replayed { message_id, .. } => CampaignCreation::Replayed(message_id),
-                _ => CampaignCreation::KeyReused,
-            });
+            return Ok(CampaignCreation::of_earlier(previous));
         }
         sqlx::query(
             "INSERT INTO campaigns (id, org_id, mode, name, status, spec, api_key_id,

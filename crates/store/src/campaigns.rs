@@ -375,6 +375,19 @@ pub enum CampaignCreation {
     KeyReused,
 }
 
+impl CampaignCreation {
+    /// What a key already taken answers for a create: the object it created, or a refusal
+    /// when it came with another request.
+    pub fn of_earlier(previous: crate::model::Insertion) -> CampaignCreation {
+        match previous {
+            crate::model::Insertion::Replayed { message_id, .. } => {
+                CampaignCreation::Replayed(message_id)
+            }
+            _ => CampaignCreation::KeyReused,
+        }
+    }
+}
+
 /// Why a change to a campaign was not made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CampaignRefusal {
